@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fastweights`` CLI (see :mod:`fastweights.cli`)."""
