@@ -1,0 +1,185 @@
+"""Language-model evaluation with the paper's two protocols.
+
+Both score the tokens ``ids[1:]`` of one token stream ``ids`` ``[N]`` by their negative
+log-likelihood ``-log p(x_t | x_<t)`` (nats) and differ in the context a token is predicted from:
+
+(a) **sliding window** (:func:`sliding_window_loss`): every token is predicted from the ``L``
+    tokens before it (``L`` = the training context), each window starting from an empty state.
+    The window advances by ``stride`` tokens and scores its last ``stride`` positions; the first
+    window scores all of its positions (they have fewer than ``L`` tokens of context). ``stride =
+    1`` is the paper's protocol (one forward pass of ``L`` tokens per scored token); a larger
+    stride trades exactness for an ``L / stride``-fold speed-up (``stride = L`` scores disjoint
+    blocks).
+(b) **carried state** (:func:`carried_state_loss`, fast-weight models only): the stream is cut
+    into consecutive segments of ``L`` tokens processed in order, each segment starting from the
+    fast weights the previous one ended with, so each token sees the whole stream before it
+    through a state of constant size. Positions restart at 0 in every segment, as in training.
+    Memory is that of one segment whatever the length of the stream. A softmax model's state
+    (its KV cache) would grow with the stream, so the protocol does not apply to it.
+
+Reported per token: ``nats``, ``bits = nats / ln 2`` and perplexity ``exp(nats)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .layers import SoftmaxAttention
+
+IGNORE = -100
+
+
+@dataclass
+class EvalResult:
+    """Mean negative log-likelihood of ``tokens`` scored tokens under one ``protocol``."""
+
+    protocol: str
+    context: int
+    tokens: int
+    nats: float
+
+    @property
+    def bits(self) -> float:
+        """Bits per token: ``nats / ln 2``."""
+        return self.nats / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(nats)``."""
+        return math.exp(self.nats)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bits": self.bits, "perplexity": self.perplexity}
+
+
+def is_fast_weight_model(model: nn.Module) -> bool:
+    """True when no layer of ``model`` is softmax attention (its state has a fixed size)."""
+    return not any(isinstance(m, SoftmaxAttention) for m in model.modules())
+
+
+def window_starts(n_tokens: int, context: int, stride: int) -> tuple:
+    """Where the windows of protocol (a) start and how many positions each scores.
+
+    Window ``i`` reads ``ids[a_i : a_i + L]`` and predicts ``ids[a_i + 1 : a_i + L + 1]``; it scores
+    its last ``n_i`` predictions. Together the windows score every target ``ids[1:]`` exactly once.
+
+    Returns:
+        ``(starts, n_scored)``: two LongTensors ``[W]``; ``L`` is ``min(context, n_tokens - 1)``.
+    """
+    _check_positive(context=context, stride=stride)
+    if stride > context:
+        raise ValueError(f"stride must be at most the context ({context}), got {stride}")
+    if n_tokens < 2:
+        raise ValueError(f"need at least 2 tokens to score one, got {n_tokens}")
+    L = min(context, n_tokens - 1)
+    last = n_tokens - 1 - L  # the start of the window that predicts the final token
+    starts = torch.cat([torch.zeros(1, dtype=torch.long),
+                        (torch.arange(1, -(-last // stride) + 1) * stride).clamp(max=last)])  # [W]
+    n_scored = torch.cat([torch.tensor([L]), starts.diff()])  # [W]
+    return starts, n_scored
+
+
+@torch.no_grad()
+def sliding_window_loss(
+    model: nn.Module,
+    ids: Tensor,
+    context: int,
+    stride: int = 1,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> EvalResult:
+    """Protocol (a): each window of ``context`` tokens from an empty state, scoring its last ``stride``.
+
+    Args:
+        model: ``model(idx [B, T]) -> (logits [B, T, V], loss, state)`` (logits may be
+            log-probabilities).
+        ids: the token stream ``[N]``.
+        context: window length ``L`` (the training context).
+        stride: tokens the window advances by, and positions scored per window (1 = the paper).
+        batch_size: windows per forward pass.
+        progress: show a tqdm bar.
+    """
+    ids = _check_ids(ids)
+    starts, n_scored = window_starts(len(ids), context, stride)
+    L = min(context, len(ids) - 1)
+    offsets = torch.arange(L + 1)  # [L + 1]
+    position = torch.arange(L)  # [L]
+    total, count = 0.0, 0
+    model.eval()
+    with tqdm(total=len(ids) - 1, unit="tok", desc=f"sliding window L={L} stride={stride}", disable=not progress) as bar:
+        for i in range(0, len(starts), batch_size):
+            a, n = starts[i:i + batch_size], n_scored[i:i + batch_size]  # [b], [b]
+            window = ids[a[:, None] + offsets]  # [b, L + 1]
+            x, y = window[:, :-1], window[:, 1:].clone()  # [b, L] each
+            y[position[None, :] < (L - n)[:, None]] = IGNORE  # keep the last n_i positions
+            logits = model(x.to(_device(model)))[0]  # [b, L, V]
+            total += _nll_sum(logits, y)
+            count += int(n.sum())
+            bar.update(int(n.sum()))
+    return EvalResult("sliding-window", L, count, total / count)
+
+
+@torch.no_grad()
+def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bool = False) -> EvalResult:
+    """Protocol (b): consecutive segments of ``segment`` tokens, the fast weights carried across.
+
+    Args:
+        model: a fast-weight language model, ``model(idx [1, T], state=state) -> (logits, loss,
+            state)`` with ``state = {"pos": int, "layers": [...]}``.
+        ids: the token stream ``[N]``.
+        segment: segment length (the training context); positions restart at 0 in each segment.
+        progress: show a tqdm bar.
+
+    Raises:
+        ValueError: ``model`` has softmax attention layers (its state would grow with the stream).
+    """
+    ids = _check_ids(ids)
+    _check_positive(segment=segment)
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 tokens to score one, got {len(ids)}")
+    if not is_fast_weight_model(model):
+        raise ValueError("carried_state_loss needs a fast-weight model; this one has softmax attention "
+                         "(its KV cache would grow with the stream)")
+    total, state = 0.0, None
+    model.eval()
+    device = _device(model)
+    with tqdm(total=len(ids) - 1, unit="tok", desc=f"carried state segment={segment}", disable=not progress) as bar:
+        for a in range(0, len(ids) - 1, segment):
+            chunk = ids[a:a + segment + 1]  # [T + 1], T <= segment
+            if state is not None:
+                state = {**state, "pos": 0}  # new segment: positions restart, fast weights carry on
+            logits, _, state = model(chunk[None, :-1].to(device), state=state)  # [1, T, V]
+            total += _nll_sum(logits, chunk[None, 1:])
+            bar.update(len(chunk) - 1)
+    return EvalResult("carried-state", segment, len(ids) - 1, total / (len(ids) - 1))
+
+
+def _nll_sum(logits: Tensor, targets: Tensor) -> float:
+    """Summed cross-entropy (nats) of ``logits [B, T, V]`` against ``targets [B, T]`` (-100 ignored)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device),
+                           ignore_index=IGNORE, reduction="sum").item()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_ids(ids: Tensor) -> Tensor:
+    if not isinstance(ids, Tensor):
+        ids = torch.as_tensor(ids)
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        raise ValueError(f"ids must be a 1-D integer tensor, got dtype {ids.dtype} and shape {list(ids.shape)}")
+    return ids.long()
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
