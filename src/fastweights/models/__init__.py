@@ -1,0 +1,11 @@
+"""Language models: config and presets, the decoder LM, and the model directory on disk."""
+
+from .checkpoint import load_model, read_config, save_weights, write_config
+from .config import (AttentionSpec, LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_attentions,
+                     list_presets, parse_attention)
+from .lm import LanguageModel, LMState
+
+__all__ = [
+    "AttentionSpec", "LMConfig", "LMState", "LanguageModel", "Preset", "TrainConfig", "get_preset", "get_run_preset",
+    "list_attentions", "list_presets", "load_model", "parse_attention", "read_config", "save_weights", "write_config",
+]

@@ -1,0 +1,294 @@
+"""Language-model configuration: the model and training dataclasses, attention variants, named presets.
+
+    >>> cfg = get_preset("shakespeare-char", attention="dpfp-2+delta")
+    >>> cfg.n_layers, cfg.d_model, parse_attention(cfg.attention).feature_map
+    (4, 128, 'dpfp')
+
+Attention variant names:
+
+- ``softmax``: the softmax Transformer baseline (:class:`fastweights.layers.SoftmaxAttention`).
+- ``<map>`` / ``<map>+delta``: a fast weight programmer (:class:`fastweights.layers.FastWeightAttention`)
+  with the sum rule / the delta rule, where ``<map>`` is ``linear`` (ELU + 1, the paper's "Linear"),
+  ``relu``, ``identity``, ``dpfp-<nu>`` (DPFP-nu) or ``favor-<m>`` (Performer FAVOR+, m random
+  features). ``delta`` alone means ``linear+delta``. The layer's defaults apply: the sum rule is
+  attention-normalised, the delta rule uses sum-normalised keys/queries and a learned rate beta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+#: feature-map part of an attention name -> (registered feature map, regex of its parameter or None)
+_MAPS: Dict[str, Tuple[str, Optional[str]]] = {
+    "linear": ("elu_p1", None),
+    "relu": ("relu", None),
+    "identity": ("identity", None),
+    "dpfp": ("dpfp", "nu"),
+    "favor": ("favor", "m"),
+}
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """A parsed attention variant: ``kind`` is ``'softmax'`` or ``'fwp'``; for ``'fwp'`` the update
+    ``rule`` (``'sum'``/``'delta'``), the registered ``feature_map`` and its keyword arguments."""
+
+    kind: str
+    rule: Optional[str] = None
+    feature_map: Optional[str] = None
+    feature_map_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+def list_attentions() -> List[str]:
+    """The attention variant names (``<nu>``, ``<m>`` stand for positive integers)."""
+    maps = ["linear", "relu", "identity", "dpfp-<nu>", "favor-<m>"]
+    return ["softmax", "delta"] + maps + [f"{m}+delta" for m in maps]
+
+
+def parse_attention(name: str) -> AttentionSpec:
+    """Parse an attention variant name (see the module docstring) into an :class:`AttentionSpec`.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"attention must be a str, got {type(name).__name__}")
+    if name == "softmax":
+        return AttentionSpec("softmax")
+    base, rule = (name[: -len("+delta")], "delta") if name.endswith("+delta") else (name, "sum")
+    if name == "delta":
+        base, rule = "linear", "delta"
+    m = re.fullmatch(r"([a-z_]+)(?:-([1-9]\d*))?", base)
+    if m is None or m.group(1) not in _MAPS or (_MAPS[m.group(1)][1] is None) != (m.group(2) is None):
+        raise ValueError(f"unknown attention variant {name!r}; expected one of {list_attentions()}")
+    feature_map, param = _MAPS[m.group(1)]
+    kwargs: Dict[str, Any] = {param: int(m.group(2))} if param else {}
+    return AttentionSpec("fwp", rule, feature_map, kwargs)
+
+
+@dataclass
+class LMConfig:
+    """A decoder-only language model (see :class:`fastweights.models.LanguageModel`).
+
+    Attributes:
+        vocab_size: number of token ids V.
+        d_model: residual-stream width.
+        n_layers: number of blocks.
+        n_heads: attention heads per block.
+        d_head: per-head width (``None``: ``d_model // n_heads``).
+        d_ff: hidden width of the feed-forward block.
+        dropout: dropout on embeddings, attention outputs and feed-forward outputs.
+        norm: ``'pre'`` (``x + f(LN(x))``) or ``'post'`` (``LN(x + f(x))``) LayerNorm.
+        pos_emb: ``'learned'`` absolute positions (at most ``context`` of them) or ``'none'``.
+        context: training segment length T (block size); the limit of learned positions.
+        tie_embeddings: share input embedding and output projection weights.
+        attention: attention variant name (see :func:`list_attentions`).
+        adaptive_cutoffs: ``None`` for a full softmax; else increasing cutoffs ``< vocab_size`` for
+            adaptive input and adaptive softmax (``torch.nn.AdaptiveLogSoftmaxWithLoss``).
+        adaptive_div_value: width divisor between adaptive clusters.
+        bias: biases in linear layers and LayerNorms.
+        chunk_size: chunk length of the fast-weight layers' chunkwise parallel form.
+    """
+
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_head: Optional[int] = None
+    d_ff: int = 512
+    dropout: float = 0.0
+    norm: str = "pre"
+    pos_emb: str = "learned"
+    context: int = 64
+    tie_embeddings: bool = True
+    attention: str = "softmax"
+    adaptive_cutoffs: Optional[List[int]] = None
+    adaptive_div_value: float = 4.0
+    bias: bool = False
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "context", "chunk_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LMConfig.{name} must be a positive int, got {v!r}")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ValueError(f"LMConfig.d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set d_head")
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"LMConfig.norm must be 'pre' or 'post', got {self.norm!r}")
+        if self.pos_emb not in ("learned", "none"):
+            raise ValueError(f"LMConfig.pos_emb must be 'learned' or 'none', got {self.pos_emb!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        parse_attention(self.attention)
+        if self.adaptive_cutoffs is not None:
+            c = list(self.adaptive_cutoffs)
+            if not c or c != sorted(set(c)) or c[0] < 1 or c[-1] >= self.vocab_size:
+                raise ValueError(
+                    f"LMConfig.adaptive_cutoffs must be increasing ints in [1, vocab_size={self.vocab_size}), got {c}"
+                )
+            self.adaptive_cutoffs = c
+
+    @property
+    def head_dim(self) -> int:
+        """The per-head width actually used."""
+        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LMConfig":
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        return cls(**_checked_fields(cls, d))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of :func:`fastweights.train.train`.
+
+    Attributes:
+        batch_size: global batch (sequences per optimiser step, over all processes and
+            accumulation micro-steps).
+        steps: optimiser steps.
+        lr: peak learning rate; ``min_lr``: the end of the cosine decay.
+        warmup: linear warm-up steps (from 0 to ``lr``), then cosine decay to ``min_lr`` at ``steps``.
+        weight_decay, beta1, beta2: AdamW (decay on matrices only, not on biases, norms or embeddings' gains).
+        grad_clip: global gradient-norm clip (0: off).
+        grad_accum: micro-steps per optimiser step (``batch_size`` must divide evenly).
+        eval_every: evaluate every N steps (and at the end); ``eval_batches``: batches per evaluation.
+        ckpt_every: checkpoint every N steps (and at the end).
+        log_every: append a metrics row every N steps.
+        seed: seeds model initialisation, data order and dropout.
+        dtype: ``'auto'`` (bf16 autocast where the device supports it well, i.e. CUDA with bf16,
+            else float32), ``'float32'`` or ``'bfloat16'``.
+    """
+
+    batch_size: int = 12
+    steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 250
+    eval_batches: int = 200
+    ckpt_every: int = 250
+    log_every: int = 10
+    seed: int = 1337
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "steps", "grad_accum", "eval_every", "eval_batches", "ckpt_every", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"TrainConfig needs lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        if self.warmup < 0 or self.grad_clip < 0:
+            raise ValueError(f"TrainConfig.warmup and grad_clip must be >= 0, got {self.warmup!r}, {self.grad_clip!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        return cls(**_checked_fields(cls, d))
+
+
+@dataclass
+class Preset:
+    """A named experiment: the model and how to train it."""
+
+    model: LMConfig
+    train: TrainConfig
+
+
+def _checked_fields(cls: type, d: Dict[str, Any]) -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected some of {sorted(names)}")
+    return d
+
+
+def _default_pos_emb(attention: str) -> str:
+    # Fast weights see order through their recurrence and need no positions, which also lets them
+    # run (and carry state) past the training context; the softmax baseline needs positions.
+    return "learned" if parse_attention(attention).kind == "softmax" else "none"
+
+
+# ---------------------------------------------------------------------------- presets
+def shakespeare_char(attention: str = "softmax", vocab_size: int = 65) -> Preset:
+    """nanoGPT's CPU "baby" run on tiny Shakespeare, characters: 4 layers, 4 heads, width 128,
+    context 64, batch 12, 2000 steps, lr 1e-3 (cosine to 1e-4, warm-up 100), no dropout."""
+    model = LMConfig(
+        vocab_size=vocab_size, d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.0, norm="pre",
+        pos_emb=_default_pos_emb(attention), context=64, tie_embeddings=True, attention=attention,
+    )
+    train = TrainConfig(batch_size=12, steps=2000, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1,
+                        beta2=0.99, grad_clip=1.0, eval_every=250, eval_batches=200, ckpt_every=250)
+    return Preset(model, train)
+
+
+def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: int, vocab_size: int) -> Preset:
+    model = LMConfig(
+        vocab_size=vocab_size, d_model=d_model, n_layers=16, n_heads=8, d_head=d_head, d_ff=2048, dropout=0.1,
+        norm="post", pos_emb=_default_pos_emb(attention), context=context, tie_embeddings=True, attention=attention,
+        adaptive_cutoffs=[20000, 40000, 200000], adaptive_div_value=4.0,
+    )
+    # Steps: DESIGN.md gives none for the paper's runs; 120k is our choice for the full setting.
+    train = TrainConfig(batch_size=batch_size, steps=120_000, lr=2.5e-4, min_lr=0.0, warmup=2000, weight_decay=0.0,
+                        beta2=0.999, grad_clip=0.25, eval_every=2000, eval_batches=100, ckpt_every=2000)
+    return Preset(model, train)
+
+
+def wt103_small(attention: str = "softmax", vocab_size: int = 267735) -> Preset:
+    """The paper's small WikiText-103 setting: 16 post-LN layers, d_model 128, 8 heads of 16, FFN 2048,
+    dropout 0.1, adaptive input/softmax (cutoffs 20k/40k/200k, tied), context 256, batch 96,
+    Adam lr 2.5e-4, warm-up 2000, cosine, clip 0.25."""
+    return _wt103(attention, d_model=128, d_head=16, context=256, batch_size=96, vocab_size=vocab_size)
+
+
+def wt103_medium(attention: str = "softmax", vocab_size: int = 267735) -> Preset:
+    """The paper's medium WikiText-103 setting: as small with d_model 256, 8 heads of 32, context 384, batch 56."""
+    return _wt103(attention, d_model=256, d_head=32, context=384, batch_size=56, vocab_size=vocab_size)
+
+
+_PRESETS: Dict[str, Callable[..., Preset]] = {
+    "shakespeare-char": shakespeare_char,
+    "wt103-small": wt103_small,
+    "wt103-medium": wt103_medium,
+}
+
+
+def list_presets() -> List[str]:
+    """Names accepted by :func:`get_preset`."""
+    return sorted(_PRESETS)
+
+
+def get_run_preset(name: str, attention: str = "softmax", vocab_size: Optional[int] = None) -> Preset:
+    """The named :class:`Preset` (model and training settings) with the given attention variant;
+    ``vocab_size`` overrides the preset's (it normally comes from the corpus)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {list_presets()}")
+    kw = {} if vocab_size is None else {"vocab_size": vocab_size}
+    return _PRESETS[name](attention, **kw)
+
+
+def get_preset(name: str, attention: str = "softmax", vocab_size: Optional[int] = None) -> LMConfig:
+    """The model config of the named preset (see :func:`get_run_preset` for the training settings)."""
+    return get_run_preset(name, attention, vocab_size).model
