@@ -1,0 +1,180 @@
+"""The FWP layer and the softmax baseline: parallel forward == one-token steps, carried state,
+packed sequences, the attention-normalised delta variant against its definition, and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastweights import FastWeightAttention, SoftmaxAttention
+from fastweights.feature_maps import get_feature_map
+
+VARIANTS = {
+    "sum": dict(rule="sum"),
+    "sum-unnormalised": dict(rule="sum", attn_norm=False, beta="learned"),
+    "delta": dict(rule="delta"),
+    "delta-attn-norm": dict(rule="delta", attn_norm=True),
+    "delta-l2-fixed-beta": dict(rule="delta", feature_map="identity", qk_norm="l2", beta=0.7),
+    "dpfp-2+delta": dict(rule="delta", feature_map="dpfp", feature_map_kwargs={"nu": 2}),
+    "favor+sum": dict(rule="sum", feature_map="favor", feature_map_kwargs={"m": 8}),
+}
+
+
+def make_layer(name: str, d_model: int = 24, n_heads: int = 3, d_head: int = 6, **kw):
+    if name == "softmax":
+        layer = SoftmaxAttention(d_model, n_heads, d_head)
+    else:
+        layer = FastWeightAttention(d_model, n_heads, d_head, chunk_size=16, **{**VARIANTS[name], **kw})
+    return layer.double().eval()
+
+
+ALL = list(VARIANTS) + ["softmax"]
+
+
+def _close(a, b, name):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_equals_repeated_step(name: str) -> None:
+    layer = make_layer(name)
+    x = torch.randn(2, 37, 24, dtype=torch.float64)
+    y, state = layer(x)
+    s, ys = None, []
+    for t in range(x.shape[1]):
+        y_t, s = layer.step(x[:, t], s)
+        ys.append(y_t)
+    _close(torch.stack(ys, 1), y, "step outputs")
+    for key in state:
+        _close(s[key], state[key], f"state {key}")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_resumes_from_state(name: str) -> None:
+    layer = make_layer(name)
+    x = torch.randn(2, 50, 24, dtype=torch.float64)
+    y, _ = layer(x)
+    y1, s1 = layer(x[:, :21])
+    y2, _ = layer(x[:, 21:], s1)
+    _close(torch.cat([y1, y2], 1), y, "resumed outputs")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_packed_sequences_equal_separate(name: str) -> None:
+    layer = make_layer(name)
+    lengths = [9, 33, 1]
+    xs = [torch.randn(1, n, 24, dtype=torch.float64) for n in lengths]
+    cu = torch.tensor([0, 9, 42, 43])
+    y, _ = layer(torch.cat(xs, 1), cu_seqlens=cu)
+    _close(y, torch.cat([layer(x)[0] for x in xs], 1), "packed outputs")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_impls_agree(name: str) -> None:
+    x = torch.randn(2, 40, 24, dtype=torch.float64)
+    fast = make_layer(name)
+    slow = make_layer(name, impl="naive")
+    slow.load_state_dict(fast.state_dict())
+    _close(fast(x)[0], slow(x)[0], "chunk vs naive layer")
+
+
+def test_attention_normalised_delta_matches_definition() -> None:
+    """Rate beta_t c_t, key k_t / c_t with c_t = z_{t-1}.k_t (1 when z is empty), output / (z_t.q_t)."""
+    layer = make_layer("delta-attn-norm")
+    x = torch.randn(1, 20, 24, dtype=torch.float64)
+    y, _ = layer(x)
+    H, D, eps = layer.n_heads, layer.d_head, layer.eps
+    q, k, v = layer.qkv(x).view(1, 20, 3, H, D).unbind(2)
+    q, k = layer.feature_map(q), layer.feature_map(k)
+    q, k = q / (q.sum(-1, keepdim=True) + eps), k / (k.sum(-1, keepdim=True) + eps)
+    beta = torch.sigmoid(layer.beta_proj(x))
+    S = torch.zeros(1, H, D, D, dtype=torch.float64)
+    z = torch.zeros(1, H, D, dtype=torch.float64)
+    outs = []
+    for t in range(20):
+        c = (z * k[:, t]).sum(-1)  # [1, H]
+        c = torch.where(c == 0, torch.ones_like(c), c)
+        kt = k[:, t] / (c[..., None] + eps)
+        old = torch.einsum("bhk,bhkv->bhv", kt, S)
+        S = S + (beta[:, t] * c)[..., None, None] * kt[..., :, None] * (v[:, t] - old)[..., None, :]
+        z = z + k[:, t]
+        o = torch.einsum("bhk,bhkv->bhv", q[:, t], S) / ((z * q[:, t]).sum(-1, keepdim=True) + eps)
+        outs.append(o)
+    expected = layer.out_proj(torch.stack(outs, 1).reshape(1, 20, H * D))
+    _close(y, expected, "attention-normalised delta")
+
+
+@pytest.mark.parametrize("name", ["delta", "sum", "softmax"])
+def test_gradients_reach_every_parameter(name: str) -> None:
+    layer = make_layer(name).train()
+    x = torch.randn(2, 19, 24, dtype=torch.float64, requires_grad=True)
+    y, _ = layer(x)
+    y.square().mean().backward()
+    for pname, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["delta", "sum", "dpfp-2+delta"])
+def test_bf16_autocast_finite_and_close(name: str) -> None:
+    layer = make_layer(name).float()
+    x = torch.randn(2, 70, 24)
+    y32, _ = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, state = layer(x)
+    assert torch.isfinite(y16).all() and state["S"].dtype == torch.float32
+    rel = (y16.float() - y32).norm() / y32.norm()
+    assert rel < 5e-2, rel
+
+
+def test_favor_redraws_in_training_only() -> None:
+    layer = FastWeightAttention(16, 2, rule="sum", feature_map="favor", feature_map_kwargs={"m": 4, "redraw": "step"})
+    w = layer.feature_map.weight.clone()
+    layer.eval()(torch.randn(1, 3, 16))
+    assert torch.equal(w, layer.feature_map.weight)
+    layer.train()(torch.randn(1, 3, 16))
+    assert not torch.equal(w, layer.feature_map.weight)
+
+
+def test_init_state_matches_forward_state() -> None:
+    for name in ALL:
+        layer = make_layer(name).float()
+        _, state = layer(torch.randn(3, 4, 24))
+        empty = layer.init_state(3)
+        assert set(empty) == set(state)
+        if name != "softmax":
+            assert all(empty[k].shape == state[k].shape for k in state)
+
+
+def test_layer_errors() -> None:
+    with pytest.raises(ValueError, match="rule must be 'sum' or 'delta', got 'hebb'"):
+        FastWeightAttention(16, 2, rule="hebb")
+    with pytest.raises(ValueError, match="unknown feature map 'nope'"):
+        FastWeightAttention(16, 2, feature_map="nope")
+    with pytest.raises(ValueError, match="built for d = 4, but d_head = 8"):
+        FastWeightAttention(16, 2, feature_map=get_feature_map("dpfp", 4))
+    with pytest.raises(ValueError, match="not divisible"):
+        FastWeightAttention(10, 3)
+    with pytest.raises(ValueError, match="beta must be"):
+        FastWeightAttention(16, 2, beta="sometimes")
+    with pytest.raises(ValueError, match="unknown impl 'parallel' for rule 'delta'"):
+        FastWeightAttention(16, 2, impl="parallel")
+    layer = FastWeightAttention(16, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T, d_model=16\], got \[2, 5, 8\]"):
+        layer(torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match="T = 0"):
+        layer(torch.randn(2, 0, 16))
+    with pytest.raises(ValueError, match=r"step expects x_t of shape \[B, d_model\]"):
+        layer.step(torch.randn(2, 1, 16))
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        layer(torch.randn(3, 4, 16), layer.init_state(2))
+
+
+def test_softmax_errors() -> None:
+    layer = SoftmaxAttention(16, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, T, d_model=16\]"):
+        layer(torch.randn(2, 16))
+    _, cache = layer(torch.randn(1, 3, 16))
+    with pytest.raises(ValueError, match="cu_seqlens cannot be combined"):
+        layer(torch.randn(1, 3, 16), cache, cu_seqlens=torch.tensor([0, 3]))
