@@ -12,6 +12,7 @@ from typing import List, Optional
 
 COMMANDS = {
     "demo": "fastweights.commands.demo",
+    "train": "fastweights.commands.train",
 }
 
 

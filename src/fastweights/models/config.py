@@ -17,9 +17,10 @@ Attention variant names:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 #: feature-map part of an attention name -> (registered feature map, regex of its parameter or None)
 _MAPS: Dict[str, Tuple[str, Optional[str]]] = {
@@ -157,7 +158,7 @@ class TrainConfig:
         steps: optimiser steps.
         lr: peak learning rate; ``min_lr``: the end of the cosine decay.
         warmup: linear warm-up steps (from 0 to ``lr``), then cosine decay to ``min_lr`` at ``steps``.
-        weight_decay, beta1, beta2: AdamW (decay on matrices only, not on biases, norms or embeddings' gains).
+        weight_decay, beta1, beta2: AdamW (decay on matrices and embeddings, not on biases or norm gains).
         grad_clip: global gradient-norm clip (0: off).
         grad_accum: micro-steps per optimiser step (``batch_size`` must divide evenly).
         eval_every: evaluate every N steps (and at the end); ``eval_batches``: batches per evaluation.
@@ -214,6 +215,30 @@ class Preset:
     model: LMConfig
     train: TrainConfig
 
+    def with_overrides(self, assignments: Iterable[str]) -> "Preset":
+        """A copy with ``key=value`` assignments applied (``--set`` on the command line).
+
+        ``key`` is a field of :class:`LMConfig` or :class:`TrainConfig`, optionally written
+        ``model.key`` / ``train.key``; ``value`` is read as JSON when it parses (``64``, ``1e-3``,
+        ``true``, ``null``, ``[20000, 40000]``) and as a string otherwise (``dpfp-2+delta``).
+        """
+        updates: Dict[str, Dict[str, Any]] = {"model": {}, "train": {}}
+        names = {"model": {f.name for f in dataclasses.fields(LMConfig)}, "train": {f.name for f in dataclasses.fields(TrainConfig)}}
+        for a in assignments:
+            key, sep, raw = a.partition("=")
+            if not sep or not key:
+                raise ValueError(f"an override must look like key=value, got {a!r}")
+            part, _, name = key.rpartition(".")
+            parts = [part] if part else [p for p in ("model", "train") if name in names[p]]
+            if part not in ("", "model", "train") or not parts or name not in names[parts[0]]:
+                raise ValueError(f"unknown setting {key!r}; model: {sorted(names['model'])}; train: {sorted(names['train'])}")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            updates[parts[0]][name] = value
+        return Preset(dataclasses.replace(self.model, **updates["model"]), dataclasses.replace(self.train, **updates["train"]))
+
 
 def _checked_fields(cls: type, d: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(d, dict):
@@ -248,7 +273,7 @@ def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: 
     model = LMConfig(
         vocab_size=vocab_size, d_model=d_model, n_layers=16, n_heads=8, d_head=d_head, d_ff=2048, dropout=0.1,
         norm="post", pos_emb=_default_pos_emb(attention), context=context, tie_embeddings=True, attention=attention,
-        adaptive_cutoffs=[20000, 40000, 200000], adaptive_div_value=4.0,
+        adaptive_cutoffs=[c for c in (20000, 40000, 200000) if c < vocab_size] or None, adaptive_div_value=4.0,
     )
     # Steps: DESIGN.md gives none for the paper's runs; 120k is our choice for the full setting.
     train = TrainConfig(batch_size=batch_size, steps=120_000, lr=2.5e-4, min_lr=0.0, warmup=2000, weight_decay=0.0,
@@ -258,7 +283,7 @@ def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: 
 
 def wt103_small(attention: str = "softmax", vocab_size: int = 267735) -> Preset:
     """The paper's small WikiText-103 setting: 16 post-LN layers, d_model 128, 8 heads of 16, FFN 2048,
-    dropout 0.1, adaptive input/softmax (cutoffs 20k/40k/200k, tied), context 256, batch 96,
+    dropout 0.1, adaptive input/softmax (cutoffs 20k/40k/200k, those below ``vocab_size``; tied), context 256, batch 96,
     Adam lr 2.5e-4, warm-up 2000, cosine, clip 0.25."""
     return _wt103(attention, d_model=128, d_head=16, context=256, batch_size=96, vocab_size=vocab_size)
 

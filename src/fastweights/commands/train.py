@@ -1,0 +1,70 @@
+"""Train a language model on a text corpus (one process, or many under torchrun).
+
+Examples:
+  fastweights train --preset shakespeare-char --attention dpfp-2+delta --data ../shared/data/tinyshakespeare/input.txt --out runs/shakespeare-dpfp
+  fastweights train ... --out runs/shakespeare-dpfp --resume        # continue after a stop or crash
+  torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --data DIR --out runs/wt103
+      (DIR holds wiki.{train,valid,test}.tokens; the same command on 1 process, 1 GPU or many machines)
+
+The run directory gets config.json, tokenizer.json, model.safetensors (what `fastweights eval` and
+`generate` read), metrics.csv and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch.distributed as dist
+
+from ..models import get_run_preset, list_attentions, list_presets
+from ..tasks.text import load_corpus
+from ..train import main_first, setup_distributed, train
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, choices=list_presets(), help="named configuration: %(choices)s")
+    p.add_argument("--attention", default="softmax", metavar="VARIANT",
+                   help="attention variant (default: softmax); one of: " + ", ".join(list_attentions())
+                   + " (<nu>, <m>: positive integers, e.g. dpfp-2+delta, favor-64)")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="a text file (split 90/10 into train/val) or a directory with wiki.{train,valid,test}.tokens")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model or training setting, e.g. --set steps=500 --set d_model=256 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--tokenizer", default="auto", choices=["auto", "char", "word", "bpe"],
+                   help="tokenization (default auto: word for a directory, char for a file)")
+    p.add_argument("--tokenizer-file", metavar="JSON", help="use this tokenizer.json instead of building a vocabulary")
+    p.add_argument("--bpe-vocab-size", type=int, default=4096, help="vocabulary of a trained BPE (default: 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of a single file (default: 0.1)")
+    p.add_argument("--cache-dir", metavar="DIR", help="token-id cache (default: $FASTWEIGHTS_CACHE or ~/.cache/fastweights/corpora)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    info = setup_distributed(args.device)
+    try:
+        corpus = main_first(info, lambda: load_corpus(
+            args.data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
+            val_fraction=args.val_fraction, cache_dir=args.cache_dir,
+        ))
+        preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size)
+        if any(a.split("=", 1)[0].rpartition(".")[2] == "vocab_size" for a in args.set):
+            raise ValueError("vocab_size comes from the data's tokenizer and cannot be --set")
+        preset = preset.with_overrides(args.set)
+        if info.is_main:
+            tokens = corpus.info["tokens"]
+            print(f"data: {args.data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
+                  f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}")
+            print(f"model: {preset.model}")
+            print(f"train: {preset.train}")
+        result = train(preset.model, preset.train, corpus, args.out, resume=args.resume, device=args.device,
+                       progress=not args.no_progress)
+        if info.is_main and result:
+            print(f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
+                  f"{result['tokens_per_s']:,.0f} tokens/s -> {args.out}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
