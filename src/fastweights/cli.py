@@ -12,6 +12,8 @@ from typing import List, Optional
 
 COMMANDS = {
     "demo": "fastweights.commands.demo",
+    "eval": "fastweights.commands.eval",
+    "generate": "fastweights.commands.generate",
     "train": "fastweights.commands.train",
 }
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -161,6 +162,42 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
     return EvalResult("carried-state", segment, len(ids) - 1, total / (len(ids) - 1))
 
 
+PROTOCOLS = ("sliding-window", "carried-state")
+
+
+def evaluate(
+    model: nn.Module,
+    ids: Tensor,
+    context: int,
+    *,
+    protocols: Sequence[str] = PROTOCOLS,
+    stride: int = 1,
+    segment: Optional[int] = None,
+    batch_size: int = 64,
+    max_tokens: Optional[int] = None,
+    progress: bool = False,
+) -> List[EvalResult]:
+    """Run the requested protocols on the first ``max_tokens`` scored tokens of ``ids``.
+
+    ``'carried-state'`` is skipped for models with softmax attention (see
+    :func:`is_fast_weight_model`). ``segment`` defaults to ``context``; ``max_tokens`` ``None``
+    scores the whole stream (``ids[1:]``).
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocols {unknown}; expected some of {list(PROTOCOLS)}")
+    ids = _check_ids(ids)
+    if max_tokens is not None:
+        _check_positive(max_tokens=max_tokens)
+        ids = ids[:max_tokens + 1]
+    results = []
+    if "sliding-window" in protocols:
+        results.append(sliding_window_loss(model, ids, context, stride, batch_size, progress))
+    if "carried-state" in protocols and is_fast_weight_model(model):
+        results.append(carried_state_loss(model, ids, segment or context, progress))
+    return results
+
+
 def _nll_sum(logits: Tensor, targets: Tensor) -> float:
     """Summed cross-entropy (nats) of ``logits [B, T, V]`` against ``targets [B, T]`` (-100 ignored)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device),
@@ -171,8 +208,10 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_ids(ids: Tensor) -> Tensor:
-    if not isinstance(ids, Tensor):
+def _check_ids(ids) -> Tensor:
+    if isinstance(ids, np.ndarray):  # e.g. a read-only memmap of a corpus split
+        ids = torch.from_numpy(ids.astype(np.int64))
+    elif not isinstance(ids, Tensor):
         ids = torch.as_tensor(ids)
     if ids.dim() != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex:
         raise ValueError(f"ids must be a 1-D integer tensor, got dtype {ids.dtype} and shape {list(ids.shape)}")

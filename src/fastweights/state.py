@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .atomic import atomic_write
+
 PathLike = Union[str, os.PathLike]
 
 _STRUCTURE_KEY = "fastweights.state"
@@ -36,7 +38,7 @@ _TENSOR_LEAF = "__tensor__"
 def save_state(path: PathLike, state: Any) -> None:
     """Write ``state`` (nested dicts/lists of tensors and scalars) to a safetensors file.
 
-    The file is written to a temporary name and renamed, so a crash never leaves half a state.
+    The write is atomic (temporary file, fsync, rename): a crash never leaves half a state.
 
     Raises:
         TypeError: a leaf that is neither a tensor nor an ``int``/``float``/``bool``/``None``, or a
@@ -45,10 +47,8 @@ def save_state(path: PathLike, state: Any) -> None:
     """
     tensors: Dict[str, Tensor] = {}
     structure = _flatten(state, "", tensors)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_STRUCTURE_KEY: json.dumps(structure)})
-    os.replace(tmp, path)
+    metadata = {_STRUCTURE_KEY: json.dumps(structure)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_state(path: PathLike, device: Optional[Union[str, torch.device]] = None) -> Any:
