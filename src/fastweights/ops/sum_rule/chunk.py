@@ -1,12 +1,23 @@
-"""Sum rule, chunkwise parallel form.
+"""Sum rule, chunkwise parallel form with a hand-derived backward.
 
-With chunks of C tokens, chunk n starting from state S_n::
+With chunks of C tokens, chunk n starting from state S_n, and ``P_n = tril(Q_n K_n^T)`` (diagonal
+included)::
 
-    O_n     = Q_n S_n + tril(Q_n K_n^T) V_n
+    O_n     = Q_n S_n + P_n V_n
     S_{n+1} = S_n + K_n^T V_n
 
-The chunk states are an exclusive prefix sum of the per-chunk updates K_n^T V_n, so there is
-no loop at all: every product is one batched matmul over all chunks.
+The chunk states are an exclusive prefix sum of the per-chunk updates ``K_n^T V_n``, so there is
+no loop at all. Backward, with ``G_{n+1} = dL/dS_{n+1}`` (a reverse prefix sum:
+``G_{n+1} = dS_T + sum_{m > n} Q_m^T dO_m``)::
+
+    dP_n = tril(dO_n V_n^T)
+    dQ_n = dO_n S_n^T + dP_n K_n
+    dK_n = dP_n^T Q_n + V_n G_{n+1}^T
+    dV_n = P_n^T dO_n + K_n G_{n+1}
+    dS_0 = G_0
+
+Only the inputs and the N + 1 chunk-boundary states are kept for the backward (``P`` is
+recomputed), so memory is O(T d + (T / C) d_k d_v).
 """
 
 from __future__ import annotations
@@ -16,22 +27,50 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._api import causal_mask, chunk_view, make_op
+from .._api import make_op
+from .._chunked import causal_scores, flat, from_chunks, to_chunks
+
+
+class ChunkSumRule(torch.autograd.Function):
+    """``(q, k, v, S0, chunk_size) -> (o, S_T)`` on ``[B, H, T, D]`` tensors; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
+        B, H, T, _ = q.shape
+        qc, kc, vc = (to_chunks(x, chunk_size) for x in (q, k, v))  # [N, BH, C, d]
+        states = qc.new_empty((qc.shape[0] + 1, B * H) + S0.shape[2:])  # [N+1, BH, d_k, d_v]
+        states[0] = S0.reshape(B * H, *S0.shape[2:])
+        torch.cumsum(kc.transpose(-1, -2) @ vc, dim=0, out=states[1:])  # sum of K_m^T V_m, m <= n
+        states[1:] += states[0]
+        o = torch.baddbmm(flat(causal_scores(qc, kc) @ vc), flat(qc), flat(states[:-1]))  # [N*BH, C, d_v]
+        ctx.save_for_backward(qc, kc, vc, states)
+        ctx.shape = (B, H, T)
+        return from_chunks(o.view_as(vc), B, H, T), states[-1].view_as(S0).clone()
+
+    @staticmethod
+    def backward(ctx, do: Optional[Tensor], dS: Optional[Tensor]):
+        qc, kc, vc, states = ctx.saved_tensors
+        B, H, T = ctx.shape
+        if do is None:
+            do = vc.new_zeros(B, H, T, vc.shape[-1])
+        doc = to_chunks(do, kc.shape[2])  # [N, BH, C, d_v]
+        # G_{n+1} = dS_T + sum_{m > n} Q_m^T dO_m = (dS_T + total) - (prefix sum up to n).
+        g_after = torch.cumsum(qc.transpose(-1, -2) @ doc, dim=0)  # [N, BH, d_k, d_v]
+        dS0 = g_after[-1].clone()  # [BH, d_k, d_v]
+        if dS is not None:
+            dS0 += dS.reshape(dS0.shape)
+        g_after.neg_().add_(dS0)  # [N, BH, d_k, d_v]: dL/dS_{n+1}
+        dp = causal_scores(doc, vc)  # [N, BH, C, C]
+        dq = torch.baddbmm(flat(dp @ kc), flat(doc), flat(states[:-1]).transpose(-1, -2))  # [N*BH, C, d_k]
+        dk = torch.baddbmm(flat(dp.transpose(-1, -2) @ qc), flat(vc), flat(g_after).transpose(-1, -2))
+        dv = torch.baddbmm(flat(causal_scores(qc, kc).transpose(-1, -2) @ doc), flat(kc), flat(g_after))
+        grads = (from_chunks(x.view(kc.shape[:2] + x.shape[1:]), B, H, T) for x in (dq, dk, dv))
+        return (*grads, dS0.view(B, H, *dS0.shape[1:]), None)
 
 
 def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
     """Sum rule over chunks of ``chunk_size``. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``."""
-    T = q.shape[2]
-    qc, kc, vc = (chunk_view(x, chunk_size) for x in (q, k, v))  # [B, H, N, C, d]
-    updates = kc.transpose(-1, -2) @ vc  # [B, H, N, d_k, d_v]
-    states = torch.cumsum(updates, dim=2)  # [B, H, N, d_k, d_v]: state after chunk n (minus S0)
-    s_final = S0 + states[:, :, -1]  # [B, H, d_k, d_v]
-    s_before = S0[:, :, None] + (states - updates)  # [B, H, N, d_k, d_v]
-    mask = causal_mask(chunk_size, q.device)
-    scores = (qc @ kc.transpose(-1, -2)).masked_fill(~mask, 0.0)  # [B, H, N, C, C]
-    o = qc @ s_before + scores @ vc  # [B, H, N, C, d_v]
-    o = o.reshape(o.shape[0], o.shape[1], -1, o.shape[-1])[:, :, :T]  # [B, H, T, d_v]
-    return o, s_final
+    return ChunkSumRule.apply(q, k, v, S0, chunk_size)
 
 
 chunk_sum_rule = make_op(chunk_core, "sum", "chunk", "Sum rule (linear attention), chunkwise parallel.")

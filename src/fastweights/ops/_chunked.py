@@ -1,0 +1,81 @@
+"""Building blocks of the hand-differentiated chunk forms (``sum_rule/chunk.py``, ``delta_rule/chunk.py``).
+
+Layout: the chunk forms work on *chunk-major* tensors ``[N, B*H, C, D]`` (N chunks of C tokens).
+Chunk ``n`` of every head is then one contiguous ``[B*H, C, D]`` block, so the scan over chunks
+feeds ``torch.baddbmm`` plain contiguous batches and writes its results in place, and every
+other product is a single batched matmul over all ``N * B * H`` chunks at once. Converting to and
+from this layout is one strided copy per tensor (the input is already a transposed view).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def to_chunks(x: Tensor, chunk_size: int) -> Tensor:
+    """``[B, H, T, D]`` (any strides) -> contiguous ``[N, B*H, C, D]``, zero-padded to ``N*C >= T``."""
+    B, H, T, D = x.shape
+    C = chunk_size
+    N, full = -(-T // C), T // C
+    out = x.new_empty(N, B, H, C, D)  # [N, B, H, C, D]
+    if full:
+        out[:full].copy_(x[:, :, : full * C].unflatten(2, (full, C)).permute(2, 0, 1, 3, 4))
+    if full < N:
+        rem = T - full * C
+        out[full, :, :, :rem].copy_(x[:, :, full * C :])
+        out[full, :, :, rem:].zero_()
+    return out.view(N, B * H, C, D)
+
+
+def from_chunks(xc: Tensor, B: int, H: int, T: int) -> Tensor:
+    """Inverse of :func:`to_chunks`: ``[N, B*H, C, D]`` -> ``[B, H, T, D]``.
+
+    The result is a transposed view of a contiguous ``[B, T, H, D]`` tensor: the layout the
+    public ops return, so the final ``transpose(1, 2)`` of the caller costs nothing.
+    """
+    N, _, C, D = xc.shape
+    out = xc.new_empty(B, N * C, H, D)  # [B, N*C, H, D]
+    out.view(B, N, C, H, D).copy_(xc.view(N, B, H, C, D).permute(1, 0, 3, 2, 4))
+    return out[:, :T].transpose(1, 2)
+
+
+def causal_scores(a: Tensor, b: Tensor) -> Tensor:
+    """``tril(a b^T)`` per chunk, diagonal included. ``a, b: [..., C, D]`` -> ``[..., C, C]``."""
+    return (a @ b.transpose(-1, -2)).tril_()
+
+
+def flat(x: Tensor) -> Tensor:
+    """``[N, B*H, ...]`` -> ``[N*B*H, ...]`` (a view), the 3-D batch ``torch.baddbmm`` takes."""
+    return x.flatten(0, 1)
+
+
+def unit_lower_inverse(m: Tensor) -> Tensor:
+    """Invert unit lower-triangular matrices in place by block doubling; returns ``m``.
+
+    ``m: [..., C, C]`` holds ``L = I + A`` (``A`` strictly lower; the upper triangle is ignored
+    and must be zero). Blocks of size b on the diagonal already hold their inverses; two of them
+    are merged into a block of size 2b with
+
+        [[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]
+
+    so the whole inverse costs ``log2 C`` pairs of batched matmuls (about C^3 / 3 FLOP per
+    matrix) instead of C dependent row updates or one LAPACK call per matrix. C that is not a
+    power of two is handled by padding with an identity block.
+    """
+    C = m.shape[-1]
+    P2 = 1 << (C - 1).bit_length()
+    if P2 != C:
+        padded = m.new_zeros(m.shape[:-2] + (P2, P2))
+        padded[..., :C, :C] = m
+        padded.diagonal(dim1=-2, dim2=-1)[..., C:] = 1.0
+        m.copy_(unit_lower_inverse(padded)[..., :C, :C])
+        return m
+    batch = m.shape[:-2]
+    b = 1
+    while b < C:
+        P = C // (2 * b)
+        blocks = m.view(*batch, P, 2, b, P, 2, b).diagonal(dim1=-6, dim2=-3).movedim(-1, -5)  # [..., P, 2, b, 2, b]
+        inv11, l21, inv22 = blocks[..., 0, :, 0, :], blocks[..., 1, :, 0, :], blocks[..., 1, :, 1, :]
+        blocks[..., 1, :, 0, :] = -(inv22 @ (l21 @ inv11))  # [..., P, b, b]
+        b *= 2
+    return m
