@@ -1,0 +1,47 @@
+"""The model directory: write, load back (same outputs), clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastweights.models import LanguageModel, LMConfig, load_model, read_config, save_weights, write_config
+
+
+@pytest.mark.parametrize("kw", [dict(attention="dpfp-2+delta"), dict(attention="softmax", tie_embeddings=False),
+                                dict(attention="favor-8", vocab_size=120, adaptive_cutoffs=[10, 50])])
+def test_round_trip(tmp_path: Path, kw: dict) -> None:
+    torch.manual_seed(0)
+    cfg = LMConfig(**{**dict(vocab_size=37, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=8), **kw})
+    model = LanguageModel(cfg).eval()
+    write_config(tmp_path, cfg, tokenizer={"kind": "char", "vocab_size": cfg.vocab_size})
+    save_weights(model, tmp_path / "model.safetensors")
+    loaded, cfg2 = load_model(tmp_path, "cpu")
+    assert cfg2 == cfg and not loaded.training
+    assert read_config(tmp_path)["tokenizer"] == {"kind": "char", "vocab_size": cfg.vocab_size}
+    idx = torch.randint(0, cfg.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+    if cfg.tie_embeddings and cfg.adaptive_cutoffs is None:
+        assert loaded.wte.weight is loaded.head.weight  # still tied after loading
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model": {}}))
+    with pytest.raises(ValueError, match="not a fastweights LM config"):
+        load_model(tmp_path)
+    small = LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)
+    write_config(tmp_path, small)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model(tmp_path)
+    save_weights(LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, d_ff=8)), tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="does not match the model: .*unexpected"):
+        load_model(tmp_path)

@@ -1,0 +1,123 @@
+"""The decoder LM: every attention variant trains, step == forward, segments carry state, adaptive softmax, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastweights.models import LanguageModel, LMConfig
+
+VARIANTS = ["softmax", "linear", "delta", "dpfp-2+delta", "dpfp-1", "favor-8", "favor-8+delta", "relu+delta"]
+
+
+def tiny(attention: str = "delta", **kw) -> LanguageModel:
+    torch.manual_seed(0)
+    base = dict(vocab_size=37, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, attention=attention, chunk_size=4)
+    return LanguageModel(LMConfig(**{**base, **kw}))
+
+
+@pytest.mark.parametrize("attention", VARIANTS)
+def test_forward_backward_every_variant(attention: str) -> None:
+    model = tiny(attention, dropout=0.1).train()
+    idx = torch.randint(0, 37, (3, 11))
+    logits, loss, state = model(idx, idx.roll(-1, 1))
+    assert logits.shape == (3, 11, 37) and state["pos"] == 11 and len(state["layers"]) == 2
+    assert torch.isfinite(loss) and abs(loss.item() - math.log(37)) < 1.0  # near uniform at init
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("attention", VARIANTS)
+def test_step_equals_forward(attention: str, norm: str) -> None:
+    model = tiny(attention, norm=norm, pos_emb="learned" if attention == "softmax" else "none").eval()
+    idx = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        logits, _, _ = model(idx)
+        state, steps = None, []
+        for t in range(idx.shape[1]):
+            out, state = model.step(idx[:, t], state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits, atol=1e-5, rtol=1e-4)
+    assert state["pos"] == 9
+
+
+@pytest.mark.parametrize("attention", ["softmax", "delta", "linear"])
+def test_segments_with_state_equal_one_pass(attention: str) -> None:
+    model = tiny(attention, pos_emb="learned").eval()
+    idx = torch.randint(0, 37, (2, 14))
+    with torch.no_grad():
+        full, _, _ = model(idx)
+        a, _, state = model(idx[:, :5])
+        b, _, state = model(idx[:, 5:], state=state)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-4)
+    assert state["pos"] == 14
+
+
+def test_positions_start_at_state_pos() -> None:
+    model = tiny("softmax", pos_emb="learned").eval()
+    idx = torch.randint(0, 37, (1, 4))
+    with torch.no_grad():
+        fresh, _, _ = model(idx)
+        moved, _, _ = model(idx, state={"pos": 3, "layers": [None, None]})
+    assert not torch.allclose(fresh, moved)
+
+
+def test_targets_ignore_index_and_tied_weights() -> None:
+    model = tiny("linear").eval()
+    assert model.wte.weight is model.head.weight
+    idx = torch.randint(0, 37, (2, 6))
+    targets = idx.clone()
+    targets[0, :3] = -100
+    logits, loss, _ = model(idx, targets)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 37)[targets.reshape(-1) != -100],
+                                                     targets.reshape(-1)[targets.reshape(-1) != -100]))
+    untied = tiny("linear", tie_embeddings=False)
+    assert untied.wte.weight is not untied.head.weight
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_adaptive_softmax(tie: bool) -> None:
+    model = tiny("delta", vocab_size=300, adaptive_cutoffs=[20, 100], norm="post", pos_emb="none", tie_embeddings=tie).eval()
+    assert (model.wte is None) == tie
+    idx = torch.randint(0, 300, (2, 12))
+    idx[0, :4] = torch.tensor([0, 25, 150, 299])  # every cluster
+    targets = idx.roll(-1, 1)
+    targets[1, 5] = -100
+    logits, loss, _ = model(idx, targets)  # log-probabilities
+    torch.testing.assert_close(logits.exp().sum(-1), torch.ones(2, 12))
+    torch.testing.assert_close(loss, F.nll_loss(logits.reshape(-1, 300), targets.reshape(-1), ignore_index=-100))
+    none, loss2, _ = model(idx, targets, return_logits=False)
+    assert none is None and torch.equal(loss, loss2)
+    with torch.no_grad():
+        state, steps = None, []
+        for t in range(12):
+            out, state = model.step(idx[:, t], state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits.detach(), atol=1e-5, rtol=1e-4)
+    loss.backward()
+    if tie:  # the input side of a tail token trains the tail weights of the softmax
+        assert model.head.tail[1][1].weight.grad.abs().sum() > 0
+
+
+def test_bad_input() -> None:
+    model = tiny("softmax", pos_emb="learned")
+    with pytest.raises(ValueError, match="integer tensor of shape \\[B, T\\]"):
+        model(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="integer tensor of shape \\[B\\]"):
+        model.step(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="outside \\[0, vocab_size=37\\)"):
+        model(torch.tensor([[1, 37]]))
+    with pytest.raises(ValueError, match="targets must have the shape"):
+        model(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="learned positions cover 16 tokens"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="state must be an LMState"):
+        model(torch.zeros(1, 3, dtype=torch.long), state={"layers": []})
+    with pytest.raises(TypeError, match="cfg must be an LMConfig"):
+        LanguageModel({"vocab_size": 3})
