@@ -15,7 +15,7 @@ Each (model, T) runs in a fresh process so that one's memory does not show in an
 The delta-rule model's figures should stay flat while the softmax model's grow with T.
 Prints a markdown table, writes it as JSON, and plots latency and memory to a PNG::
 
-    python benchmarks/decode.py                       # ~5 min on 2 CPU cores, docs/decode.png
+    python benchmarks/decode.py      # ~13 min on a shared 2-core CPU (10 of them: the quadratic softmax 64k prefill)
     python benchmarks/decode.py --lengths 1024 4096 --decode 16 --png /tmp/decode.png
 """
 
@@ -81,18 +81,19 @@ def plot(rows: List[Dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for attention in dict.fromkeys(r["attention"] for r in rows):
+    for i, attention in enumerate(dict.fromkeys(r["attention"] for r in rows)):
         mine = [r for r in rows if r["attention"] == attention]
-        x = [r["context"] for r in mine]
-        axes[0].plot(x, [r["ms_per_token"] for r in mine], "o-", label=attention)
-        axes[1].plot(x, [r["rss_mb"] for r in mine], "o-", label=f"{attention}: process RSS")
-        axes[1].plot(x, [r["state_mb"] for r in mine], "o--", label=f"{attention}: state")
-    axes[0].set(xscale="log", xlabel="context length (tokens already read)", ylabel="ms per decoded token",
+        x, color = [r["context"] for r in mine], f"C{i}"
+        axes[0].plot(x, [r["ms_per_token"] for r in mine], "o-", color=color, label=attention)
+        axes[1].plot(x, [r["rss_mb"] for r in mine], "o-", color=color, label=f"{attention}: process RSS")
+        axes[1].plot(x, [r["state_mb"] for r in mine], "s--", color=color, label=f"{attention}: state")
+    axes[0].set(xscale="log", yscale="log", xlabel="context length (tokens already read)", ylabel="ms per decoded token",
                 title="decode latency")
     axes[1].set(xscale="log", yscale="log", xlabel="context length (tokens already read)", ylabel="MB",
                 title="memory while decoding")
     for ax in axes:
-        ax.set_xticks([r["context"] for r in rows], [f"{r['context'] // 1024}k" for r in rows])
+        ticks = sorted({r["context"] for r in rows})
+        ax.set_xticks(ticks, [f"{t // 1024}k" if t >= 1024 else str(t) for t in ticks])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

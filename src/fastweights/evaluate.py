@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ def is_fast_weight_model(model: nn.Module) -> bool:
     return not any(isinstance(m, SoftmaxAttention) for m in model.modules())
 
 
-def window_starts(n_tokens: int, context: int, stride: int) -> tuple:
+def window_starts(n_tokens: int, context: int, stride: int) -> Tuple[Tensor, Tensor]:
     """Where the windows of protocol (a) start and how many positions each scores.
 
     Window ``i`` reads ``ids[a_i : a_i + L]`` and predicts ``ids[a_i + 1 : a_i + L + 1]``; it scores
@@ -101,7 +101,7 @@ def sliding_window_loss(
     Args:
         model: ``model(idx [B, T]) -> (logits [B, T, V], loss, state)`` (logits may be
             log-probabilities).
-        ids: the token stream ``[N]``.
+        ids: the token stream ``[N]`` (a tensor, or a numpy array such as a corpus split's memmap).
         context: window length ``L`` (the training context).
         stride: tokens the window advances by, and positions scored per window (1 = the paper).
         batch_size: windows per forward pass.
@@ -134,7 +134,7 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
     Args:
         model: a fast-weight language model, ``model(idx [1, T], state=state) -> (logits, loss,
             state)`` with ``state = {"pos": int, "layers": [...]}``.
-        ids: the token stream ``[N]``.
+        ids: the token stream ``[N]`` (a tensor, or a numpy array such as a corpus split's memmap).
         segment: segment length (the training context); positions restart at 0 in each segment.
         progress: show a tqdm bar.
 

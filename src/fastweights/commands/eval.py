@@ -33,6 +33,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="model directory written by `fastweights train`")
     p.add_argument("--data", required=True, type=Path, help="the corpus: a text file or a wiki.*.tokens directory")
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split to score (default: val)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="validation share of a single text file: as recorded in the checkpoint, else 0.1 (train's default)")
     p.add_argument("--protocol", default="both", choices=["both", *PROTOCOLS], help="protocol(s) to run (default: both)")
     p.add_argument("--stride", type=int, default=1, help="sliding-window stride, 1..context (default: 1, the paper's)")
     p.add_argument("--segment", type=int, default=None, help="carried-state segment length (default: the context)")
@@ -46,9 +48,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         model, cfg = load_model(args.checkpoint, args.device)
-        data_info = read_config(args.checkpoint).get("data") or {}
-        kwargs = {"val_fraction": data_info["val_fraction"]} if data_info.get("val_fraction") else {}
-        corpus = load_corpus(args.data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, **kwargs)
+        val_fraction = args.val_fraction or (read_config(args.checkpoint).get("data") or {}).get("val_fraction", 0.1)
+        corpus = load_corpus(args.data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction)
         if args.split not in corpus.splits:
             raise ValueError(f"--data {args.data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
         protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
