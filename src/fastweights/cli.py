@@ -12,6 +12,7 @@ from typing import List, Optional
 
 COMMANDS = {
     "demo": "fastweights.commands.demo",
+    "capacity": "fastweights.commands.capacity",
     "eval": "fastweights.commands.eval",
     "generate": "fastweights.commands.generate",
     "train": "fastweights.commands.train",

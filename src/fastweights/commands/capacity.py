@@ -1,0 +1,110 @@
+"""Run the paper's associative-retrieval capacity experiment (section 6.1).
+
+Trains a one-layer retrieval model per (method, S) cell and reports the final loss against the
+number of stored keys S: a memory fails once S passes its key dimension d_dot (setting 1), and
+only the delta rule recovers when keys repeat and must be overwritten (setting 2). With no
+arguments it runs the quick preset (both findings, width d = 16, minutes on a CPU); --preset
+paper-setting1|paper-setting2 runs the paper's full grids (d = 64). Writes results.csv,
+results.json and capacity.png to --out; a sweep restarted with the same --out skips finished cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..tasks.capacity import METHOD_HELP
+from ..tasks.capacity_report import format_table, plot_results
+from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, parse_keys, run_sweep
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="grid to run (default: quick)")
+    p.add_argument("--setting", type=int, choices=[1, 2], help="run only this setting of the preset")
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"methods to train ({METHOD_HELP})")
+    p.add_argument("--keys", metavar="START:STOP:STEP|S,S,...", help="S values, e.g. 20:600:20 or 8,16,32")
+    p.add_argument("--queries", metavar="N|all", help="keys queried per sequence (default: the preset's)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="step cap per cell (default: the preset's)")
+    p.add_argument("--d", type=int, metavar="N", help="model width d (default: the preset's; 64 in the paper)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--out", default="runs/capacity", help="output folder (default: runs/capacity)")
+
+
+def build_config(args: argparse.Namespace) -> SweepConfig:
+    """The preset of ``args`` with the command-line overrides applied (``ValueError`` if invalid)."""
+    config = get_preset(args.preset)
+    grids = config.grids
+    if args.setting is not None:
+        grids = tuple(g for g in grids if g.setting == args.setting)
+        if not grids:
+            raise ValueError(f"--setting {args.setting}: preset {args.preset!r} has no such setting")
+    methods = tuple(m for arg in args.methods for m in arg.split(",") if m) if args.methods else None
+    keys = parse_keys(args.keys) if args.keys is not None else None
+    grids = tuple(Grid(g.setting, methods or g.methods, keys or g.keys) for g in grids)
+    train = config.train
+    if args.max_steps is not None:
+        train = dataclasses.replace(train, max_steps=args.max_steps)
+    queries = config.queries
+    if args.queries is not None:
+        if args.queries != "all" and not args.queries.isdigit():
+            raise ValueError(f"--queries must be a positive int or 'all', got {args.queries!r}")
+        queries = args.queries if args.queries == "all" else int(args.queries)
+    return SweepConfig(grids, train, queries, args.d if args.d is not None else config.d, args.seed)
+
+
+def check_device(name: str) -> torch.device:
+    """``torch.device(name)``, checked to exist on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args)
+        device = check_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"fastweights capacity: error: {e}")
+    out = Path(args.out)
+    n_cells = len(list(config.cells()))
+    print(f"capacity sweep: preset {args.preset}, {n_cells} cells, d = {config.d}, queries = {config.queries}, "
+          f"max steps {config.train.max_steps}, device {device}, results in {out}/")
+    bar = tqdm(total=config.train.max_steps, unit="step", dynamic_ncols=True, leave=False)
+
+    def on_start(i: int, n: int, cell) -> None:
+        setting, method, n_keys, _ = cell
+        bar.reset(total=config.train.max_steps)
+        bar.set_description(f"[{i + 1}/{n}] setting {setting} {method} S={n_keys}")
+
+    def on_result(i: int, n: int, r, skipped: bool) -> None:
+        how = "done before, skipped" if skipped else f"{r.steps} steps ({r.stopped}), {r.seconds:.1f} s"
+        tqdm.write(f"[{i + 1}/{n}] setting {r.setting} {r.method} S={r.n_keys}: loss {r.final_loss:.3g}, {how}")
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    start = time.perf_counter()
+    try:
+        rows = run_sweep(config, out, device, on_start=on_start, on_step=on_step, on_result=on_result)
+    except ValueError as e:
+        raise SystemExit(f"fastweights capacity: error: {e}")
+    finally:
+        bar.close()
+    print(format_table(rows))
+    png = plot_results(rows, out / "capacity.png")
+    trained = sum(r.seconds for r in rows)
+    print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {png}  "
+          f"({time.perf_counter() - start:.0f} s this run; {trained:.0f} s of training in these cells)")
+    return 0

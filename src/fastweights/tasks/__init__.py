@@ -1,0 +1,1 @@
+"""Tasks and experiments built on the core (the core never imports them)."""

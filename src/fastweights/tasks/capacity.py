@@ -1,0 +1,262 @@
+"""The capacity experiment (paper section 6.1): methods, the one-layer retrieval model, training.
+
+A *method* names a memory: ``softmax`` (the baseline), or a feature map with an update rule,
+``<map>[+<rule>]`` where ``<map>`` is ``linear`` (elu + 1), ``relu``, ``identity``, ``favor-<m>``
+(FAVOR+ with m random features) or ``dpfp-<nu>``, and ``<rule>`` is ``sum`` (default) or ``delta``.
+
+The model has one attention layer of width ``d`` (64 in the paper) over a sequence of ``T``
+key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
+
+    x_t = [E key_t ; onehot(value_t)]           # [d + S]   E: key embedding [S, d]
+    k_t = phi(W_k x_t),  v_t = onehot(value_t)  # [d_dot], [S]
+    q   = phi(W_q E query)                      # [d_dot]
+    y   = S_T^T q                               # [S], S_T: fast weights after the T pairs
+
+with the sum rule normalised by ``z_T . q`` and the delta rule using sum-normalised ``phi`` and a
+learned rate ``beta_t = sigmoid(w_beta . x_t)`` (the conventions of
+:class:`fastweights.layers.FastWeightAttention`). Softmax reads ``y = softmax(K q / sqrt(d))^T V``.
+The loss is ``0.5 |y - onehot(target)|^2`` per query (0.5: the output predicts nothing).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..feature_maps import get_feature_map, get_qk_norm
+from ..ops import get_op
+from .retrieval import RetrievalBatch, RetrievalTask
+
+_MAPS = {"linear": "elu_p1", "relu": "relu", "identity": "identity", "favor": "favor", "dpfp": "dpfp"}
+_ARG = {"favor": "m", "dpfp": "nu"}
+_METHOD_RE = re.compile(r"^(?P<map>[a-z_]+)(?:-(?P<arg>\d+))?(?:\+(?P<rule>[a-z]+))?$")
+METHOD_FORMS = ("softmax", "linear", "relu", "identity", "favor-<m>", "dpfp-<nu>")
+METHOD_HELP = f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+sum' (default) or '+delta'"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name: ``rule`` is ``'softmax'``, ``'sum'`` or ``'delta'``."""
+
+    name: str
+    rule: str
+    feature_map: Optional[str] = None
+    feature_map_kwargs: Tuple[Tuple[str, int], ...] = ()
+
+    def d_dot(self, d: int) -> Optional[int]:
+        """Size of the memory's key space for width ``d`` (``None`` for softmax, which has no fixed size)."""
+        if self.feature_map is None:
+            return None
+        return get_feature_map(self.feature_map, d, **dict(self.feature_map_kwargs)).out_dim()
+
+
+def parse_method(name: str) -> Method:
+    """Parse ``'dpfp-2+delta'`` into ``Method(rule='delta', feature_map='dpfp', kwargs nu=2)``.
+
+    Raises ``ValueError`` listing the valid forms for anything else.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name must be a str, got {type(name).__name__}")
+    m = _METHOD_RE.match(name)
+    bad = ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')")
+    if m is None:
+        raise bad
+    base, arg, rule = m["map"], m["arg"], m["rule"]
+    if base == "softmax":
+        if arg is not None or rule is not None:
+            raise bad
+        return Method(name, "softmax")
+    if base not in _MAPS or (arg is None) != (base not in _ARG) or rule not in (None, "sum", "delta"):
+        raise bad
+    kwargs = ((_ARG[base], int(arg)),) if arg is not None else ()
+    method = Method(name, rule or "sum", _MAPS[base], kwargs)
+    method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
+    return method
+
+
+class RetrievalModel(nn.Module):
+    """One attention layer that stores ``T`` key/value pairs and answers ``Q`` queries.
+
+    Args:
+        method: a :class:`Method` (or its name).
+        n_keys: ``S``, the size of the key and of the value vocabulary.
+        d: width of the key embedding and of the projected keys and queries (64 in the paper).
+        seed: seed of the FAVOR+ random features (unused by other maps).
+    """
+
+    def __init__(self, method: Method | str, n_keys: int, d: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.method = parse_method(method) if isinstance(method, str) else method
+        self.n_keys, self.d = n_keys, d
+        self.embed = nn.Embedding(n_keys, d)
+        self.key_proj = nn.Linear(d + n_keys, d, bias=False)
+        self.query_proj = nn.Linear(d, d, bias=False)
+        rule = self.method.rule
+        if rule == "softmax":
+            return
+        kwargs = dict(self.method.feature_map_kwargs)
+        if self.method.feature_map == "favor":
+            kwargs["seed"] = seed
+        self.feature_map = get_feature_map(self.method.feature_map, d, **kwargs)
+        self.qk_norm = get_qk_norm("sum" if rule == "delta" else None)
+        self.beta_proj = nn.Linear(d + n_keys, 1) if rule == "delta" else None
+        # Sequences here are short (at most a few hundred tokens), where the quadratic form of the
+        # sum rule is the cheapest; the delta rule has the chunkwise form.
+        self.op = get_op(rule, "parallel" if rule == "sum" else "chunk")
+
+    def forward(self, batch: RetrievalBatch) -> Tensor:
+        """Scores ``y`` ``[B, Q, S]`` for every query of ``batch``."""
+        B, T = batch.keys.shape
+        Q = batch.queries.shape[1]
+        v = F.one_hot(batch.values, self.n_keys).float()  # [B, T, S]
+        x = torch.cat([self.embed(batch.keys), v], dim=-1)  # [B, T, d + S]
+        k = self.key_proj(x)  # [B, T, d]
+        q = self.query_proj(self.embed(batch.queries))  # [B, Q, d]
+        if self.method.rule == "softmax":
+            return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, Q, S]
+        k = self.feature_map.forward_key(k[:, :, None])  # [B, T, 1, d_dot]
+        q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q), self.qk_norm(k)
+        # One sequence of T writes then Q reads: reads carry zero keys, values and rates, which
+        # leave the fast weights unchanged, so every read sees S_T; writes carry zero queries.
+        zk, zq = k.new_zeros(B, Q, 1, k.shape[-1]), q.new_zeros(B, T, 1, q.shape[-1])
+        qs, ks = torch.cat([zq, q], 1), torch.cat([k, zk], 1)  # [B, T + Q, 1, d_dot]
+        vs = torch.cat([v, v.new_zeros(B, Q, self.n_keys)], 1)[:, :, None]  # [B, T + Q, 1, S]
+        if self.method.rule == "sum":
+            o, _ = self.op(qs, ks, vs, normalize=True)  # [B, T + Q, 1, S]
+        else:
+            beta = torch.sigmoid(self.beta_proj(x))  # [B, T, 1]
+            o, _ = self.op(qs, ks, vs, torch.cat([beta, beta.new_zeros(B, Q, 1)], 1))
+        return o[:, T:, 0]  # [B, Q, S]
+
+
+def retrieval_loss(y: Tensor, targets: Tensor) -> Tensor:
+    """``mean over queries of 0.5 |y - onehot(target)|^2``; ``y: [B, Q, S]``, ``targets: [B, Q]``."""
+    return 0.5 * (y - F.one_hot(targets, y.shape[-1]).to(y.dtype)).pow(2).sum(-1).mean()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's training rule: Adam, batch 32, until converged, on a plateau or at a step cap.
+
+    Every ``window`` steps the mean training loss of the window is compared with
+    ``target_loss`` (converged) and with the best window so far: ``patience`` windows in a row
+    without a relative improvement of ``min_improvement`` stop the cell (plateau). The reported
+    loss is then measured on ``eval_batches`` fresh batches of the same distribution.
+    """
+
+    max_steps: int = 20000
+    lr: float = 1e-3
+    batch_size: int = 32
+    target_loss: float = 1e-3
+    window: int = 50
+    patience: int = 20
+    min_improvement: float = 0.01
+    eval_batches: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "window", "patience", "eval_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("lr", "target_loss"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One trained (setting, method, S) cell: what the CSV and JSON rows hold."""
+
+    setting: int
+    method: str
+    feature_map: str
+    rule: str
+    d_dot: Optional[int]
+    n_keys: int
+    queries: int
+    d: int
+    seed: int
+    max_steps: int
+    final_loss: float
+    steps: int
+    seconds: float
+    stopped: str
+
+
+def train_cell(
+    method: Method | str,
+    setting: int,
+    n_keys: int,
+    *,
+    queries: int = 1,
+    d: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    config: TrainConfig = TrainConfig(),
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> CellResult:
+    """Train a fresh :class:`RetrievalModel` on one cell and measure its final loss.
+
+    Model initialisation and training data use ``seed``; the evaluation batches come from a
+    separate stream (``seed + 1``) of the same distribution. ``on_step(step, loss)`` is called
+    after every optimiser step (e.g. to drive a progress bar).
+    """
+    method = parse_method(method) if isinstance(method, str) else method
+    torch.manual_seed(seed)
+    model = RetrievalModel(method, n_keys, d=d, seed=seed).to(device)
+    train_data = RetrievalTask(setting, n_keys, queries, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    start = time.perf_counter()
+    best, stale, window_sum, stopped, step = math.inf, 0, 0.0, "max_steps", 0
+    model.train()
+    while step < config.max_steps:
+        batch = train_data.sample(config.batch_size, device)
+        loss = retrieval_loss(model(batch), batch.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        value = loss.item()
+        window_sum += value
+        if on_step is not None:
+            on_step(step, value)
+        if step % config.window:
+            continue
+        mean, window_sum = window_sum / config.window, 0.0
+        if mean <= config.target_loss:
+            stopped = "converged"
+            break
+        if mean < best * (1 - config.min_improvement):
+            best, stale = mean, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                stopped = "plateau"
+                break
+    final = evaluate(model, RetrievalTask(setting, n_keys, queries, seed=seed + 1), config, device)
+    return CellResult(
+        setting=setting, method=method.name, feature_map=method.feature_map or "softmax", rule=method.rule,
+        d_dot=method.d_dot(d), n_keys=n_keys, queries=queries, d=d, seed=seed, max_steps=config.max_steps,
+        final_loss=final, steps=step, seconds=round(time.perf_counter() - start, 2), stopped=stopped,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: RetrievalModel, task: RetrievalTask, config: TrainConfig, device: str | torch.device = "cpu") -> float:
+    """Mean retrieval loss of ``model`` over ``config.eval_batches`` batches of ``task``."""
+    model.eval()
+    losses = []
+    for _ in range(config.eval_batches):
+        batch = task.sample(config.batch_size, device)
+        losses.append(retrieval_loss(model(batch), batch.targets).item())
+    model.train()
+    return sum(losses) / len(losses)

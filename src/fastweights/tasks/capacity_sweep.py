@@ -1,0 +1,222 @@
+"""The capacity sweep: grids of (setting, method, S) cells, named presets, resumable results.
+
+Each finished cell is appended to ``results.json`` and ``results.csv`` in the output folder at
+once, so an interrupted sweep restarted with the same folder skips the cells already there (a
+cell is the same when its setting, method, S, queries, width d, seed and step cap agree).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .capacity import CellResult, TrainConfig, parse_method, train_cell
+from .retrieval import check_setting, sequence_length
+
+Queries = Union[int, str]
+CellKey = Tuple[int, str, int, int, int, int, int]
+CSV_NAME, JSON_NAME = "results.csv", "results.json"
+FIELDS = [f.name for f in dataclasses.fields(CellResult)]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The methods and key counts S trained in one setting."""
+
+    setting: int
+    methods: Tuple[str, ...]
+    keys: Tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check_setting(self.setting)
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        for name in self.methods:
+            parse_method(name)
+        if not self.keys or any(not isinstance(s, int) or s < 2 for s in self.keys):
+            raise ValueError(f"keys (S values) must be ints >= 2, got {list(self.keys)}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A whole sweep: its grids, the training rule and the model width.
+
+    ``queries``: keys queried per sequence, an int (at most the sequence length T; 1 is the
+    paper's task) or ``'all'`` (every stored pair queried: T queries).
+    """
+
+    grids: Tuple[Grid, ...]
+    train: TrainConfig = TrainConfig()
+    queries: Queries = 1
+    d: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.grids:
+            raise ValueError("a sweep needs at least one grid")
+        if not (self.queries == "all" or (isinstance(self.queries, int) and not isinstance(self.queries, bool) and self.queries >= 1)):
+            raise ValueError(f"queries must be a positive int or 'all', got {self.queries!r}")
+        if not isinstance(self.d, int) or self.d < 1:
+            raise ValueError(f"d must be a positive int, got {self.d!r}")
+
+    def cells(self) -> Iterator[Tuple[int, str, int, int]]:
+        """``(setting, method, S, queries)`` of every cell, grid by grid, method by method."""
+        for grid in self.grids:
+            for method in grid.methods:
+                for s in grid.keys:
+                    t = sequence_length(grid.setting, s)
+                    yield grid.setting, method, s, t if self.queries == "all" else min(self.queries, t)
+
+    def cell_key(self, setting: int, method: str, n_keys: int, queries: int) -> CellKey:
+        """What identifies a cell's result in the results files."""
+        return (setting, method, n_keys, queries, self.d, self.seed, self.train.max_steps)
+
+
+def _key(row: CellResult) -> CellKey:
+    return (row.setting, row.method, row.n_keys, row.queries, row.d, row.seed, row.max_steps)
+
+
+# ---------------------------------------------------------------------------------- presets
+def quick() -> SweepConfig:
+    """Both findings in minutes on a laptop CPU: the paper's task scaled to width d = 16.
+
+    Setting 1: Linear (d_dot 16), DPFP-1 (32) and DPFP-2 (64) over S = 8..64: each fails once S
+    passes its d_dot. Setting 2: with repeated keys the sum rule stays high while the delta rule
+    solves the task. Every stored key is queried (multi-query) for a clean estimate in few steps.
+    """
+    return SweepConfig(
+        grids=(
+            Grid(1, ("linear", "dpfp-1", "dpfp-2"), (8, 16, 32, 64)),
+            Grid(2, ("linear", "dpfp-2", "linear+delta", "dpfp-2+delta"), (8, 16)),
+        ),
+        train=TrainConfig(max_steps=1000, window=50, patience=6),
+        queries="all",
+        d=16,
+    )
+
+
+def paper_setting1() -> SweepConfig:
+    """The paper's setting 1 grid (d = 64, S = 20..600 step 20, one query, long training)."""
+    return SweepConfig(
+        grids=(Grid(1, ("softmax", "linear", "favor-64", "favor-128", "favor-512", "dpfp-1", "dpfp-2", "dpfp-3"),
+                    tuple(range(20, 601, 20))),),
+        train=TrainConfig(max_steps=50000, window=100, patience=20),
+    )
+
+
+def paper_setting2() -> SweepConfig:
+    """The paper's setting 2 grid (d = 64, S = 20..200 step 20, one query, long training)."""
+    return SweepConfig(
+        grids=(Grid(2, ("linear", "favor-64", "dpfp-2", "linear+delta", "favor-64+delta", "dpfp-2+delta"),
+                    tuple(range(20, 201, 20))),),
+        train=TrainConfig(max_steps=50000, window=100, patience=20),
+    )
+
+
+PRESETS: Dict[str, Callable[[], SweepConfig]] = {
+    "quick": quick,
+    "paper-setting1": paper_setting1,
+    "paper-setting2": paper_setting2,
+}
+
+
+def get_preset(name: str) -> SweepConfig:
+    """The preset called ``name`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def parse_keys(text: str) -> Tuple[int, ...]:
+    """``'20:600:20'`` (start:stop:step, stop included) or ``'8,16,32'`` -> a tuple of S values."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) != 3 or parts[2] < 1 or parts[1] < parts[0]:
+                raise ValueError
+            keys = tuple(range(parts[0], parts[1] + 1, parts[2]))
+        else:
+            keys = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"keys must be START:STOP:STEP (e.g. 20:600:20) or a comma list (e.g. 8,16,32), got {text!r}") from None
+    if not keys or min(keys) < 2:
+        raise ValueError(f"keys must give S values >= 2, got {text!r}")
+    return keys
+
+
+# ---------------------------------------------------------------------------------- results files
+def load_results(out: Union[str, Path]) -> List[CellResult]:
+    """The cells stored in ``out/results.json`` (empty if there is none yet)."""
+    path = Path(out) / JSON_NAME
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["cells"]
+        return [CellResult(**row) for row in rows]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a results file of this experiment ({e}); use another --out") from None
+
+
+def save_results(out: Union[str, Path], rows: Sequence[CellResult]) -> None:
+    """Write ``results.json`` and ``results.csv`` (each replaced atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = [dataclasses.asdict(r) for r in rows]
+    _replace(out / JSON_NAME, lambda f: json.dump({"cells": records}, f, indent=1))
+
+    def write_csv(f) -> None:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(records)
+
+    _replace(out / CSV_NAME, write_csv)
+
+
+def _replace(path: Path, write: Callable) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: Union[str, Path],
+    device: Union[str, torch.device] = "cpu",
+    on_start: Optional[Callable[[int, int, Tuple[int, str, int, int]], None]] = None,
+    on_step: Optional[Callable[[int, float], None]] = None,
+    on_result: Optional[Callable[[int, int, CellResult, bool], None]] = None,
+) -> List[CellResult]:
+    """Train every cell of ``config`` not yet in ``out``; return the sweep's cells in grid order.
+
+    Callbacks: ``on_start(i, n, (setting, method, S, queries))`` before a cell is trained,
+    ``on_step(step, loss)`` after every training step (see :func:`train_cell`) and
+    ``on_result(i, n, result, skipped)`` once a cell is trained or found done before.
+    """
+    rows = load_results(out)
+    done = {_key(r): r for r in rows}
+    cells = list(config.cells())
+    results = []
+    for i, cell in enumerate(cells):
+        setting, method, n_keys, queries = cell
+        result = done.get(config.cell_key(*cell))
+        skipped = result is not None
+        if not skipped:
+            if on_start is not None:
+                on_start(i, len(cells), cell)
+            result = train_cell(method, setting, n_keys, queries=queries, d=config.d, seed=config.seed,
+                                device=device, config=config.train, on_step=on_step)
+            rows.append(result)
+            done[_key(result)] = result
+            save_results(out, rows)
+        if on_result is not None:
+            on_result(i, len(cells), result, skipped)
+        results.append(result)
+    return results

@@ -1,0 +1,103 @@
+"""Capacity experiment pieces: method names, the retrieval model, the training rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastweights.tasks.capacity import (
+    RetrievalModel,
+    TrainConfig,
+    parse_method,
+    retrieval_loss,
+    train_cell,
+)
+from fastweights.tasks.retrieval import RetrievalBatch, RetrievalTask
+
+
+@pytest.mark.parametrize(
+    "name,rule,feature_map,kwargs,d_dot",
+    [
+        ("softmax", "softmax", None, {}, None),
+        ("linear", "sum", "elu_p1", {}, 64),
+        ("linear+delta", "delta", "elu_p1", {}, 64),
+        ("favor-64", "sum", "favor", {"m": 64}, 128),
+        ("dpfp-1", "sum", "dpfp", {"nu": 1}, 128),
+        ("dpfp-2+sum", "sum", "dpfp", {"nu": 2}, 256),
+        ("dpfp-3+delta", "delta", "dpfp", {"nu": 3}, 384),
+        ("relu", "sum", "relu", {}, 64),
+    ],
+)
+def test_method_names_parse(name, rule, feature_map, kwargs, d_dot):
+    m = parse_method(name)
+    assert (m.name, m.rule, m.feature_map, dict(m.feature_map_kwargs)) == (name, rule, feature_map, kwargs)
+    assert m.d_dot(64) == d_dot
+
+
+@pytest.mark.parametrize("name", ["dpfp", "favor", "linear-2", "softmax+delta", "dpfp-2+hebb", "lstm", "DPFP-2", "dpfp-2+", ""])
+def test_unknown_method_names_list_the_valid_ones(name):
+    with pytest.raises(ValueError, match=r"unknown method .*valid methods: softmax, linear, .*dpfp-<nu>"):
+        parse_method(name)
+
+
+def test_feature_map_arguments_are_checked():
+    with pytest.raises(ValueError, match="nu"):
+        parse_method("dpfp-500")
+
+
+@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta"])
+@pytest.mark.parametrize("setting", [1, 2])
+def test_each_query_reads_the_final_memory_alone(method, setting):
+    """Scores [B, Q, S]; asking Q keys at once equals asking each key in its own sequence."""
+    task = RetrievalTask(setting, 6, n_queries=5, seed=0)
+    model = RetrievalModel(method, 6, d=8)
+    b = task.sample(3)
+    y = model(b)
+    assert y.shape == (3, 5, 6) and torch.isfinite(y).all()
+    for j in range(5):
+        one = RetrievalBatch(b.keys, b.values, b.queries[:, j : j + 1], b.targets[:, j : j + 1])
+        torch.testing.assert_close(model(one)[:, 0], y[:, j], rtol=1e-5, atol=1e-6)
+
+
+def test_sum_rule_model_is_normalised_linear_attention():
+    """The sum-rule read-out is sum_t (phi(k_t).phi(q)) v_t / sum_t phi(k_t).phi(q)."""
+    model = RetrievalModel("linear", 5, d=8)
+    b = RetrievalTask(2, 5, n_queries=2, seed=1).sample(2)
+    x = torch.cat([model.embed(b.keys), torch.nn.functional.one_hot(b.values, 5).float()], -1)
+    k = model.feature_map(model.key_proj(x))  # [B, T, d_dot]
+    q = model.feature_map(model.query_proj(model.embed(b.queries)))  # [B, Q, d_dot]
+    a = q @ k.transpose(1, 2)  # [B, Q, T]
+    expected = (a / a.sum(-1, keepdim=True)) @ torch.nn.functional.one_hot(b.values, 5).float()
+    torch.testing.assert_close(model(b), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_of_an_output_of_zeros_is_one_half():
+    targets = torch.randint(0, 7, (4, 3))
+    assert retrieval_loss(torch.zeros(4, 3, 7), targets).item() == pytest.approx(0.5)
+    assert retrieval_loss(torch.nn.functional.one_hot(targets, 7).float(), targets).item() == 0.0
+
+
+@pytest.mark.parametrize("method,setting,d", [("dpfp-1", 1, 8), ("dpfp-1+delta", 2, 16)])
+def test_a_tiny_configuration_learns(method, setting, d):
+    r = train_cell(method, setting, 4, queries=4, d=d, config=TrainConfig(max_steps=300, window=25, patience=50))
+    assert r.final_loss < 0.05, r
+    assert (r.method, r.setting, r.n_keys, r.d_dot) == (method, setting, 4, 2 * d)
+    assert r.stopped in ("converged", "max_steps") and 1 <= r.steps <= 300
+
+
+def test_training_is_deterministic_by_seed():
+    cfg = TrainConfig(max_steps=20, eval_batches=2)
+    a, b, c = (train_cell("linear", 1, 5, seed=s, d=8, config=cfg) for s in (0, 0, 1))
+    assert a.final_loss == b.final_loss != c.final_loss
+
+
+def test_plateau_stops_training():
+    cfg = TrainConfig(max_steps=10_000, window=5, patience=2, min_improvement=0.5)
+    r = train_cell("linear", 2, 4, d=8, config=cfg)
+    assert r.stopped == "plateau" and r.steps < 10_000
+
+
+@pytest.mark.parametrize("field,value", [("max_steps", 0), ("batch_size", -1), ("window", 1.5), ("lr", 0.0)])
+def test_bad_train_config(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
