@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fastweights.cli import main as cli_main
 from fastweights.evaluate import carried_state_loss, evaluate, sliding_window_loss, window_starts
 from fastweights.models import load_model
-from fastweights.tasks.text import load_corpus
+from fastweights.tasks.text import WordTokenizer, load_corpus
 
 from .tiny_lm import TEXT, tiny_model, write_model_dir
 
@@ -104,8 +104,8 @@ def test_eval_command_reports_both_protocols(tmp_path, monkeypatch, capsys) -> N
     monkeypatch.setenv("FASTWEIGHTS_CACHE", str(tmp_path / "cache"))
     text_file = tmp_path / "text.txt"
     text_file.write_text(TEXT)
-    write_model_dir(tmp_path / "delta", "delta", TEXT)
-    write_model_dir(tmp_path / "softmax", "softmax", TEXT)
+    write_model_dir(tmp_path / "delta", "delta")
+    write_model_dir(tmp_path / "softmax", "softmax")
     out_json = tmp_path / "eval.json"
     args = ["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--max-tokens", "200",
             "--no-progress", "--json", str(out_json)]
@@ -125,3 +125,20 @@ def test_eval_command_reports_both_protocols(tmp_path, monkeypatch, capsys) -> N
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--split", "test"]) == 2
     assert "no 'test' split" in capsys.readouterr().err
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(text_file)]) == 2
+
+
+def test_eval_command_on_a_word_level_corpus_reports_perplexity(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FASTWEIGHTS_CACHE", str(tmp_path / "cache"))
+    corpus_dir = tmp_path / "wiki"
+    corpus_dir.mkdir()
+    lines = TEXT.splitlines()
+    for name, part in (("train", lines[:50]), ("valid", lines[50:65]), ("test", lines[65:])):
+        (corpus_dir / f"wiki.{name}.tokens").write_text("\n".join(part) + "\n")
+    tokenizer = WordTokenizer.from_lines(lines[:50])
+    write_model_dir(tmp_path / "model", "dpfp-2+delta", tokenizer)
+    out_json = tmp_path / "eval.json"
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(corpus_dir), "--split", "test",
+                     "--no-progress", "--json", str(out_json)]) == 0
+    assert "nats/token" in capsys.readouterr().out
+    n_test = len(tokenizer.encode("\n".join(lines[65:]) + "\n"))
+    assert [r["tokens"] for r in json.loads(out_json.read_text())["results"]] == [n_test - 1] * 2

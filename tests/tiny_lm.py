@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 
 from fastweights.models import LanguageModel, LMConfig, list_attentions, save_weights, write_config
-from fastweights.tasks.text import CharTokenizer, save_tokenizer
+from fastweights.tasks.text import CharTokenizer, Tokenizer, save_tokenizer
 
 #: every attention variant of list_attentions(), with its parameter filled in
 VARIANTS: List[str] = [a.replace("<nu>", "2").replace("<m>", "8") for a in list_attentions()]
@@ -31,9 +31,10 @@ def tiny_model(attention: str, vocab_size: int = 23, context: int = 16, pos_emb:
     return model
 
 
-def write_model_dir(directory: Path, attention: str, text: str = TEXT) -> CharTokenizer:
-    """A model directory as `fastweights train` writes it: config.json, model.safetensors, tokenizer.json."""
-    tokenizer = CharTokenizer.from_text(text)
+def write_model_dir(directory: Path, attention: str, tokenizer: Optional[Tokenizer] = None) -> Tokenizer:
+    """A model directory as `fastweights train` writes it: config.json, model.safetensors, tokenizer.json
+    (default tokenizer: the characters of :data:`TEXT`)."""
+    tokenizer = tokenizer or CharTokenizer.from_text(TEXT)
     model = tiny_model(attention, vocab_size=tokenizer.vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(model, directory / "model.safetensors")
