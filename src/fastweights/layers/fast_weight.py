@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..feature_maps import FeatureMap, get_feature_map, get_qk_norm
 from ..ops import get_op
+from ._checks import check_sequence, check_token, resolve_d_head
 
 State = Dict[str, Tensor]
 
@@ -78,12 +79,7 @@ class FastWeightAttention(nn.Module):
         super().__init__()
         if rule not in ("sum", "delta"):
             raise ValueError(f"rule must be 'sum' or 'delta', got {rule!r}")
-        if not isinstance(n_heads, int) or n_heads < 1:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-        if d_head is None:
-            if d_model % n_heads:
-                raise ValueError(f"d_model ({d_model}) is not divisible by n_heads ({n_heads}); pass d_head")
-            d_head = d_model // n_heads
+        d_head = resolve_d_head(d_model, n_heads, d_head)
         get_op(rule, impl)  # validates impl early
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.rule, self.impl, self.chunk_size, self.eps = rule, impl, chunk_size, eps
@@ -139,8 +135,7 @@ class FastWeightAttention(nn.Module):
 
     def step(self, x_t: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
         """One token with the recurrent form: ``x_t: [B, d_model] -> y_t: [B, d_model]``."""
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            raise ValueError(f"step expects x_t of shape [B, d_model], got {getattr(x_t, 'shape', type(x_t))}")
+        check_token(x_t)
         y, state = self._attend(x_t[:, None], state, None, "recurrent")
         return y[:, 0], state
 
@@ -154,16 +149,8 @@ class FastWeightAttention(nn.Module):
         return state
 
     # ------------------------------------------------------------------ internals
-    def _check_x(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape [B, T, d_model={self.d_model}], got {list(x.shape)}")
-        if x.shape[1] == 0:
-            raise ValueError("x has T = 0 tokens")
-
     def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], impl: str) -> Tuple[Tensor, State]:
-        self._check_x(x)
+        check_sequence(x, self.d_model)
         B, T, _ = x.shape
         H, D = self.n_heads, self.d_head
         q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_sequence, check_token, resolve_d_head
+
 State = Dict[str, Tensor]
 
 
@@ -28,12 +30,7 @@ class SoftmaxAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, d_head: Optional[int] = None, dropout: float = 0.0, bias: bool = False) -> None:
         super().__init__()
-        if not isinstance(n_heads, int) or n_heads < 1:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-        if d_head is None:
-            if d_model % n_heads:
-                raise ValueError(f"d_model ({d_model}) is not divisible by n_heads ({n_heads}); pass d_head")
-            d_head = d_model // n_heads
+        d_head = resolve_d_head(d_model, n_heads, d_head)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.p_drop = dropout
         self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
@@ -42,11 +39,8 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, State]:
         """``x: [B, T, d_model]`` -> ``(y: [B, T, d_model], kv_cache)``, attending to ``state`` first."""
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape [B, T, d_model={self.d_model}], got {getattr(x, 'shape', type(x))}")
+        check_sequence(x, self.d_model)
         B, T, _ = x.shape
-        if T == 0:
-            raise ValueError("x has T = 0 tokens")
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # each [B, H, T, D]
         past = 0
         if state is not None:
@@ -71,8 +65,7 @@ class SoftmaxAttention(nn.Module):
 
     def step(self, x_t: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
         """One token: ``x_t: [B, d_model] -> y_t: [B, d_model]``; the cache grows by one."""
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            raise ValueError(f"step expects x_t of shape [B, d_model], got {getattr(x_t, 'shape', type(x_t))}")
+        check_token(x_t)
         y, state = self.forward(x_t[:, None], state)
         return y[:, 0], state
 

@@ -197,7 +197,8 @@ def run_core(
         s0 = kc.new_zeros(B, H, d_k, vc.shape[-1])
     else:
         s0 = initial_state.to(cdt)
-    o, s_t = core(qc, kc, vc, bc, s0, chunk_size)
+    with torch.autocast(q.device.type, enabled=False):  # the op keeps its own precision (float32 state)
+        o, s_t = core(qc, kc, vc, bc, s0, chunk_size)
     o = o.transpose(1, 2).to(in_dtype)  # [B, T, H, d_v]
     if cu is not None:
         o = _repack(o, cu)
