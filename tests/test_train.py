@@ -1,0 +1,190 @@
+"""The training loop: schedule, batches, a tiny run end to end, errors, SIGKILL + resume == uninterrupted,
+gradient accumulation and 2-process DDP == 1 process, and the CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import torch.distributed as dist
+
+from fastweights import cli
+from fastweights.models import LMConfig, TrainConfig, get_run_preset, list_attentions, load_model
+from fastweights.tasks.text import load_corpus, load_tokenizer
+from fastweights.train import eval_windows, latest_checkpoint, lr_at, read_metrics, sample_batch, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "d_model=16", "--set", "n_layers=2", "--set", "n_heads=2", "--set", "d_ff=32", "--set", "context=16",
+        "--set", "chunk_size=8", "--set", "batch_size=4", "--set", "warmup=5", "--set", "eval_batches=2",
+        "--set", "log_every=1", "--no-progress"]
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["to be", "or not", "that is", "the question", "whether", "'tis nobler", "in the mind"]
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(" ".join(rng.choice(words, 6)) + ".\n" for _ in range(300)))
+    return path
+
+
+def tiny_cfgs(vocab_size: int, **train_kw) -> tuple:
+    model = LMConfig(vocab_size=vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, attention="delta",
+                     pos_emb="none", chunk_size=8)
+    return model, TrainConfig(**{**dict(batch_size=4, steps=12, warmup=3, eval_every=6, eval_batches=2, ckpt_every=6, log_every=1), **train_kw})
+
+
+def losses(out: Path) -> List[tuple]:
+    return [(int(r["step"]), float(r["train_loss"]), r["val_loss"]) for r in read_metrics(out)]
+
+
+def run_cli(args: List[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_schedule() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup=10, steps=110)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(0.5 * (1e-3 + 1e-4))
+    assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(500, cfg) == pytest.approx(1e-4)
+    after = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def test_batches_and_eval_windows() -> None:
+    data = np.arange(1000, dtype=np.uint16)
+    b = sample_batch(data, 5, 16, torch.Generator().manual_seed(0))
+    assert b.shape == (5, 17) and b.dtype == torch.int64
+    assert torch.equal(b - b[:, :1], torch.arange(17).expand(5, 17))  # consecutive ids
+    assert torch.equal(b, sample_batch(data, 5, 16, torch.Generator().manual_seed(0)))
+    starts = eval_windows(1000, 16, 10_000)
+    assert len(starts) == 999 // 16 and (np.diff(starts) == 16).all() and starts[-1] + 17 <= 1000
+    assert len(eval_windows(1000, 16, 7)) == 7
+    with pytest.raises(ValueError, match="fewer than context \\+ 2"):
+        sample_batch(data[:10], 2, 16, torch.Generator())
+    with pytest.raises(ValueError, match="fewer than context \\+ 1"):
+        eval_windows(10, 16, 5)
+
+
+def test_train_end_to_end(text_file: Path, tmp_path: Path) -> None:
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=40, eval_every=20, ckpt_every=20, lr=1e-2)
+    out = tmp_path / "run"
+    result = train(model_cfg, train_cfg, corpus, out, progress=False)
+    rows = losses(out)
+    assert [r[0] for r in rows] == list(range(1, 41)) and result["step"] == 40
+    assert rows[-1][1] < rows[0][1] - 0.5  # it learns
+    assert [r[0] for r in rows if r[2]] == [20, 40] and result["val_loss"] == float(rows[-1][2])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000020", "step-00000040"]
+    model, cfg = load_model(out)
+    assert cfg == model_cfg and load_tokenizer(out).vocab == corpus.tokenizer.vocab
+    ckpt = safetensors.torch.load_file(latest_checkpoint(out) / "model.safetensors")
+    assert all(torch.equal(ckpt[k], v) for k, v in safetensors.torch.load_file(out / "model.safetensors").items())
+    # errors: the run exists; resuming with other settings or another vocabulary
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(model_cfg, train_cfg, corpus, out, progress=False)
+    with pytest.raises(ValueError, match="training config differs .*'lr'"):
+        train(model_cfg, TrainConfig(**{**train_cfg.to_dict(), "lr": 1e-3}), corpus, out, resume=True, progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text().upper())
+    upper = load_corpus(other, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        train(model_cfg, train_cfg, upper, out, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        train(model_cfg, train_cfg, corpus, tmp_path / "fresh", resume=True, progress=False)
+    with pytest.raises(ValueError, match="vocabulary mismatch: model vocab_size 99"):
+        train(LMConfig(**{**model_cfg.to_dict(), "vocab_size": 99}), train_cfg, corpus, tmp_path / "x", progress=False)
+
+
+def test_grad_accumulation_matches_full_batch(text_file: Path, tmp_path: Path) -> None:
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    for accum in (1, 2):
+        model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, grad_accum=accum, steps=6)
+        train(model_cfg, train_cfg, corpus, tmp_path / f"acc{accum}", progress=False)
+    a, b = losses(tmp_path / "acc1"), losses(tmp_path / "acc2")
+    np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], rtol=1e-5)
+    wa, wb = (safetensors.torch.load_file(tmp_path / f"acc{k}" / "model.safetensors") for k in (1, 2))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_autocast_on_cpu(text_file: Path, tmp_path: Path) -> None:
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=3, dtype="bfloat16")
+    result = train(model_cfg, train_cfg, corpus, tmp_path / "bf16", progress=False)
+    assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
+
+
+def test_sigkill_then_resume_equals_uninterrupted(text_file: Path, tmp_path: Path) -> None:
+    args = ["-m", "fastweights.cli", "train", "--preset", "shakespeare-char", "--attention", "delta", "--data", str(text_file),
+            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=150", "--set", "ckpt_every=10", "--set", "eval_every=50",
+            "--set", "d_model=32", "--set", "dropout=0.1"]
+    full = run_cli(args + ["--out", str(tmp_path / "full")])
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+    killed_out = tmp_path / "killed"
+    proc = run_cli(args + ["--out", str(killed_out)])
+    while latest_checkpoint(killed_out) is None and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped = int(latest_checkpoint(killed_out).name.split("-")[1])
+    assert stopped < 150
+    resumed = run_cli(args + ["--out", str(killed_out), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    assert losses(killed_out) == losses(tmp_path / "full")  # the same curve, bit for bit
+    a, b = (safetensors.torch.load_file(d / "model.safetensors") for d in (tmp_path / "full", killed_out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_two_processes_match_one(text_file: Path, tmp_path: Path) -> None:
+    args = ["train", "--preset", "shakespeare-char", "--attention", "dpfp-2+delta", "--data", str(text_file),
+            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=5", "--set", "eval_every=5", "--set", "ckpt_every=5",
+            "--device", "cpu"]
+    one = run_cli(["-m", "fastweights.cli", *args, "--out", str(tmp_path / "one")])
+    assert one.wait(timeout=300) == 0, one.stdout.read()
+    two = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", *args,
+                   "--out", str(tmp_path / "two")])
+    assert two.wait(timeout=300) == 0, two.stdout.read()
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [r[0] for r in a] == [r[0] for r in b] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r[1] for r in b], [r[1] for r in a], rtol=1e-5)
+    np.testing.assert_allclose(float(b[-1][2]), float(a[-1][2]), rtol=1e-5)
+    wa, wb = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("one", "two"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in ["shakespeare-char", "wt103-small", "wt103-medium"] + list_attentions():
+        assert name in help_text
+
+
+def test_cli_errors(text_file: Path, tmp_path: Path) -> None:
+    base = ["train", "--preset", "shakespeare-char", "--data", str(text_file), "--out", str(tmp_path / "o"),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    with pytest.raises(ValueError, match="unknown attention variant 'cosine'"):
+        cli.main(base + ["--attention", "cosine"])
+    with pytest.raises(ValueError, match="vocab_size comes from the data"):
+        cli.main(base + ["--set", "vocab_size=10"])
+    with pytest.raises(ValueError, match="unknown setting 'layers'"):
+        cli.main(base + ["--set", "layers=3"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cli.main(base[:3] + ["--data", str(tmp_path / "missing.txt")] + base[5:])
+    assert get_run_preset("shakespeare-char").train.steps == 2000  # overrides never leak into presets
