@@ -1,0 +1,1 @@
+"""Benchmarks that print tables and ratios (``fastweights bench ...``); never asserted in tests."""
