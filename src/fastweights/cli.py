@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
+    "bench": "fastweights.commands.bench",
     "demo": "fastweights.commands.demo",
     "capacity": "fastweights.commands.capacity",
     "eval": "fastweights.commands.eval",
