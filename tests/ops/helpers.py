@@ -45,3 +45,13 @@ def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw)
 
 def assert_close(actual: Tensor, expected: Tensor, name: str, rtol: float = 1e-9, atol: float = 1e-9) -> None:
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_same_results(actual, expected) -> None:
+    """Compare ``(o, final_state, grads)`` triples from :func:`run_with_grads`, every gradient included."""
+    (o, s, g), (o_ref, s_ref, g_ref) = actual, expected
+    assert_close(o, o_ref, "o")
+    assert_close(s, s_ref, "final state")
+    assert set(g) == set(g_ref)
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], f"grad of {name}")

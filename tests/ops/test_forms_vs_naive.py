@@ -9,7 +9,7 @@ import torch
 
 from fastweights.ops import get_op
 
-from .helpers import assert_close, make_inputs, run_with_grads
+from .helpers import assert_close, assert_same_results, make_inputs, run_with_grads
 
 TS = [1, 63, 64, 65, 200]
 DS = [16, 60, 64]
@@ -25,13 +25,7 @@ def _reference(rule: str, T: int, dk: int, dv: int, device: str):
 def _compare(rule: str, impl: str, T: int, dk: int, dv: int, device: str = "cpu", **kw) -> None:
     inputs = make_inputs(2, T, 3, dk, dv, rule=rule, device=device)
     o_ref, s_ref, g_ref = _reference(rule, T, dk, dv, device)
-    o, s, g = run_with_grads(get_op(rule, impl), inputs, **kw)
-    assert_close(o, o_ref, "o")
-    assert_close(s, s_ref, "final state")
-    for name in g_ref:
-        if rule == "sum" and name == "beta":
-            continue
-        assert_close(g[name], g_ref[name], f"grad of {name}")
+    assert_same_results(run_with_grads(get_op(rule, impl), inputs, **kw), (o_ref, s_ref, g_ref))
 
 
 @pytest.mark.parametrize("chunk_size", CHUNKS)
@@ -77,13 +71,7 @@ def test_recurrent_steps_match_naive(rule: str, T: int) -> None:
             outs.append(o_t)
         return torch.cat(outs, dim=1), s
 
-    o, s, g = run_with_grads(looped, inputs)
-    assert_close(o, o_ref, "o")
-    assert_close(s, s_ref, "final state")
-    for name in g_ref:
-        if rule == "sum" and name == "beta":
-            continue
-        assert_close(g[name], g_ref[name], f"grad of {name}")
+    assert_same_results(run_with_grads(looped, inputs), (o_ref, s_ref, g_ref))
 
 
 @pytest.mark.parametrize("impl", ["chunk", "parallel", "recurrent"])
