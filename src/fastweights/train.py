@@ -319,9 +319,10 @@ def train(
                 batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
                 batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
                 sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
-                with sync, _autocast(info.device, amp):
-                    _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
-                    (loss / train_cfg.grad_accum).backward()
+                with sync:
+                    with _autocast(info.device, amp):
+                        _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
+                    (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
                 loss_sum += loss.detach().float()
             if train_cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
