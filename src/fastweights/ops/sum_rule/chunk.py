@@ -42,7 +42,7 @@ class ChunkSumRule(torch.autograd.Function):
         states[0] = S0.reshape(B * H, *S0.shape[2:])
         torch.cumsum(kc.transpose(-1, -2) @ vc, dim=0, out=states[1:])  # sum of K_m^T V_m, m <= n
         states[1:] += states[0]
-        o = torch.baddbmm(flat(causal_scores(qc, kc) @ vc), flat(qc), flat(states[:-1]))  # [N*BH, C, d_v]
+        o = flat(causal_scores(qc, kc) @ vc).baddbmm_(flat(qc), flat(states[:-1]))  # [N*BH, C, d_v]
         ctx.save_for_backward(qc, kc, vc, states)
         ctx.shape = (B, H, T)
         return from_chunks(o.view_as(vc), B, H, T), states[-1].view_as(S0).clone()
@@ -61,9 +61,10 @@ class ChunkSumRule(torch.autograd.Function):
             dS0 += dS.reshape(dS0.shape)
         g_after.neg_().add_(dS0)  # [N, BH, d_k, d_v]: dL/dS_{n+1}
         dp = causal_scores(doc, vc)  # [N, BH, C, C]
-        dq = torch.baddbmm(flat(dp @ kc), flat(doc), flat(states[:-1]).transpose(-1, -2))  # [N*BH, C, d_k]
-        dk = torch.baddbmm(flat(dp.transpose(-1, -2) @ qc), flat(vc), flat(g_after).transpose(-1, -2))
-        dv = torch.baddbmm(flat(causal_scores(qc, kc).transpose(-1, -2) @ doc), flat(kc), flat(g_after))
+        dq = flat(dp @ kc).baddbmm_(flat(doc), flat(states[:-1]).transpose(-1, -2))  # [N*BH, C, d_k]
+        dk = flat(dp.transpose(-1, -2) @ qc).baddbmm_(flat(vc), flat(g_after).transpose(-1, -2))
+        del dp
+        dv = flat(causal_scores(qc, kc).transpose(-1, -2) @ doc).baddbmm_(flat(kc), flat(g_after))
         grads = (from_chunks(x.view(kc.shape[:2] + x.shape[1:]), B, H, T) for x in (dq, dk, dv))
         return (*grads, dS0.view(B, H, *dS0.shape[1:]), None)
 
