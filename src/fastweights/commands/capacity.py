@@ -33,6 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d", type=int, metavar="N", help="model width d (default: the preset's; 64 in the paper)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for torch (default: 1: the cells are small, and more threads mostly add "
+                        "synchronisation, which on a busy machine costs far more than it gains)")
     p.add_argument("--out", default="runs/capacity", help="output folder (default: runs/capacity)")
 
 
@@ -73,8 +76,19 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         device = check_device(args.device)
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
     except ValueError as e:
         raise SystemExit(f"fastweights capacity: error: {e}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(config, device, args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) -> int:
     out = Path(args.out)
     n_cells = len(list(config.cells()))
     print(f"capacity sweep: preset {args.preset}, {n_cells} cells, d = {config.d}, queries = {config.queries}, "
@@ -102,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"fastweights capacity: error: {e}")
     finally:
         bar.close()
-    print(format_table(rows))
+    print("\n" + format_table(rows))
     png = plot_results(rows, out / "capacity.png")
     trained = sum(r.seconds for r in rows)
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {png}  "

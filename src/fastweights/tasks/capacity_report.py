@@ -38,7 +38,8 @@ def format_table(rows: Sequence[CellResult]) -> str:
 
 def plot_results(rows: Sequence[CellResult], path: Union[str, Path]) -> Path:
     """Save ``capacity.png``: one panel per setting, final loss (log) against S per method,
-    the 0.5 "predicts nothing" line, and each method's d_dot as a dotted vertical line."""
+    the 0.5 "predicts nothing" line, and each method's d_dot (in its legend label, and as a
+    dotted vertical line where it falls inside the range of S)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,12 +48,14 @@ def plot_results(rows: Sequence[CellResult], path: Union[str, Path]) -> Path:
     groups = sorted(_by_setting(rows).items())
     fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups), 4.6), squeeze=False)
     for ax, (setting, methods) in zip(axes[0], groups):
+        all_keys = [s for cells in methods.values() for s in cells]
+        lo, hi = min(all_keys), max(all_keys)
         for i, ((method, d_dot), cells) in enumerate(methods.items()):
             color = f"C{i % 10}"
             keys = sorted(cells)
             label = method if d_dot is None else f"{method} (d_dot {d_dot})"
             ax.plot(keys, [max(cells[s].final_loss, 1e-6) for s in keys], "o-", color=color, label=label)
-            if d_dot is not None:
+            if d_dot is not None and lo <= d_dot <= hi:
                 ax.axvline(d_dot, color=color, linestyle=":", linewidth=1.2)
         ax.axhline(PREDICTS_NOTHING, color="grey", linestyle="--", linewidth=1, label="predicts nothing (0.5)")
         ax.set_yscale("log")
