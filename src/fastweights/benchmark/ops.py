@@ -5,9 +5,10 @@ public ``[B, T, H, D]`` layout (keys L2-normalised, rates in (0, 1) for the delt
 
     fwd ms       median wall time of the forward (no autograd graph)
     fwd+bwd ms   median wall time of forward + ``o.backward(do)`` (gradients of q, k, v, beta)
-    peak MB      extra resident memory (RSS high-water mark above the RSS before the call) of
-                 one forward+backward; glibc is told to return every block >= 64 KiB to the OS
-                 on free (``mallopt(M_MMAP_THRESHOLD)``), so RSS follows the live tensors
+    peak MB      extra resident memory of one forward+backward: the RSS high-water mark above
+                 the RSS with the inputs made, in a fresh process (so no earlier cell's freed
+                 heap is reused), with glibc told to map every block >= 64 KiB on its own
+                 (``mallopt(M_MMAP_THRESHOLD)``) so that freed tensors leave the RSS
     GFLOP/s      the FLOP model below divided by the fwd+bwd time
     % peak       GFLOP/s over the fp32 matmul peak measured in the same run (a 4096 x 4096 x
                  4096 product; the best of the measurements taken at the start and the end)
@@ -34,7 +35,9 @@ import json
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -153,20 +156,38 @@ def _runners(fn: Callable, inp: Dict[str, Optional[Tensor]]):
 
 
 def measure(fn: Callable, inp: Dict[str, Optional[Tensor]], repeat: int) -> Dict[str, float]:
-    """Median forward and forward+backward ms and the fwd+bwd peak memory of ``fn``."""
+    """Median forward and forward+backward ms of ``fn``."""
     forward, forward_backward = _runners(fn, inp)
-    fwd = median_seconds(forward, repeat)
-    fb = median_seconds(forward_backward, repeat)
+    return dict(fwd_ms=median_seconds(forward, repeat) * 1e3, fwdbwd_ms=median_seconds(forward_backward, repeat) * 1e3)
+
+
+def make_fn(rule: str, form: str, chunk_size: int) -> Callable:
+    """``(q, k, v, beta) -> o`` for a fastweights form or, by its name, an installed peer."""
+    if form in FORMS[rule]:
+        op = get_op(rule, form)
+        return lambda q, k, v, beta: op(q, k, v, beta, chunk_size=chunk_size)[0]
+    return next(fn for name, fn, _ in peer_impls.available(rule) if name == form)
+
+
+def _child_peak_mb(rule: str, form: str, L: int, cfg: BenchConfig) -> float:
+    """In a fresh process, after a warm-up call: the extra peak RSS of one forward+backward (which
+    makes the gradients) over the RSS with the inputs made."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _return_freed_memory()
+    inp = make_inputs(rule, cfg, L)
+    forward_backward = _runners(make_fn(rule, form, cfg.chunk_size), inp)[1]
+    forward_backward()  # one-time allocations (library workspaces, caches) are not the op's
     for t in inp.values():
         if t is not None:
-            t.grad = None  # so that the memory measured below includes the fresh gradients
-    return dict(fwd_ms=fwd * 1e3, fwdbwd_ms=fb * 1e3, peak_mb=peak_rss_mb(forward_backward))
+            t.grad = None
+    return peak_rss_mb(forward_backward)
 
 
-def op_fn(rule: str, form: str, chunk_size: int) -> Callable:
-    """``(q, k, v, beta) -> o`` for a fastweights form."""
-    op = get_op(rule, form)
-    return lambda q, k, v, beta: op(q, k, v, beta, chunk_size=chunk_size)[0]
+def peak_memory_mb(rule: str, form: str, L: int, cfg: BenchConfig) -> float:
+    """:func:`_child_peak_mb` in a spawned process, whose heap no earlier cell has fragmented."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_child_peak_mb, rule, form, L, cfg).result()
 
 
 def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict:
@@ -184,7 +205,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict:
         f"fp32 matmul peak {peaks[0]:.0f} GFLOP/s\n{HEADER}\n{SEPARATOR}")
     rows: List[Dict] = []
     for rule in cfg.rules:
-        candidates = [(form, op_fn(rule, form, cfg.chunk_size)) for form in FORMS[rule]]
+        candidates = [(form, make_fn(rule, form, cfg.chunk_size)) for form in FORMS[rule]]
         if cfg.peers:
             candidates += _checked_peers(rule, cfg, log)
         for form, fn in candidates:
@@ -201,6 +222,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict:
                     inp = make_inputs(rule, cfg, L)
                     repeat = cfg.repeat if predicted < 1.0 else 2
                     row.update(measure(fn, inp, repeat))
+                    row["peak_mb"] = peak_memory_mb(rule, form, L, cfg)
                     flops = flops_forward(rule, L, cfg.batch, cfg.heads, cfg.dim, cfg.dim)
                     row["gflops_fwd"] = flops / row["fwd_ms"] / 1e6
                     row["gflops_fwdbwd"] = 3 * flops / row["fwdbwd_ms"] / 1e6
@@ -230,7 +252,7 @@ def _checked_peers(rule: str, cfg: BenchConfig, log: Callable[[str], None]) -> L
         inp = make_inputs(rule, cfg, 128)
         args = [inp[n] for n in ("q", "k", "v", "beta")]
         with torch.no_grad():
-            err = (fn(*args) - op_fn(rule, "naive", cfg.chunk_size)(*args)).abs().max().item()
+            err = (fn(*args) - make_fn(rule, "naive", cfg.chunk_size)(*args)).abs().max().item()
         if err > 1e-3:
             log(f"peer {name}: disagrees with fastweights naive (max |diff| {err:.2e}); not timed")
             continue
