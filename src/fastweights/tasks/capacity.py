@@ -13,9 +13,12 @@ key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
     y   = S_T^T q                               # [S], S_T: fast weights after the T pairs
 
 with the sum rule normalised by ``z_T . q`` and the delta rule using sum-normalised ``phi`` and a
-learned rate ``beta_t = sigmoid(w_beta . x_t)`` (the conventions of
-:class:`fastweights.layers.FastWeightAttention`). Softmax reads ``y = softmax(K q / sqrt(d))^T V``.
-The loss is ``0.5 |y - onehot(target)|^2`` per query (0.5: the output predicts nothing).
+learned rate ``beta_t = sigmoid(w_beta . x_t)``: the defaults of
+:class:`fastweights.layers.FastWeightAttention`. That layer projects q, k and v from one input,
+while here they come from different ones (pairs, query keys, one-hot values), so the model calls
+the feature map and the op (:func:`fastweights.ops.get_op`) directly. FAVOR+ features are drawn
+once from the cell's seed and kept fixed. Softmax reads ``y = softmax(K q / sqrt(d))^T V``. The
+loss is ``0.5 |y - onehot(target)|^2`` per query (0.5: the output predicts nothing).
 """
 
 from __future__ import annotations
