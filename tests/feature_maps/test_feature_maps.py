@@ -128,3 +128,10 @@ def test_normalisations() -> None:
     assert get_qk_norm(None) is None and get_qk_norm("sum") is sum_normalize
     with pytest.raises(ValueError, match="unknown qk_norm 'max'"):
         get_qk_norm("max")
+
+
+@pytest.mark.parametrize("name", ["elu_p1", "relu", "dpfp", "favor", "identity"])
+def test_non_negative_flag_is_true_to_the_map(name: str) -> None:
+    phi = get_feature_map(name, 6)
+    y = phi(torch.randn(500, 6) * 3)
+    assert phi.non_negative == bool((y >= 0).all())

@@ -178,3 +178,12 @@ def test_softmax_errors() -> None:
     _, cache = layer(torch.randn(1, 3, 16))
     with pytest.raises(ValueError, match="cu_seqlens cannot be combined"):
         layer(torch.randn(1, 3, 16), cache, cu_seqlens=torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("feature_map,expected", [("elu_p1", "sum"), ("dpfp", "sum"), ("identity", "l2")])
+def test_delta_rule_key_normalisation_default(feature_map: str, expected: str) -> None:
+    """Sum-normalising a signed map divides by sums near zero, so 'auto' picks L2 for it."""
+    layer = FastWeightAttention(16, 2, rule="delta", feature_map=feature_map)
+    assert layer.qk_norm_name == expected
+    x = torch.randn(2, 30, 16) * 4
+    assert torch.isfinite(layer(x)[0]).all()

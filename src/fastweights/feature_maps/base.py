@@ -14,6 +14,9 @@ class FeatureMap(nn.Module):
     :meth:`forward_query` / :meth:`forward_key` (both default to :meth:`forward`).
     """
 
+    #: whether phi(x) >= 0 for every x (sum-normalisation is only safe for such maps)
+    non_negative: bool = False
+
     def __init__(self, d: int) -> None:
         super().__init__()
         if not isinstance(d, int) or d < 1:

@@ -15,6 +15,8 @@ class DPFP(FeatureMap):
     Non-negative by construction, d_k = 2 * nu * d; larger ``nu`` gives a larger memory.
     """
 
+    non_negative = True
+
     def __init__(self, d: int, nu: int = 1) -> None:
         super().__init__(d)
         if not isinstance(nu, int) or nu < 1 or nu >= 2 * d:

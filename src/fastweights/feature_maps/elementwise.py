@@ -11,6 +11,8 @@ from .base import FeatureMap
 class EluPlusOne(FeatureMap):
     """``phi(x) = elu(x) + 1`` (Katharopoulos et al. 2020); positive, d_k = d."""
 
+    non_negative = True
+
     def out_dim(self, d: int | None = None) -> int:
         return self.d if d is None else d
 
@@ -21,6 +23,8 @@ class EluPlusOne(FeatureMap):
 
 class ReLU(FeatureMap):
     """``phi(x) = relu(x)``; non-negative, d_k = d."""
+
+    non_negative = True
 
     def out_dim(self, d: int | None = None) -> int:
         return self.d if d is None else d

@@ -34,6 +34,8 @@ class Favor(FeatureMap):
     ``exp(q . k / sqrt(d))``).
     """
 
+    non_negative = True
+
     def __init__(
         self,
         d: int,

@@ -47,8 +47,8 @@ class FastWeightAttention(nn.Module):
         feature_map: a registered name (see :func:`fastweights.feature_maps.list_feature_maps`) or a
             :class:`FeatureMap` instance built for inputs of size ``d_head``.
         feature_map_kwargs: extra arguments for a named feature map (``nu``, ``m``, ...).
-        qk_norm: ``'sum'``, ``'l2'`` or ``None`` applied to phi(q), phi(k); ``'auto'``: ``'sum'``
-            for the delta rule, ``None`` for the sum rule.
+        qk_norm: ``'sum'``, ``'l2'`` or ``None`` applied to phi(q), phi(k); ``'auto'``: for the
+            delta rule ``'sum'`` (``'l2'`` if phi can be negative), ``None`` for the sum rule.
         attn_norm: attention normalisation (see above); ``None``: on for sum, off for delta.
         beta: ``'learned'`` (sigmoid of a per-head projection), a fixed float, or ``'auto'``
             (``'learned'`` for delta, none for sum).
@@ -96,8 +96,8 @@ class FastWeightAttention(nn.Module):
             raise TypeError(f"feature_map must be a name or a FeatureMap, got {type(feature_map).__name__}")
         self.d_key = self.feature_map.out_dim()
 
-        if qk_norm == "auto":
-            qk_norm = "sum" if rule == "delta" else None
+        if qk_norm == "auto":  # the delta rule needs normalised keys; sums only make sense for phi >= 0
+            qk_norm = None if rule == "sum" else ("sum" if self.feature_map.non_negative else "l2")
         self.qk_norm_name = qk_norm
         self.qk_norm = get_qk_norm(qk_norm)
         self.attn_norm = (rule == "sum") if attn_norm is None else bool(attn_norm)
