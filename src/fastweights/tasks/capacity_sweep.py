@@ -88,13 +88,14 @@ def quick() -> SweepConfig:
     """Both findings in minutes on a laptop CPU: the paper's task scaled down to width d = 16.
 
     Setting 1: Linear (d_dot 16), DPFP-1 (32) and DPFP-2 (64) at S = 8..48: each fails once
-    S passes its d_dot, so at S = 24 Linear fails while both DPFPs solve the task. Setting 2 at
+    S passes its d_dot, so at S = 24 Linear fails while both DPFPs solve the task; softmax, whose
+    memory grows with the sequence, solves every S. Setting 2 at
     S = 8, 16: with repeated keys the sum rule stays near 0.25 while the delta rule solves it.
     Every stored key is queried (multi-query), which makes few steps enough for a clear estimate.
     """
     return SweepConfig(
         grids=(
-            Grid(1, ("linear", "dpfp-1", "dpfp-2"), (8, 16, 24, 32, 48)),
+            Grid(1, ("linear", "dpfp-1", "dpfp-2", "softmax"), (8, 16, 24, 32, 48)),
             Grid(2, ("linear", "dpfp-2", "linear+delta", "dpfp-2+delta"), (8, 16)),
         ),
         train=TrainConfig(max_steps=1500, window=50, patience=12),
