@@ -45,7 +45,7 @@ def test_feature_map_arguments_are_checked():
         parse_method("dpfp-500")
 
 
-@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta"])
+@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta", "identity+delta"])
 @pytest.mark.parametrize("setting", [1, 2])
 def test_each_query_reads_the_final_memory_alone(method, setting):
     """Scores [B, Q, S]; asking Q keys at once equals asking each key in its own sequence."""

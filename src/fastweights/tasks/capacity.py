@@ -12,9 +12,9 @@ key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
     q   = phi(W_q E query)                      # [d_dot]
     y   = S_T^T q                               # [S], S_T: fast weights after the T pairs
 
-with the sum rule normalised by ``z_T . q`` and the delta rule using sum-normalised ``phi`` and a
-learned rate ``beta_t = sigmoid(w_beta . x_t)``: the defaults of
-:class:`fastweights.layers.FastWeightAttention`. That layer projects q, k and v from one input,
+with the sum rule normalised by ``z_T . q`` and the delta rule using sum-normalised ``phi``
+(L2-normalised for signed maps such as ``identity``) and a learned rate
+``beta_t = sigmoid(w_beta . x_t)``: the defaults of :class:`fastweights.layers.FastWeightAttention`. That layer projects q, k and v from one input,
 while here they come from different ones (pairs, query keys, one-hot values), so the model calls
 the feature map and the op (:func:`fastweights.ops.get_op`) directly. FAVOR+ features are drawn
 once from the cell's seed and kept fixed. Softmax reads ``y = softmax(K q / sqrt(d))^T V``. The
@@ -108,7 +108,8 @@ class RetrievalModel(nn.Module):
         if self.method.feature_map == "favor":
             kwargs["seed"] = seed
         self.feature_map = get_feature_map(self.method.feature_map, d, **kwargs)
-        self.qk_norm = get_qk_norm("sum" if rule == "delta" else None)
+        key_norm = "sum" if self.feature_map.non_negative else "l2"  # sum-normalising signed keys is unstable
+        self.qk_norm = get_qk_norm(key_norm if rule == "delta" else None)
         self.beta_proj = nn.Linear(d + n_keys, 1) if rule == "delta" else None
         # Sequences here are short (at most a few hundred tokens), where the quadratic form of the
         # sum rule is the cheapest; the delta rule has the chunkwise form.
