@@ -15,6 +15,16 @@ from fastweights.tasks.capacity import (
 from fastweights.tasks.retrieval import RetrievalBatch, RetrievalTask
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny cells train faster on one thread (as `fastweights capacity` runs them), and much
+    faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     "name,rule,feature_map,kwargs,d_dot",
     [
