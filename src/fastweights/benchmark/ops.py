@@ -63,7 +63,7 @@ class BenchConfig:
     chunk_size: int = 64
     dtype: str = "float32"
     repeat: int = 5
-    max_seconds: float = 5.0
+    max_seconds: float = 12.0
     max_parallel: int = 4096
     threads: int = 0
     peers: bool = False
@@ -329,7 +329,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default=d.dtype, help="input dtype (default: float32)")
     p.add_argument("--repeat", type=int, default=d.repeat, help="timed repetitions per cell; the median is kept (default: 5)")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds,
-                   help="skip a cell whose forward+backward is predicted to take longer (default: 5 s)")
+                   help="skip a cell whose forward+backward is predicted to take longer (default: 12 s)")
     p.add_argument("--max-parallel", type=int, default=d.max_parallel, help="longest L for the quadratic form (default: 4096)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: torch's choice)")
     p.add_argument("--peers", action="store_true", help="also time fast-transformers / flash-linear-attention when installed")
