@@ -34,6 +34,7 @@ def test_char_corpus_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     cut = int(len(content) * 0.9)
     assert len(corpus.train) == cut and len(corpus.val) == len(content) - cut
     assert isinstance(corpus.train, np.memmap)
+    assert corpus.info["val_fraction"] == 0.1  # recorded, so evaluation re-splits the same way
     assert tok.decode(corpus.train.tolist()) + tok.decode(corpus.val.tolist()) == content
     # a second load opens the cache without tokenizing again
     monkeypatch.setattr(text, "_build_cache", lambda *a, **k: pytest.fail("cache not reused"))

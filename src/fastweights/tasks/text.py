@@ -300,6 +300,8 @@ def load_corpus(
     tokenizer = load_tokenizer(cache)
     splits = {s: np.memmap(cache / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(n,)) for s, n in meta["lengths"].items()}
     info = {"path": str(src), "kind": kind, "vocab_size": tokenizer.vocab_size, "tokens": dict(meta["lengths"])}
+    if src.is_file():
+        info["val_fraction"] = val_fraction  # so evaluation re-splits the file exactly as training did
     return Corpus(tokenizer, splits, str(src), str(cache), info)
 
 
