@@ -7,7 +7,7 @@ included)::
     S_{n+1} = S_n + K_n^T V_n
 
 The chunk states are an exclusive prefix sum of the per-chunk updates ``K_n^T V_n``: the loop
-over chunks holds additions only, every product is one batched matmul over all chunks. Backward, with
+over chunks holds additions only, every product is batched over chunks. Backward, with
 ``G_{n+1} = dL/dS_{n+1}`` (a reverse prefix sum: ``G_{n+1} = dS_T + sum_{m > n} Q_m^T dO_m``)::
 
     dP_n = tril(dO_n V_n^T)
@@ -28,47 +28,61 @@ import torch
 from torch import Tensor
 
 from .._api import make_op
-from .._chunked import causal_scores, flat, from_chunks, to_chunks
+from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks
 
 
 class ChunkSumRule(torch.autograd.Function):
-    """``(q, k, v, S0, chunk_size) -> (o, S_T)`` on ``[B, H, T, D]`` tensors; see the module docstring."""
+    """``(q, k, v, S0, chunk_size) -> (o, S_T)`` on ``[B, H, T, D]`` tensors; see the module docstring.
+
+    The products are batched over one cache-sized segment of chunks at a time
+    (:func:`~fastweights.ops._chunked.segments`).
+    """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
         B, H, T, _ = q.shape
         qc, kc, vc = (to_chunks(x, chunk_size) for x in (q, k, v))  # [N, BH, C, d]
-        states = qc.new_empty((qc.shape[0] + 1, B * H) + S0.shape[2:])  # [N+1, BH, d_k, d_v]
-        states[0] = S0.reshape(B * H, *S0.shape[2:])
-        updates = kc.transpose(-1, -2) @ vc  # [N, BH, d_k, d_v]: K_n^T V_n
-        for n in range(updates.shape[0]):  # a prefix sum (torch.cumsum over dim 0 is ~20x slower)
-            torch.add(states[n], updates[n], out=states[n + 1])
-        o = flat(causal_scores(qc, kc) @ vc).baddbmm_(flat(qc), flat(states[:-1]))  # [N*BH, C, d_v]
+        N, BH, C, d_k = kc.shape
+        d_v = vc.shape[-1]
+        states = qc.new_empty(N + 1, BH, d_k, d_v)  # [N+1, BH, d_k, d_v]: S_n
+        states[0] = S0.reshape(BH, d_k, d_v)
+        o = torch.empty_like(vc)  # [N, BH, C, d_v]
+        for s in segments(N, BH * C * max(C, d_k, d_v)):
+            updates = kc[s].transpose(-1, -2) @ vc[s]  # [n, BH, d_k, d_v]: K_n^T V_n
+            for n in range(s.start, s.stop):  # a prefix sum (torch.cumsum over dim 0 is ~20x slower)
+                torch.add(states[n], updates[n - s.start], out=states[n + 1])
+            torch.matmul(causal_scores(qc[s], kc[s]), vc[s], out=o[s])
+            flat(o[s]).baddbmm_(flat(qc[s]), flat(states[s]))  # O = Q S_n + P V
         ctx.save_for_backward(qc, kc, vc, states)
         ctx.shape = (B, H, T)
-        return from_chunks(o.view_as(vc), B, H, T), states[-1].view_as(S0).clone()
+        return from_chunks(o, B, H, T), states[-1].view_as(S0).clone()
 
     @staticmethod
     def backward(ctx, do: Optional[Tensor], dS: Optional[Tensor]):
         qc, kc, vc, states = ctx.saved_tensors
         B, H, T = ctx.shape
+        N, BH, C, d_k = kc.shape
+        d_v = vc.shape[-1]
         if do is None:
-            do = vc.new_zeros(B, H, T, vc.shape[-1])
-        doc = to_chunks(do, kc.shape[2])  # [N, BH, C, d_v]
-        # G_n = dL/dS_n = G_{n+1} + Q_n^T dO_n with G_N = dS_T: a reverse prefix sum.
-        g = torch.empty_like(states)  # [N+1, BH, d_k, d_v]
-        torch.matmul(qc.transpose(-1, -2), doc, out=g[:-1])  # Q_n^T dO_n
-        g[-1] = 0.0 if dS is None else dS.reshape(g.shape[1:])
-        for n in range(g.shape[0] - 2, -1, -1):
-            g[n] += g[n + 1]
-        g_after = g[1:]  # [N, BH, d_k, d_v]: G_{n+1}
-        dp = causal_scores(doc, vc)  # [N, BH, C, C]
-        dq = flat(dp @ kc).baddbmm_(flat(doc), flat(states[:-1]).transpose(-1, -2))  # [N*BH, C, d_k]
-        dk = flat(dp.transpose(-1, -2) @ qc).baddbmm_(flat(vc), flat(g_after).transpose(-1, -2))
-        del dp
-        dv = flat(causal_scores(qc, kc).transpose(-1, -2) @ doc).baddbmm_(flat(kc), flat(g_after))
-        grads = (from_chunks(x.view(kc.shape[:2] + x.shape[1:]), B, H, T) for x in (dq, dk, dv))
-        return (*grads, g[0].view(B, H, *g.shape[2:]), None)
+            do = vc.new_zeros(B, H, T, d_v)
+        doc = to_chunks(do, C)  # [N, BH, C, d_v]
+        g = torch.empty_like(states)  # [N+1, BH, d_k, d_v]: G_n = dL/dS_n = G_{n+1} + Q_n^T dO_n
+        g[N] = 0.0 if dS is None else dS.reshape(g.shape[1:])
+        dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
+        for s in reversed(segments(N, BH * C * max(C, d_k, d_v))):
+            y = qc[s].transpose(-1, -2) @ doc[s]  # [n, BH, d_k, d_v]: Q_n^T dO_n
+            for n in range(s.stop - 1, s.start - 1, -1):
+                torch.add(g[n + 1], y[n - s.start], out=g[n])
+            g_after = flat(g[s.start + 1 : s.stop + 1])  # [n*BH, d_k, d_v]: G_{n+1}
+            dp = causal_scores(doc[s], vc[s])  # [n, BH, C, C]
+            torch.matmul(dp, kc[s], out=dq[s])
+            flat(dq[s]).baddbmm_(flat(doc[s]), flat(states[s]).transpose(-1, -2))  # dQ = dO S^T + dP K
+            torch.matmul(dp.transpose(-1, -2), qc[s], out=dk[s])
+            flat(dk[s]).baddbmm_(flat(vc[s]), g_after.transpose(-1, -2))  # dK = dP^T Q + V G^T
+            torch.matmul(causal_scores(qc[s], kc[s]).transpose(-1, -2), doc[s], out=dv[s])
+            flat(dv[s]).baddbmm_(flat(kc[s]), g_after)  # dV = P^T dO + K G
+        grads = (from_chunks(t, B, H, T) for t in (dq, dk, dv))
+        return (*grads, g[0].view(B, H, d_k, d_v), None)
 
 
 def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
