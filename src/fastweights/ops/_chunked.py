@@ -3,8 +3,9 @@
 Layout: the chunk forms work on *chunk-major* tensors ``[N, B*H, C, D]`` (N chunks of C tokens).
 Chunk ``n`` of every head is then one contiguous ``[B*H, C, D]`` block, so the scan over chunks
 feeds ``torch.baddbmm`` plain contiguous batches and writes its results in place, and every
-other product is a single batched matmul over all ``N * B * H`` chunks at once. Converting to and
-from this layout is one strided copy per tensor (the input is already a transposed view).
+other product is one batched matmul over all chunks and heads of a cache-sized segment
+(:func:`segments`). Converting to and from this layout is one strided copy per tensor (the input
+is already a transposed view).
 """
 
 from __future__ import annotations
