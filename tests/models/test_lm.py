@@ -121,3 +121,14 @@ def test_bad_input() -> None:
         model(torch.zeros(1, 3, dtype=torch.long), state={"layers": []})
     with pytest.raises(TypeError, match="cfg must be an LMConfig"):
         LanguageModel({"vocab_size": 3})
+
+
+def test_adaptive_input_and_softmax_under_bf16_autocast() -> None:
+    """The wt103 presets' tied adaptive input/softmax trains under autocast (as on a bf16 GPU)."""
+    model = tiny("delta", vocab_size=300, adaptive_cutoffs=[20, 100], norm="post", pos_emb="none", tie_embeddings=True)
+    idx = torch.randint(0, 300, (2, 12))
+    idx[0, :3] = torch.tensor([0, 150, 299])  # head and both tail clusters
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss, _ = model(idx, idx.roll(-1, 1), return_logits=False)
+    loss.backward()
+    assert torch.isfinite(loss)

@@ -89,7 +89,7 @@ def adaptive_input(idx: Tensor, als: nn.AdaptiveLogSoftmaxWithLoss) -> Tensor:
     for i, tail in enumerate(als.tail):
         sel = (idx >= cut[i]) & (idx < cut[i + 1])
         proj, emb = tail[0].weight, tail[1].weight  # [h_i, d_model], [c_{i+1} - c_i, h_i]
-        out[sel] = F.embedding(idx[sel] - cut[i], emb) @ proj  # [n_i, d_model]
+        out[sel] = (F.embedding(idx[sel] - cut[i], emb) @ proj).to(out.dtype)  # [n_i, d_model] (bf16 under autocast)
     return out
 
 
@@ -211,12 +211,14 @@ class LanguageModel(nn.Module):
     def _logits(self, h: Tensor) -> Tensor:
         if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):
             lead = h.shape[:-1]
-            return self.head.log_prob(h.reshape(-1, h.shape[-1]).float()).view(*lead, -1)  # [..., V]
+            with torch.autocast(h.device.type, enabled=False):  # the adaptive softmax mixes dtypes under autocast
+                return self.head.log_prob(h.reshape(-1, h.shape[-1]).float()).view(*lead, -1)  # [..., V]
         return self.head(h)  # [..., V]
 
     def _loss(self, h: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy over targets != -100; ``h: [N, d_model]``, ``targets: [N]``."""
         if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):
             keep = targets != -100
-            return self.head(h[keep].float(), targets[keep]).loss
+            with torch.autocast(h.device.type, enabled=False):
+                return self.head(h[keep].float(), targets[keep]).loss
         return F.cross_entropy(self.head(h).float(), targets, ignore_index=-100)
