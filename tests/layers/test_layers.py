@@ -187,3 +187,13 @@ def test_delta_rule_key_normalisation_default(feature_map: str, expected: str) -
     assert layer.qk_norm_name == expected
     x = torch.randn(2, 30, 16) * 4
     assert torch.isfinite(layer(x)[0]).all()
+
+
+def test_attention_normalisation_needs_a_non_negative_map() -> None:
+    assert not FastWeightAttention(16, 2, rule="sum", feature_map="identity").attn_norm
+    assert FastWeightAttention(16, 2, rule="sum", feature_map="relu").attn_norm
+    for rule in ("sum", "delta"):
+        with pytest.raises(ValueError, match="attn_norm .* needs a non-negative feature map, got Identity"):
+            FastWeightAttention(16, 2, rule=rule, feature_map="identity", attn_norm=True)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
+        FastWeightAttention(16, 2, chunk_size=0)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, rule: str, dtype=torch.float64, device="cpu",
+def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64, device="cpu",
                 positive: bool = False, with_state: bool = True, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     """Random leaf tensors: keys L2-normalised (the delta rule needs normalised keys), rates in (0, 1)."""
     g = torch.Generator().manual_seed(seed)
@@ -20,12 +20,11 @@ def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, rule: str, dtype=to
     k = F.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=g, dtype=torch.float64)
     beta = torch.rand(B, T, H, generator=g, dtype=torch.float64) * 0.9 + 0.05
-    s0_dv = dv + 1 if positive and rule == "sum-norm" else dv
-    s0 = torch.randn(B, H, dk, s0_dv, generator=g, dtype=torch.float64) * 0.5 if with_state else None
-    if positive and s0 is not None:
-        s0 = s0.abs()
+    s0 = torch.randn(B, H, dk, dv, generator=g, dtype=torch.float64) * 0.5 if with_state else None
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half
     out = dict(q=q, k=k, v=v, beta=beta, initial_state=s0)
-    return {n: (t.to(device=device, dtype=dtype if n != "initial_state" else torch.float64 if dtype == torch.float64 else torch.float32).requires_grad_() if t is not None else None) for n, t in out.items()}
+    return {n: (t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()
+                if t is not None else None) for n, t in out.items()}
 
 
 def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw):

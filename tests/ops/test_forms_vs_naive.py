@@ -19,11 +19,11 @@ CHUNKS = [16, 32, 64]
 @functools.lru_cache(maxsize=None)
 def _reference(rule: str, T: int, dk: int, dv: int, device: str):
     """The naive outputs and gradients, computed once per input set (shared by every chunk size)."""
-    return run_with_grads(get_op(rule, "naive"), make_inputs(2, T, 3, dk, dv, rule=rule, device=device))
+    return run_with_grads(get_op(rule, "naive"), make_inputs(2, T, 3, dk, dv, device=device))
 
 
 def _compare(rule: str, impl: str, T: int, dk: int, dv: int, device: str = "cpu", **kw) -> None:
-    inputs = make_inputs(2, T, 3, dk, dv, rule=rule, device=device)
+    inputs = make_inputs(2, T, 3, dk, dv, device=device)
     o_ref, s_ref, g_ref = _reference(rule, T, dk, dv, device)
     assert_same_results(run_with_grads(get_op(rule, impl), inputs, **kw), (o_ref, s_ref, g_ref))
 
@@ -59,7 +59,7 @@ def test_forms_on_device(rule: str, device: str) -> None:
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_recurrent_steps_match_naive(rule: str, T: int) -> None:
     """T calls of the one-token form, each from the previous state, equal one naive pass (and grads)."""
-    inputs = make_inputs(2, T, 3, 20, 12, rule=rule)
+    inputs = make_inputs(2, T, 3, 20, 12)
     o_ref, s_ref, g_ref = run_with_grads(get_op(rule, "naive"), inputs)
     step = get_op(rule, "recurrent")
 
@@ -78,7 +78,7 @@ def test_recurrent_steps_match_naive(rule: str, T: int) -> None:
 def test_sum_rule_beta_scales_values(impl: str) -> None:
     """Sum rule with a rate: writing beta_t v_t, checked against naive with pre-scaled values."""
     T = 1 if impl == "recurrent" else 45
-    inp = make_inputs(1, T, 2, 8, 8, rule="sum")
+    inp = make_inputs(1, T, 2, 8, 8)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
     o, s = get_op("sum", impl)(q, k, v, beta, output_final_state=True, chunk_size=16)
     o_ref, s_ref = get_op("sum", "naive")(q, k, v * beta[..., None], output_final_state=True)
@@ -89,7 +89,7 @@ def test_sum_rule_beta_scales_values(impl: str) -> None:
 @pytest.mark.parametrize("impl", ["naive", "chunk", "parallel"])
 def test_sum_rule_normalisation(impl: str) -> None:
     """normalize=True returns (S_t^T q_t) / (z_t . q_t + eps), z_t the running key sum, with z in the state."""
-    inp = make_inputs(2, 70, 2, 10, 6, rule="sum", positive=True, with_state=False)
+    inp = make_inputs(2, 70, 2, 10, 6, positive=True, with_state=False)
     q, k, v = (inp[n].detach() for n in ("q", "k", "v"))
     eps = 1e-6
     o, s = get_op("sum", impl)(q, k, v, normalize=True, eps=eps, output_final_state=True, chunk_size=16)
@@ -104,8 +104,28 @@ def test_sum_rule_normalisation(impl: str) -> None:
 @pytest.mark.parametrize("impl", ["chunk", "naive"])
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_scale_multiplies_queries(rule: str, impl: str) -> None:
-    inp = make_inputs(1, 33, 2, 8, 8, rule=rule)
+    inp = make_inputs(1, 33, 2, 8, 8)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
     o, _ = get_op(rule, impl)(q, k, v, beta, scale=0.3, chunk_size=16)
     o_ref, _ = get_op(rule, "naive")(q * 0.3, k, v, beta)
     assert_close(o, o_ref, "o")
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk", "parallel"])
+def test_sum_rule_rate_normalisation_and_state_by_hand(impl: str) -> None:
+    """The wrapper's own work (rate, z column, initial state, scale) against a loop written here."""
+    inp = make_inputs(1, 40, 2, 6, 5, positive=True, with_state=False)
+    q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
+    S = torch.rand(1, 2, 6, 5, dtype=torch.float64)
+    z = torch.rand(1, 2, 6, dtype=torch.float64)
+    eps, scale = 1e-6, 0.7
+    o, s = get_op("sum", impl)(q, k, v, beta, scale=scale, normalize=True, eps=eps, chunk_size=16,
+                               initial_state=torch.cat([S, z[..., None]], -1), output_final_state=True)
+    outs = []
+    for t in range(40):
+        S = S + beta[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        qt = q[:, t] * scale
+        outs.append(torch.einsum("bhk,bhkv->bhv", qt, S) / ((z * qt).sum(-1, keepdim=True) + eps))
+    assert_close(o, torch.stack(outs, 1), "o")
+    assert_close(s, torch.cat([S, z[..., None]], -1), "state [S | z]")

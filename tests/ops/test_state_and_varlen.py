@@ -12,15 +12,15 @@ from .helpers import assert_close, make_inputs
 FORMS = [("sum", "naive"), ("sum", "chunk"), ("sum", "parallel"), ("delta", "naive"), ("delta", "chunk")]
 
 
-def _detached(rule: str, T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64):
-    inp = make_inputs(B, T, H, dk, dv, rule=rule, dtype=dtype)
+def _detached(T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64):
+    inp = make_inputs(B, T, H, dk, dv, dtype=dtype)
     return {n: (t.detach() if t is not None else None) for n, t in inp.items()}
 
 
 @pytest.mark.parametrize("split", [1, 40, 64, 99])
 @pytest.mark.parametrize("rule,impl", FORMS)
 def test_split_resume_equals_one_pass(rule: str, impl: str, split: int) -> None:
-    x = _detached(rule, 100)
+    x = _detached(100)
     op = get_op(rule, impl)
     o, s = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], output_final_state=True, chunk_size=32)
     a = slice(0, split)
@@ -36,7 +36,7 @@ def test_split_resume_equals_one_pass(rule: str, impl: str, split: int) -> None:
 @pytest.mark.parametrize("rule,impl", FORMS)
 def test_varlen_packed_equals_separate(rule: str, impl: str) -> None:
     lengths = [5, 64, 1, 70]
-    seqs = [_detached(rule, n, B=1) for n in lengths]
+    seqs = [_detached(n, B=1) for n in lengths]
     s0 = torch.cat([s["initial_state"] for s in seqs], 0)  # [N, H, dk, dv]
     packed = {n: torch.cat([s[n] for s in seqs], 1) for n in ("q", "k", "v", "beta")}
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
@@ -56,7 +56,7 @@ def test_varlen_packed_equals_separate(rule: str, impl: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rule", ["sum", "delta"])
 def test_low_precision_close_to_float32(rule: str, dtype: torch.dtype) -> None:
-    x = _detached(rule, 150, dk=32, dv=32, dtype=torch.float32)
+    x = _detached(150, dk=32, dv=32, dtype=torch.float32)
     op = get_op(rule, "chunk")
     o32, s32 = op(x["q"], x["k"], x["v"], x["beta"], output_final_state=True)
     o_lo, s_lo = op(x["q"].to(dtype), x["k"].to(dtype), x["v"].to(dtype), x["beta"].to(dtype), output_final_state=True)
@@ -71,7 +71,7 @@ def test_low_precision_close_to_float32(rule: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("rule,impl", FORMS + [("sum", "recurrent"), ("delta", "recurrent")])
 def test_gradcheck(rule: str, impl: str) -> None:
     T = 1 if impl == "recurrent" else 7
-    x = make_inputs(1, T, 2, 3, 2, rule=rule)
+    x = make_inputs(1, T, 2, 3, 2)
     op = get_op(rule, impl)
 
     def f(q, k, v, beta, s0):
@@ -81,12 +81,12 @@ def test_gradcheck(rule: str, impl: str) -> None:
 
 
 def test_state_is_float32_for_half_inputs() -> None:
-    x = _detached("delta", 10, dtype=torch.bfloat16)
+    x = _detached(10, dtype=torch.bfloat16)
     _, s = get_op("delta", "chunk")(x["q"], x["k"], x["v"], x["beta"], output_final_state=True)
     assert s.dtype == torch.float32
 
 
 def test_no_final_state_unless_asked() -> None:
-    x = _detached("sum", 10)
+    x = _detached(10)
     o, s = get_op("sum", "chunk")(x["q"], x["k"], x["v"])
     assert s is None and o.shape == x["v"].shape

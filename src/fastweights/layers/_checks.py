@@ -32,4 +32,5 @@ def check_sequence(x: Tensor, d_model: int) -> None:
 def check_token(x_t: Tensor) -> None:
     """``x_t`` (one token per sequence) must be a ``[B, d_model]`` tensor."""
     if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-        raise ValueError(f"step expects x_t of shape [B, d_model], got {list(getattr(x_t, 'shape', [])) or type(x_t).__name__}")
+        got = list(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+        raise ValueError(f"step expects x_t of shape [B, d_model], got {got}")

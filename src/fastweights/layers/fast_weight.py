@@ -49,7 +49,8 @@ class FastWeightAttention(nn.Module):
         feature_map_kwargs: extra arguments for a named feature map (``nu``, ``m``, ...).
         qk_norm: ``'sum'``, ``'l2'`` or ``None`` applied to phi(q), phi(k); ``'auto'``: for the
             delta rule ``'sum'`` (``'l2'`` if phi can be negative), ``None`` for the sum rule.
-        attn_norm: attention normalisation (see above); ``None``: on for sum, off for delta.
+        attn_norm: attention normalisation (see above); ``None``: on for the sum rule with a
+            non-negative feature map, off otherwise. It needs a non-negative map.
         beta: ``'learned'`` (sigmoid of a per-head projection), a fixed float, or ``'auto'``
             (``'learned'`` for delta, none for sum).
         dropout: dropout on the layer output.
@@ -100,7 +101,18 @@ class FastWeightAttention(nn.Module):
             qk_norm = None if rule == "sum" else ("sum" if self.feature_map.non_negative else "l2")
         self.qk_norm_name = qk_norm
         self.qk_norm = get_qk_norm(qk_norm)
-        self.attn_norm = (rule == "sum") if attn_norm is None else bool(attn_norm)
+        if attn_norm is None:  # on for the sum rule, where z . q > 0 is guaranteed
+            attn_norm = rule == "sum" and self.feature_map.non_negative
+        self.attn_norm = bool(attn_norm)
+        if self.attn_norm and not self.feature_map.non_negative:
+            raise ValueError(
+                f"attn_norm divides by z . q (and, for the delta rule, by z . k): it needs a non-negative "
+                f"feature map, got {type(self.feature_map).__name__}; use attn_norm=False"
+            )
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
 
         if beta == "auto":
             beta = "learned" if rule == "delta" else 1.0

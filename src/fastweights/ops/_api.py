@@ -23,7 +23,6 @@ packed variable-length sequences (``cu_seqlens``) and, for the sum rule, the lea
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -117,7 +116,8 @@ def check_inputs(
     n_seq = B
     if cu_seqlens is not None:
         if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError("cu_seqlens must be an int32/int64 tensor of cumulative lengths")
+            got = cu_seqlens.dtype if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__
+            raise TypeError(f"cu_seqlens must be an int32/int64 tensor of cumulative lengths, got {got}")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape(cu_seqlens)}")
         if B != 1:
@@ -140,7 +140,7 @@ def check_inputs(
                 f"got {_shape(initial_state)}"
             )
         if initial_state.device != q.device:
-            raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
+            raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}; they must match")
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -174,8 +174,12 @@ def run_core(
     output_final_state: bool,
     cu_seqlens: Optional[Tensor],
     chunk_size: int,
+    post: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Cast, lay out, (un)pack and call ``core``; the inputs are already checked."""
+    """Cast, lay out, (un)pack and call ``core``; the inputs are already checked.
+
+    ``post`` maps the core's output (compute dtype, before the cast back) to the op's output.
+    """
     in_dtype = q.dtype
     cdt = compute_dtype(in_dtype)
     cu = cu_seqlens.tolist() if cu_seqlens is not None else None
@@ -199,6 +203,8 @@ def run_core(
         s0 = initial_state.to(cdt)
     with torch.autocast(q.device.type, enabled=False):  # the op keeps its own precision (float32 state)
         o, s_t = core(qc, kc, vc, bc, s0, chunk_size)
+    if post is not None:
+        o = post(o)
     o = o.transpose(1, 2).to(in_dtype)  # [B, T, H, d_v]
     if cu is not None:
         o = _repack(o, cu)
@@ -245,15 +251,18 @@ def make_op(core: Core, rule: str, form: str, summary: str) -> Callable[..., Tup
             dv = v.shape[-1] + 1 if normalize and isinstance(v, Tensor) and v.dim() == 4 else None
             check_inputs(q, k, v, beta, initial_state, cu_seqlens, state_dv=dv)
             _check_chunk_size(chunk_size)
+            cdt = compute_dtype(q.dtype)
             if beta is not None:
-                v = v * beta.to(v.dtype)[..., None]  # [B, T, H, d_v]: the written value is beta_t v_t
+                v = v.to(cdt) * beta.to(cdt)[..., None]  # [B, T, H, d_v]: the written value is beta_t v_t
+            post = None
             if normalize:
                 # z is one more value column that is always 1: S_aug = [S | z].
                 v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)  # [B, T, H, d_v + 1]
-            o, s_t = run_core(core, q, k, v, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
-            if normalize:
-                o = o[..., :-1] / (o[..., -1:] + eps)  # [B, T, H, d_v]
-            return o, s_t
+
+                def post(o: Tensor) -> Tensor:
+                    return o[..., :-1] / (o[..., -1:] + eps)  # [..., d_v]: o_t / (z_t . q_t + eps)
+
+            return run_core(core, q, k, v, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size, post)
 
         op.__doc__ = summary + _SIGNATURE_DOC + _SUM_EXTRA_DOC
     else:
@@ -262,18 +271,3 @@ def make_op(core: Core, rule: str, form: str, summary: str) -> Callable[..., Tup
     op.__qualname__ = op.__name__
     op.core = core  # type: ignore[attr-defined]
     return op
-
-
-def chunk_view(x: Tensor, chunk_size: int) -> Tensor:
-    """``[B, H, T, ...]`` -> ``[B, H, N, C, ...]``, zero-padding T up to a multiple of C."""
-    T = x.shape[2]
-    pad = (-T) % chunk_size
-    if pad:
-        x = torch.cat([x, x.new_zeros(x.shape[:2] + (pad,) + x.shape[3:])], dim=2)
-    return x.reshape(x.shape[:2] + (-1, chunk_size) + x.shape[3:])
-
-
-@functools.lru_cache(maxsize=32)
-def causal_mask(chunk_size: int, device: torch.device, diagonal: int = 0) -> Tensor:
-    """Boolean ``[C, C]`` lower-triangular mask (``diagonal=-1``: strictly lower), cached."""
-    return torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=device).tril(diagonal)

@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._api import make_op
 from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks
@@ -58,6 +59,7 @@ class ChunkSumRule(torch.autograd.Function):
         return from_chunks(o, B, H, T), states[-1].view_as(S0).clone()
 
     @staticmethod
+    @once_differentiable  # in-place kernels: a double backward must fail loudly, not be wrong
     def backward(ctx, do: Optional[Tensor], dS: Optional[Tensor]):
         qc, kc, vc, states = ctx.saved_tensors
         B, H, T = ctx.shape
