@@ -107,7 +107,11 @@ def test_wrong_input_size_is_named() -> None:
         get_feature_map("dpfp", 8)(torch.randn(2, 6))
 
 
-def test_register_a_new_map() -> None:
+def test_register_a_new_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastweights.feature_maps as fm
+
+    monkeypatch.setattr(fm, "_REGISTRY", dict(fm._REGISTRY))  # leave the global registry as it was
+
     class Square(FeatureMap):
         def out_dim(self, d=None):
             return self.d
@@ -135,3 +139,19 @@ def test_non_negative_flag_is_true_to_the_map(name: str) -> None:
     phi = get_feature_map(name, 6)
     y = phi(torch.randn(500, 6) * 3)
     assert phi.non_negative == bool((y >= 0).all())
+
+
+def test_favor_redraws_are_reproducible_across_replicas_and_resume() -> None:
+    torch.manual_seed(3)
+    a = get_feature_map("favor", 6, m=6, redraw="step")
+    torch.manual_seed(3)
+    b = get_feature_map("favor", 6, m=6, redraw="step")  # a DDP replica built alike
+    for _ in range(3):
+        a.training_step()
+        b.training_step()
+    assert torch.equal(a.weight, b.weight)
+    resumed = get_feature_map("favor", 6, m=6, redraw="step", seed=99)
+    resumed.load_state_dict(a.state_dict())  # checkpoint, then continue
+    a.training_step()
+    resumed.training_step()
+    assert torch.equal(a.weight, resumed.weight)

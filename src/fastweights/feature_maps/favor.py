@@ -32,6 +32,10 @@ class Favor(FeatureMap):
     an int N (every N training forwards) or ``'never'``; nothing is redrawn in eval mode.
     ``input_scale`` multiplies x first (``d**-0.25`` makes phi(q).phi(k) estimate softmax's
     ``exp(q . k / sqrt(d))``).
+
+    Draw number i of ``W`` is a function of ``(seed, i)`` only, and both are buffers: replicas
+    built alike (DDP ranks) redraw the same matrix, and a run resumed from a ``state_dict``
+    redraws what the uninterrupted run would have. ``seed=None`` takes one from torch's global RNG.
     """
 
     non_negative = True
@@ -52,21 +56,31 @@ class Favor(FeatureMap):
         self.m = m
         self.redraw = redraw
         self.input_scale = float(input_scale)
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.register_buffer("weight", orthogonal_gaussian(m, d, self._generator))  # [m, d]
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, ()))
+        self.register_buffer("seed", torch.tensor(seed, dtype=torch.long))
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # matrices drawn so far
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # training forwards seen
+        self.register_buffer("weight", self._draw(0))  # [m, d]
 
     def out_dim(self, d: int | None = None) -> int:
         return 2 * self.m
 
+    def _draw(self, index: int) -> Tensor:
+        """Draw number ``index``: ``[m, d]``, from a generator seeded by ``(seed, index)``."""
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + index)
+        return orthogonal_gaussian(self.m, self.d, g)
+
     def resample(self) -> None:
-        w = orthogonal_gaussian(self.m, self.d, self._generator)
-        self.weight.copy_(w.to(self.weight))
+        self.draws += 1
+        self.weight.copy_(self._draw(int(self.draws)).to(self.weight))
 
     def training_step(self) -> None:
+        if self.redraw == "never":
+            return
         self.steps += 1
-        every = 1 if self.redraw == "step" else (0 if self.redraw == "never" else int(self.redraw))
-        if every and int(self.steps) % every == 0:
+        every = 1 if self.redraw == "step" else int(self.redraw)
+        if int(self.steps) % every == 0:
             self.resample()
 
     def forward(self, x: Tensor) -> Tensor:
