@@ -89,7 +89,7 @@ def test_generate_rejects_bad_arguments() -> None:
 
 
 def test_generate_command_pauses_and_resumes_a_stream(tmp_path, capsys) -> None:
-    tokenizer = write_model_dir(tmp_path / "model", "delta")
+    write_model_dir(tmp_path / "model", "delta")
     saved = tmp_path / "stream.safetensors"
     common = ["--checkpoint", str(tmp_path / "model"), "--temperature", "0"]
     assert cli_main(["generate", *common, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--save-state", str(saved)]) == 0

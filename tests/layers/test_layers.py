@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastweights import FastWeightAttention, SoftmaxAttention
 from fastweights.feature_maps import get_feature_map

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..feature_maps import FeatureMap, get_feature_map, get_qk_norm

@@ -1,8 +1,8 @@
 """Language models: config and presets, the decoder LM, and the model directory on disk."""
 
 from .checkpoint import load_model, read_config, save_weights, write_config
-from .config import (AttentionSpec, LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_attentions,
-                     list_presets, parse_attention)
+from ..variants import AttentionSpec, list_attentions, parse_attention
+from .config import LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_presets
 from .lm import LanguageModel, LMState
 
 __all__ = [

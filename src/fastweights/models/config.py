@@ -18,56 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
-#: feature-map part of an attention name -> (registered feature map, regex of its parameter or None)
-_MAPS: Dict[str, Tuple[str, Optional[str]]] = {
-    "linear": ("elu_p1", None),
-    "relu": ("relu", None),
-    "identity": ("identity", None),
-    "dpfp": ("dpfp", "nu"),
-    "favor": ("favor", "m"),
-}
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """A parsed attention variant: ``kind`` is ``'softmax'`` or ``'fwp'``; for ``'fwp'`` the update
-    ``rule`` (``'sum'``/``'delta'``), the registered ``feature_map`` and its keyword arguments."""
-
-    kind: str
-    rule: Optional[str] = None
-    feature_map: Optional[str] = None
-    feature_map_kwargs: Dict[str, Any] = field(default_factory=dict)
-
-
-def list_attentions() -> List[str]:
-    """The attention variant names (``<nu>``, ``<m>`` stand for positive integers)."""
-    maps = ["linear", "relu", "identity", "dpfp-<nu>", "favor-<m>"]
-    return ["softmax", "delta"] + maps + [f"{m}+delta" for m in maps]
-
-
-def parse_attention(name: str) -> AttentionSpec:
-    """Parse an attention variant name (see the module docstring) into an :class:`AttentionSpec`.
-
-    Raises:
-        ValueError: for an unknown name, listing the valid ones.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"attention must be a str, got {type(name).__name__}")
-    if name == "softmax":
-        return AttentionSpec("softmax")
-    base, rule = (name[: -len("+delta")], "delta") if name.endswith("+delta") else (name, "sum")
-    if name == "delta":
-        base, rule = "linear", "delta"
-    m = re.fullmatch(r"([a-z_]+)(?:-([1-9]\d*))?", base)
-    if m is None or m.group(1) not in _MAPS or (_MAPS[m.group(1)][1] is None) != (m.group(2) is None):
-        raise ValueError(f"unknown attention variant {name!r}; expected one of {list_attentions()}")
-    feature_map, param = _MAPS[m.group(1)]
-    kwargs: Dict[str, Any] = {param: int(m.group(2))} if param else {}
-    return AttentionSpec("fwp", rule, feature_map, kwargs)
+from ..variants import parse_attention
 
 
 @dataclass

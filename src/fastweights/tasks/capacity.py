@@ -24,7 +24,6 @@ loss is ``0.5 |y - onehot(target)|^2`` per query (0.5: the output predicts nothi
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -35,13 +34,11 @@ from torch import Tensor, nn
 
 from ..feature_maps import get_feature_map, get_qk_norm
 from ..ops import get_op
+from ..variants import parse_attention
 from .retrieval import RetrievalBatch, RetrievalTask
 
-_MAPS = {"linear": "elu_p1", "relu": "relu", "identity": "identity", "favor": "favor", "dpfp": "dpfp"}
-_ARG = {"favor": "m", "dpfp": "nu"}
-_METHOD_RE = re.compile(r"^(?P<map>[a-z_]+)(?:-(?P<arg>\d+))?(?:\+(?P<rule>[a-z]+))?$")
 METHOD_FORMS = ("softmax", "linear", "relu", "identity", "favor-<m>", "dpfp-<nu>")
-METHOD_HELP = f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+sum' (default) or '+delta'"
+METHOD_HELP = f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+sum' (default) or '+delta' ('delta' = 'linear+delta')"
 
 
 @dataclass(frozen=True)
@@ -67,19 +64,13 @@ def parse_method(name: str) -> Method:
     """
     if not isinstance(name, str):
         raise TypeError(f"a method name must be a str, got {type(name).__name__}")
-    m = _METHOD_RE.match(name)
-    bad = ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')")
-    if m is None:
-        raise bad
-    base, arg, rule = m["map"], m["arg"], m["rule"]
-    if base == "softmax":
-        if arg is not None or rule is not None:
-            raise bad
+    try:
+        spec = parse_attention(name)
+    except ValueError:
+        raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
+    if spec.kind == "softmax":
         return Method(name, "softmax")
-    if base not in _MAPS or (arg is None) != (base not in _ARG) or rule not in (None, "sum", "delta"):
-        raise bad
-    kwargs = ((_ARG[base], int(arg)),) if arg is not None else ()
-    method = Method(name, rule or "sum", _MAPS[base], kwargs)
+    method = Method(name, spec.rule, spec.feature_map, tuple(sorted(spec.feature_map_kwargs.items())))
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
 
