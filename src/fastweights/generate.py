@@ -60,7 +60,9 @@ def generate(
         temperature, top_k: see :func:`sample_next`.
         generator: the random generator of the sampler (seed it for reproducible text).
         state: a state to continue from (from an earlier call or :func:`fastweights.state.load_state`),
-            e.g. the previous turns of a conversation; ``None`` starts afresh.
+            e.g. the previous turns of a conversation; ``None`` starts afresh. With learned
+            positions, a state whose tokens plus the prompt exceed ``context`` is dropped and only
+            the last ``context`` prompt tokens are read (earlier turns are then forgotten).
 
     Returns:
         ``(new_tokens, state)``: the sampled ids, and the state after reading the prompt and every
