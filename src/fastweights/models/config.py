@@ -24,8 +24,21 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from ..variants import parse_attention
 
 
+class _DictConfig:
+    """``to_dict`` / ``from_dict`` for the config dataclasses (JSON in ``config.json``)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]):
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        return cls(**_checked_fields(cls, d))
+
+
 @dataclass
-class LMConfig:
+class LMConfig(_DictConfig):
     """A decoder-only language model (see :class:`fastweights.models.LanguageModel`).
 
     Attributes:
@@ -92,18 +105,10 @@ class LMConfig:
         """The per-head width actually used."""
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
 
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "LMConfig":
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
-        return cls(**_checked_fields(cls, d))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_DictConfig):
     """Optimisation settings of :func:`fastweights.train.train`.
 
     Attributes:
@@ -154,12 +159,6 @@ class TrainConfig:
         if self.warmup < 0 or self.grad_clip < 0:
             raise ValueError(f"TrainConfig.warmup and grad_clip must be >= 0, got {self.warmup!r}, {self.grad_clip!r}")
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        return cls(**_checked_fields(cls, d))
 
 
 @dataclass
