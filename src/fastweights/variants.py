@@ -1,8 +1,8 @@
 """Attention variant names, shared by the language models and the capacity experiment.
 
-``'softmax'``, or ``'<map>[+delta|+sum]'`` with ``<map>`` one of ``linear`` (ELU + 1), ``relu``,
-``identity``, ``dpfp-<nu>``, ``favor-<m>`` (sum rule unless ``+delta``); plain ``'delta'`` is
-``'linear+delta'``.
+``'softmax'``, or ``'<map>[+<rule>]'`` with ``<map>`` one of ``linear`` (ELU + 1), ``relu``,
+``identity``, ``dpfp-<nu>``, ``favor-<m>`` and ``<rule>`` an update rule of
+:func:`fastweights.ops.list_rules` (the sum rule when omitted); plain ``'delta'`` is ``'linear+delta'``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+from .ops import list_rules
 
 #: feature-map part of an attention name -> (registered feature map, regex of its parameter or None)
 _MAPS: Dict[str, Tuple[str, Optional[str]]] = {
@@ -19,12 +21,14 @@ _MAPS: Dict[str, Tuple[str, Optional[str]]] = {
     "dpfp": ("dpfp", "nu"),
     "favor": ("favor", "m"),
 }
+DEFAULT_RULE = "sum"  #: the rule of a name without ``+<rule>`` (linear attention, as in the paper)
 
 
 @dataclass(frozen=True)
 class AttentionSpec:
     """A parsed attention variant: ``kind`` is ``'softmax'`` or ``'fwp'``; for ``'fwp'`` the update
-    ``rule`` (``'sum'``/``'delta'``), the registered ``feature_map`` and its keyword arguments."""
+    ``rule`` (a name of :func:`fastweights.ops.list_rules`), the registered ``feature_map`` and its
+    keyword arguments."""
 
     kind: str
     rule: Optional[str] = None
@@ -35,7 +39,8 @@ class AttentionSpec:
 def list_attentions() -> List[str]:
     """The attention variant names (``<nu>``, ``<m>`` stand for positive integers)."""
     maps = ["linear", "relu", "identity", "dpfp-<nu>", "favor-<m>"]
-    return ["softmax", "delta"] + maps + [f"{m}+delta" for m in maps]
+    others = [r for r in list_rules() if r != DEFAULT_RULE]
+    return ["softmax", "delta"] + maps + [f"{m}+{r}" for r in others for m in maps]
 
 
 def parse_attention(name: str) -> AttentionSpec:
@@ -48,10 +53,10 @@ def parse_attention(name: str) -> AttentionSpec:
         raise TypeError(f"attention must be a str, got {type(name).__name__}")
     if name == "softmax":
         return AttentionSpec("softmax")
-    base, rule = name, "sum"
-    for suffix in ("+delta", "+sum"):
-        if name.endswith(suffix):
-            base, rule = name[: -len(suffix)], suffix[1:]
+    base, rule = name, DEFAULT_RULE
+    for r in list_rules():
+        if name.endswith("+" + r):
+            base, rule = name[: -len(r) - 1], r
     if name == "delta":
         base, rule = "linear", "delta"
     m = re.fullmatch(r"([a-z_]+)(?:-([1-9]\d*))?", base)

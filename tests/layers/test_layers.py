@@ -147,7 +147,7 @@ def test_init_state_matches_forward_state() -> None:
 
 
 def test_layer_errors() -> None:
-    with pytest.raises(ValueError, match="rule must be 'sum' or 'delta', got 'hebb'"):
+    with pytest.raises(ValueError, match=r"unknown rule 'hebb'; expected one of \['delta', 'sum'\]"):
         FastWeightAttention(16, 2, rule="hebb")
     with pytest.raises(ValueError, match="unknown feature map 'nope'"):
         FastWeightAttention(16, 2, feature_map="nope")

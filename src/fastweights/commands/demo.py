@@ -14,10 +14,13 @@ import torch
 
 from ..feature_maps import list_feature_maps
 from ..layers import FastWeightAttention
+from ..ops import list_backends, list_rules
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rule", choices=["sum", "delta"], default="delta", help="update rule (default: delta)")
+    p.add_argument("--rule", choices=list_rules(), default="delta", help="update rule (default: delta)")
+    impls = ["auto"] + sorted({b.name for b in list_backends(available=False) if not b.one_token})
+    p.add_argument("--impl", default="auto", choices=impls, help="op backend of the parallel forward (default: auto)")
     p.add_argument("--feature-map", default="dpfp", choices=list_feature_maps(), help="feature map phi (default: dpfp)")
     p.add_argument("--nu", type=int, default=2, help="DPFP nu (default: 2)")
     p.add_argument("--length", type=int, default=512, help="sequence length T (default: 512)")
@@ -29,7 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     kwargs = {"nu": args.nu} if args.feature_map == "dpfp" else {}
-    layer = FastWeightAttention(args.d_model, args.heads, rule=args.rule, feature_map=args.feature_map, feature_map_kwargs=kwargs).eval()
+    layer = FastWeightAttention(args.d_model, args.heads, rule=args.rule, feature_map=args.feature_map,
+                                feature_map_kwargs=kwargs, impl=args.impl).eval()
     print(layer)
     x = torch.randn(1, args.length, args.d_model)
     with torch.no_grad():

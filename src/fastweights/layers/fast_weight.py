@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..feature_maps import FeatureMap, get_feature_map, get_qk_norm
-from ..ops import get_op
+from ..ops import Op, get_op, get_rule
 from ._checks import check_sequence, check_token, resolve_d_head
 
 State = Dict[str, Tensor]
@@ -20,42 +20,47 @@ class FastWeightAttention(nn.Module):
     For each token, a linear projection of ``x_t`` gives per head ``q_t, k_t, v_t`` (and a rate
     ``beta_t = sigmoid(w_beta . x_t)``); keys and queries go through the feature map phi (and
     optionally a normalisation), then the fast weights ``S`` (``[d_k, d_v]``, ``d_k = phi.out_dim``)
-    are updated and queried:
+    are updated by the update rule and queried, e.g.
 
     - ``rule='sum'``   : ``S_t = S_{t-1} + beta_t k_t v_t^T``  (beta = 1 unless given)
     - ``rule='delta'`` : ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``
 
-    and ``y_t = W_o concat_heads(S_t^T q_t)``.
+    and ``y_t = W_o concat_heads(S_t^T q_t)``. Any rule of :func:`fastweights.ops.list_rules` works;
+    its :class:`~fastweights.ops.RuleSpec` sets the defaults below.
 
-    ``attn_norm`` (default on for the sum rule, off for the delta rule) keeps ``z_t = z_{t-1} + k_t``
-    and divides the output by ``z_t . q_t``; for the delta rule it is the paper's attention-normalised
-    variant, which also uses ``c_t = z_{t-1} . k_t`` (1 while the memory is empty): rate
-    ``beta_t c_t`` and key ``k_t / c_t``.
+    ``attn_norm`` is the op's ``normalize``: it keeps ``z_t = z_{t-1} + k_t`` and divides the output
+    by ``z_t . q_t`` (for the delta rule, the paper's attention-normalised variant; see
+    :mod:`fastweights.ops.delta_rule`).
 
-    The same parameters serve :meth:`forward` (a whole sequence, chunkwise parallel by default) and
-    :meth:`step` (one token, the recurrent form), so a model trained in parallel decodes token by
-    token with no conversion. The state is a dict of float32 tensors: ``"S"`` ``[B, H, d_k, d_v]``
-    (``d_v + 1`` for the normalised sum rule, whose last column is ``z``) and, for the normalised
-    delta rule, ``"z"`` ``[B, H, d_k]``.
+    The same parameters serve :meth:`forward` (a whole sequence, backend ``impl``) and :meth:`step`
+    (one token, backend ``decode_impl``), so a model trained in parallel decodes token by token with
+    no conversion. The state is ``{"S": [B, H, d_k, d_v]}`` in float32 (``d_v + 1`` with
+    ``attn_norm``: the last column is ``z``).
+
+    Under autocast, the projections, feature map and normalisations may come out in different
+    dtypes (CUDA autocast runs sums and exponentials in float32); the layer hands the op q, k, v and
+    beta in one compute dtype: autocast's dtype when autocast is on, else that of the values.
 
     Args:
         d_model: input and output width.
         n_heads: number of heads H.
         d_head: per-head width of the projected q, k, v (default ``d_model // n_heads``).
-        rule: ``'sum'`` or ``'delta'``.
+        rule: an update rule of :func:`fastweights.ops.list_rules` (``'sum'``, ``'delta'``).
         feature_map: a registered name (see :func:`fastweights.feature_maps.list_feature_maps`) or a
             :class:`FeatureMap` instance built for inputs of size ``d_head``.
         feature_map_kwargs: extra arguments for a named feature map (``nu``, ``m``, ...).
-        qk_norm: ``'sum'``, ``'l2'`` or ``None`` applied to phi(q), phi(k); ``'auto'``: for the
-            delta rule ``'sum'`` (``'l2'`` if phi can be negative), ``None`` for the sum rule.
-        attn_norm: attention normalisation (see above); ``None``: on for the sum rule with a
-            non-negative feature map, off otherwise. It needs a non-negative map.
+        qk_norm: ``'sum'``, ``'l2'`` or ``None`` applied to phi(q), phi(k); ``'auto'``: for rules
+            that need normalised keys (delta) ``'sum'`` (``'l2'`` if phi can be negative), else ``None``.
+        attn_norm: attention normalisation (see above); ``None``: the rule's default (on for the
+            sum rule) when the feature map is non-negative, else off. It needs a non-negative map.
         beta: ``'learned'`` (sigmoid of a per-head projection), a fixed float, or ``'auto'``
-            (``'learned'`` for delta, none for sum).
+            (``'learned'`` for rules that learn a rate (delta), else none).
         dropout: dropout on the layer output.
         bias: biases in the projections.
-        impl: op form for :meth:`forward` (``'chunk'``, ``'naive'``, ``'parallel'`` for sum).
-        chunk_size: chunk length of the chunk form.
+        impl: backend of :meth:`forward` (``'auto'``: chosen per call; ``'chunk'``, ``'naive'``,
+            ``'fla'``, ... see :func:`fastweights.ops.list_ops`).
+        decode_impl: backend of :meth:`step` (default ``'recurrent'``).
+        chunk_size: chunk length of chunkwise backends.
         eps: added to normalisers.
     """
 
@@ -72,17 +77,17 @@ class FastWeightAttention(nn.Module):
         beta: Union[str, float] = "auto",
         dropout: float = 0.0,
         bias: bool = False,
-        impl: str = "chunk",
+        impl: str = "auto",
+        decode_impl: str = "recurrent",
         chunk_size: int = 64,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if rule not in ("sum", "delta"):
-            raise ValueError(f"rule must be 'sum' or 'delta', got {rule!r}")
+        spec = get_rule(rule)
         d_head = resolve_d_head(d_model, n_heads, d_head)
-        get_op(rule, impl)  # validates impl early
+        self.op, self.step_op = get_op(rule, impl), get_op(rule, decode_impl)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
-        self.rule, self.impl, self.chunk_size, self.eps = rule, impl, chunk_size, eps
+        self.rule, self.impl, self.decode_impl, self.chunk_size, self.eps = rule, impl, decode_impl, chunk_size, eps
 
         if isinstance(feature_map, FeatureMap):
             if feature_map_kwargs:
@@ -96,13 +101,15 @@ class FastWeightAttention(nn.Module):
             raise TypeError(f"feature_map must be a name or a FeatureMap, got {type(feature_map).__name__}")
         self.d_key = self.feature_map.out_dim()
 
-        if qk_norm == "auto":  # the delta rule needs normalised keys; sums only make sense for phi >= 0
-            qk_norm = None if rule == "sum" else ("sum" if self.feature_map.non_negative else "l2")
+        if qk_norm == "auto":  # rules such as delta need normalised keys; sums only make sense for phi >= 0
+            qk_norm = ("sum" if self.feature_map.non_negative else "l2") if spec.key_norm else None
         self.qk_norm_name = qk_norm
         self.qk_norm = get_qk_norm(qk_norm)
-        if attn_norm is None:  # on for the sum rule, where z . q > 0 is guaranteed
-            attn_norm = rule == "sum" and self.feature_map.non_negative
+        if attn_norm is None:  # the rule's default, where z . q > 0 is guaranteed
+            attn_norm = spec.attn_norm and self.feature_map.non_negative
         self.attn_norm = bool(attn_norm)
+        if self.attn_norm and not spec.normalize:
+            raise ValueError(f"rule {rule!r} has no attention normalisation; use attn_norm=False")
         if self.attn_norm and not self.feature_map.non_negative:
             raise ValueError(
                 f"attn_norm divides by z . q (and, for the delta rule, by z . k): it needs a non-negative "
@@ -114,7 +121,7 @@ class FastWeightAttention(nn.Module):
             raise ValueError(f"eps must be > 0, got {eps!r}")
 
         if beta == "auto":
-            beta = "learned" if rule == "delta" else 1.0
+            beta = "learned" if spec.learned_rate else 1.0
         if beta == "learned":
             self.beta_proj: Optional[nn.Linear] = nn.Linear(d_model, n_heads, bias=True)
             self.fixed_beta: Optional[float] = None
@@ -142,25 +149,22 @@ class FastWeightAttention(nn.Module):
         """
         if self.training:
             self.feature_map.training_step()
-        return self._attend(x, state, cu_seqlens, self.impl)
+        return self._attend(x, state, cu_seqlens, self.op)
 
     def step(self, x_t: Tensor, state: Optional[State] = None) -> Tuple[Tensor, State]:
-        """One token with the recurrent form: ``x_t: [B, d_model] -> y_t: [B, d_model]``."""
+        """One token with the decoding backend: ``x_t: [B, d_model] -> y_t: [B, d_model]``."""
         check_token(x_t)
-        y, state = self._attend(x_t[:, None], state, None, "recurrent")
+        y, state = self._attend(x_t[:, None], state, None, self.step_op)
         return y[:, 0], state
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
         """An empty (all-zero) state for ``batch_size`` sequences."""
         device = device if device is not None else self.qkv.weight.device
-        d_v = self.d_head + (1 if self.attn_norm and self.rule == "sum" else 0)
-        state = {"S": torch.zeros(batch_size, self.n_heads, self.d_key, d_v, device=device)}
-        if self.attn_norm and self.rule == "delta":
-            state["z"] = torch.zeros(batch_size, self.n_heads, self.d_key, device=device)
-        return state
+        d_v = self.d_head + (1 if self.attn_norm else 0)
+        return {"S": torch.zeros(batch_size, self.n_heads, self.d_key, d_v, device=device)}
 
     # ------------------------------------------------------------------ internals
-    def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], impl: str) -> Tuple[Tensor, State]:
+    def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], op: Op) -> Tuple[Tensor, State]:
         check_sequence(x, self.d_model)
         B, T, _ = x.shape
         H, D = self.n_heads, self.d_head
@@ -172,55 +176,27 @@ class FastWeightAttention(nn.Module):
         if self.beta_proj is not None:
             beta: Optional[Tensor] = torch.sigmoid(self.beta_proj(x))  # [B, T, H]
         elif self.fixed_beta != 1.0:
-            beta = torch.full((B, T, H), self.fixed_beta, dtype=q.dtype, device=q.device)
+            beta = torch.full((B, T, H), self.fixed_beta, device=x.device)
         else:
             beta = None
-        op = get_op(self.rule, impl)
-        S0 = state["S"] if state is not None else None
-        kw = dict(initial_state=S0, output_final_state=True, cu_seqlens=cu_seqlens, chunk_size=self.chunk_size)
-        if self.rule == "sum":
-            o, S = op(q, k, v, beta, normalize=self.attn_norm, eps=self.eps, **kw)  # [B, T, H, D]
-            new_state = {"S": S}
-        elif not self.attn_norm:
-            o, S = op(q, k, v, beta, **kw)
-            new_state = {"S": S}
-        else:
-            z0 = state["z"] if state is not None else None
-            z_prev, z_last = _exclusive_key_sums(k, z0, cu_seqlens)  # [B, T, H, d_k], [N, H, d_k]
-            c = (z_prev * k).sum(-1)  # [B, T, H]: c_t = z_{t-1} . k_t
-            c = torch.where(c == 0, torch.ones_like(c), c)
-            rate = c if beta is None else beta * c
-            o, S = op(q, (k / (c[..., None] + self.eps)).to(q.dtype), v, rate, **kw)
-            den = ((z_prev + k) * q).sum(-1, keepdim=True)  # [B, T, H, 1]: z_t . q_t
-            o = (o / (den + self.eps)).to(q.dtype)
-            new_state = {"S": S, "z": z_last}
+        dtype = compute_dtype(x.device, v.dtype)
+        o, S = op(q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
+                  initial_state=state["S"] if state is not None else None, output_final_state=True,
+                  cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps)  # [B, T, H, D]
         y = self.out_proj(o.reshape(B, T, H * D))  # [B, T, d_model]
-        return self.dropout(y), new_state
+        return self.dropout(y), {"S": S}
 
     def extra_repr(self) -> str:
         return (
             f"rule={self.rule!r}, heads={self.n_heads}, d_head={self.d_head}, d_key={self.d_key}, "
             f"qk_norm={self.qk_norm_name!r}, attn_norm={self.attn_norm}, "
-            f"beta={'learned' if self.beta_proj is not None else self.fixed_beta}, impl={self.impl!r}"
+            f"beta={'learned' if self.beta_proj is not None else self.fixed_beta}, impl={self.impl!r}, "
+            f"decode_impl={self.decode_impl!r}"
         )
 
 
-def _exclusive_key_sums(k: Tensor, z0: Optional[Tensor], cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """``z_{t-1} = z_0 + sum_{i<t} k_i`` per sequence, in float32, and the final ``z``.
-
-    ``k: [B, T, H, d_k]``, ``z0: [N, H, d_k]`` or None. Returns ``([B, T, H, d_k], [N, H, d_k])``.
-    """
-    kf = k.float() if k.dtype != torch.float64 else k
-    cum = kf.cumsum(1)  # [B, T, H, d_k]
-    if cu_seqlens is None:
-        excl = cum - kf
-        if z0 is not None:
-            excl = excl + z0[:, None].to(excl)
-        return excl, excl[:, -1] + kf[:, -1]
-    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
-    lengths = ends - starts
-    base = (cum - kf)[0, starts]  # [N, H, d_k]: the running sum where each sequence begins
-    if z0 is not None:
-        base = base - z0.to(base)
-    excl = (cum - kf) - base.repeat_interleave(lengths, dim=0)[None]  # [1, T, H, d_k]
-    return excl, excl[0, ends - 1] + kf[0, ends - 1]
+def compute_dtype(device: torch.device, value_dtype: torch.dtype) -> torch.dtype:
+    """The one dtype the layer hands the op: autocast's on ``device`` when it is on, else ``value_dtype``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return value_dtype

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ..ops import check_impl
 from ..variants import parse_attention
 
 
@@ -59,6 +60,9 @@ class LMConfig(_DictConfig):
         adaptive_div_value: width divisor between adaptive clusters.
         bias: biases in linear layers and LayerNorms.
         chunk_size: chunk length of the fast-weight layers' chunkwise parallel form.
+        impl: op backend of the fast-weight layers in training and evaluation (``'auto'``: the
+            fastest for each call, see :func:`fastweights.ops.list_ops`).
+        decode_impl: op backend of one-token decoding steps.
     """
 
     vocab_size: int
@@ -77,6 +81,8 @@ class LMConfig(_DictConfig):
     adaptive_div_value: float = 4.0
     bias: bool = False
     chunk_size: int = 64
+    impl: str = "auto"
+    decode_impl: str = "recurrent"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "context", "chunk_size"):
@@ -91,7 +97,13 @@ class LMConfig(_DictConfig):
             raise ValueError(f"LMConfig.pos_emb must be 'learned' or 'none', got {self.pos_emb!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        parse_attention(self.attention)
+        spec = parse_attention(self.attention)
+        if spec.kind == "fwp":
+            for name in ("impl", "decode_impl"):
+                try:
+                    check_impl(spec.rule, getattr(self, name))
+                except ValueError as e:
+                    raise ValueError(f"LMConfig.{name}: {e}") from None
         if self.adaptive_cutoffs is not None:
             c = list(self.adaptive_cutoffs)
             if not c or c != sorted(set(c)) or c[0] < 1 or c[-1] >= self.vocab_size:

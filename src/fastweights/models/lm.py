@@ -32,6 +32,7 @@ def build_attention(cfg: LMConfig) -> nn.Module:
     return FastWeightAttention(
         cfg.d_model, cfg.n_heads, cfg.d_head, rule=spec.rule, feature_map=spec.feature_map,
         feature_map_kwargs=kwargs, dropout=cfg.dropout, bias=cfg.bias, chunk_size=cfg.chunk_size,
+        impl=cfg.impl, decode_impl=cfg.decode_impl,
     )
 
 

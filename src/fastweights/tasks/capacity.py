@@ -2,7 +2,8 @@
 
 A *method* names a memory: ``softmax`` (the baseline), or a feature map with an update rule,
 ``<map>[+<rule>]`` where ``<map>`` is ``linear`` (elu + 1), ``relu``, ``identity``, ``favor-<m>``
-(FAVOR+ with m random features) or ``dpfp-<nu>``, and ``<rule>`` is ``sum`` (default) or ``delta``.
+(FAVOR+ with m random features) or ``dpfp-<nu>``, and ``<rule>`` an update rule of
+:func:`fastweights.ops.list_rules` (``sum``, the default, or ``delta``).
 
 The model has one attention layer of width ``d`` (64 in the paper) over a sequence of ``T``
 key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
@@ -14,7 +15,8 @@ key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
 
 with the sum rule normalised by ``z_T . q`` and the delta rule using sum-normalised ``phi``
 (L2-normalised for signed maps such as ``identity``) and a learned rate
-``beta_t = sigmoid(w_beta . x_t)``: the defaults of :class:`fastweights.layers.FastWeightAttention`. That layer projects q, k and v from one input,
+``beta_t = sigmoid(w_beta . x_t)``: the rule's defaults (:class:`fastweights.ops.RuleSpec`), as in
+:class:`fastweights.layers.FastWeightAttention`. That layer projects q, k and v from one input,
 while here they come from different ones (pairs, query keys, one-hot values), so the model calls
 the feature map and the op (:func:`fastweights.ops.get_op`) directly. FAVOR+ features are drawn
 once from the cell's seed and kept fixed. Softmax reads ``y = softmax(K q / sqrt(d))^T V``. The
@@ -33,17 +35,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..feature_maps import get_feature_map, get_qk_norm
-from ..ops import get_op
+from ..ops import get_op, get_rule, list_rules
 from ..variants import parse_attention
 from .retrieval import RetrievalBatch, RetrievalTask
 
 METHOD_FORMS = ("softmax", "linear", "relu", "identity", "favor-<m>", "dpfp-<nu>")
-METHOD_HELP = f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+sum' (default) or '+delta' ('delta' = 'linear+delta')"
+METHOD_HELP = (f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+<rule>', a rule of {list_rules()} "
+               "(default sum; 'delta' = 'linear+delta')")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name: ``rule`` is ``'softmax'``, ``'sum'`` or ``'delta'``."""
+    """A parsed method name: ``rule`` is ``'softmax'`` or an update rule (``'sum'``, ``'delta'``, ...)."""
 
     name: str
     rule: str
@@ -92,19 +95,18 @@ class RetrievalModel(nn.Module):
         self.embed = nn.Embedding(n_keys, d)
         self.key_proj = nn.Linear(d + n_keys, d, bias=False)
         self.query_proj = nn.Linear(d, d, bias=False)
-        rule = self.method.rule
-        if rule == "softmax":
+        if self.method.feature_map is None:  # softmax
             return
+        spec = get_rule(self.method.rule)
         kwargs = dict(self.method.feature_map_kwargs)
         if self.method.feature_map == "favor":
             kwargs["seed"] = seed
         self.feature_map = get_feature_map(self.method.feature_map, d, **kwargs)
         key_norm = "sum" if self.feature_map.non_negative else "l2"  # sum-normalising signed keys is unstable
-        self.qk_norm = get_qk_norm(key_norm if rule == "delta" else None)
-        self.beta_proj = nn.Linear(d + n_keys, 1) if rule == "delta" else None
-        # Sequences here are short (at most a few hundred tokens), where the quadratic form of the
-        # sum rule is the cheapest; the delta rule has the chunkwise form.
-        self.op = get_op(rule, "parallel" if rule == "sum" else "chunk")
+        self.qk_norm = get_qk_norm(key_norm if spec.key_norm else None)
+        self.beta_proj = nn.Linear(d + n_keys, 1) if spec.learned_rate else None
+        self.normalize = spec.attn_norm
+        self.op = get_op(spec.name)
 
     def forward(self, batch: RetrievalBatch) -> Tensor:
         """Scores ``y`` ``[B, Q, S]`` for every query of ``batch``."""
@@ -114,7 +116,7 @@ class RetrievalModel(nn.Module):
         x = torch.cat([self.embed(batch.keys), v], dim=-1)  # [B, T, d + S]
         k = self.key_proj(x)  # [B, T, d]
         q = self.query_proj(self.embed(batch.queries))  # [B, Q, d]
-        if self.method.rule == "softmax":
+        if self.method.feature_map is None:  # softmax
             return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, Q, S]
         k = self.feature_map.forward_key(k[:, :, None])  # [B, T, 1, d_dot]
         q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
@@ -125,11 +127,11 @@ class RetrievalModel(nn.Module):
         zk, zq = k.new_zeros(B, Q, 1, k.shape[-1]), q.new_zeros(B, T, 1, q.shape[-1])
         qs, ks = torch.cat([zq, q], 1), torch.cat([k, zk], 1)  # [B, T + Q, 1, d_dot]
         vs = torch.cat([v, v.new_zeros(B, Q, self.n_keys)], 1)[:, :, None]  # [B, T + Q, 1, S]
-        if self.method.rule == "sum":
-            o, _ = self.op(qs, ks, vs, normalize=True)  # [B, T + Q, 1, S]
-        else:
-            beta = torch.sigmoid(self.beta_proj(x))  # [B, T, 1]
-            o, _ = self.op(qs, ks, vs, torch.cat([beta, beta.new_zeros(B, Q, 1)], 1))
+        beta = None
+        if self.beta_proj is not None:
+            b = torch.sigmoid(self.beta_proj(x))  # [B, T, 1]
+            beta = torch.cat([b, b.new_zeros(B, Q, 1)], 1)  # [B, T + Q, 1]
+        o, _ = self.op(qs, ks, vs, beta, normalize=self.normalize)  # [B, T + Q, 1, S]
         return o[:, T:, 0]  # [B, Q, S]
 
 

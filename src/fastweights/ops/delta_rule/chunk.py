@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._api import make_op
 from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks, unit_lower_inverse
 
 
@@ -67,7 +66,7 @@ class ChunkDeltaRule(torch.autograd.Function):
         states = qc.new_empty(N + 1, BH, d_k, d_v)  # [N+1, BH, d_k, d_v]: S_n
         states[0] = S0.reshape(BH, d_k, d_v)
         kt = kc.transpose(-1, -2)  # [N, BH, d_k, C]
-        for s in segments(N, BH * C * max(C, d_k, d_v)):
+        for s in segments(N, BH * C * max(C, d_k, d_v), kc.device):
             tm = wy_inverse(kc[s], bc[s], linv[s]) * bc[s].transpose(-1, -2)  # [n, BH, C, C]: T = L^-1 diag(beta)
             torch.matmul(tm, kc[s], out=w[s])  # W = T K
             torch.matmul(tm, vc[s], out=vn[s])  # U = T V
@@ -95,7 +94,7 @@ class ChunkDeltaRule(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
         dbeta = kc.new_empty(N, BH, C)
         wt = w.transpose(-1, -2)  # [N, BH, d_k, C]
-        for s in reversed(segments(N, BH * C * max(C, d_k, d_v))):
+        for s in reversed(segments(N, BH * C * max(C, d_k, d_v), kc.device)):
             dvn = causal_scores(qc[s], kc[s]).transpose(-1, -2) @ doc[s]  # [n, BH, C, d_v]: P^T dO, then dV'
             y = qc[s].transpose(-1, -2) @ doc[s]  # [n, BH, d_k, d_v]: Q^T dO
             for n in range(s.stop - 1, s.start - 1, -1):
@@ -137,5 +136,3 @@ def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tens
         beta = q.new_ones(q.shape[:3])
     return ChunkDeltaRule.apply(q, k, v, beta, S0, chunk_size)
 
-
-chunk_delta_rule = make_op(chunk_core, "delta", "chunk", "Delta rule (DeltaNet), chunkwise parallel WY/UT form.")

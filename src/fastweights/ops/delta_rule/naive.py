@@ -16,7 +16,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._api import make_op
 
 
 def naive_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
@@ -30,5 +29,3 @@ def naive_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tenso
         outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))  # [B, H, d_v]
     return torch.stack(outs, dim=2), S  # [B, H, T, d_v]
 
-
-naive_delta_rule = make_op(naive_core, "delta", "naive", "Delta rule as a time loop: the reference.")

@@ -9,18 +9,13 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .._api import make_op
 
 
 def recurrent_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
     """One token (T must be 1): ``q, k: [B, H, 1, d_k]``, ``v: [B, H, 1, d_v]``, ``beta: [B, H, 1]``."""
-    if q.shape[2] != 1:
-        raise ValueError(f"the recurrent form takes one token (T = 1), got T = {q.shape[2]}; use 'chunk' for sequences")
     u = v - k @ S  # [B, H, 1, d_v]: v_t - S^T k_t
     if beta is not None:
         u = u * beta[..., None]
     S = S + k.transpose(-1, -2) @ u  # [B, H, d_k, d_v]
     return q @ S, S  # [B, H, 1, d_v]
 
-
-recurrent_delta_rule = make_op(recurrent_core, "delta", "recurrent", "Delta rule, one decoding step (T = 1) from a given state.")

@@ -1,8 +1,51 @@
-"""Sum rule (causal linear attention): ``S_t = S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t``."""
+"""Sum rule (causal linear attention): ``S_t = S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T q_t``.
 
-from .chunk import chunk_sum_rule
-from .naive import naive_sum_rule
-from .parallel import parallel_sum_rule
-from .recurrent import recurrent_sum_rule
+With ``normalize=True`` (attention normalisation) the op also keeps ``z_t = z_{t-1} + k_t`` and
+returns ``o_t / (z_t . q_t + eps)``. ``z`` rides along as one more value column that is always 1
+(``S_aug = [S | z]``), so every backend computes it with no extra code; the state then carries it
+as its last column.
+"""
 
-__all__ = ["chunk_sum_rule", "naive_sum_rule", "parallel_sum_rule", "recurrent_sum_rule"]
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..registry import RuleSpec, Run
+from ..torch_form import torch_form
+from .chunk import chunk_core
+from .naive import naive_core
+from .parallel import parallel_core
+from .recurrent import recurrent_core
+
+
+def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
+          initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
+          chunk_size: int, normalize: bool, eps: float) -> Tuple[Tensor, Optional[Tensor]]:
+    """The rate and the normalisation around a backend's ``run`` (every tensor ``[B, T, H, .]``)."""
+    if beta is not None:
+        v = v * beta[..., None]  # [B, T, H, d_v]: the written value is beta_t v_t
+    if normalize:
+        v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)  # [B, T, H, d_v + 1]
+    o, s_t = run(q, k, v, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
+    if normalize:
+        o = o[..., :-1] / (o[..., -1:] + eps)  # [B, T, H, d_v]: o_t / (z_t . q_t + eps)
+    return o, s_t
+
+
+RULE = RuleSpec(
+    name="sum",
+    summary="Sum rule (linear attention): S_t = S_{t-1} + beta_t k_t v_t^T, o_t = S_t^T q_t",
+    apply=apply,
+    attn_norm=True,
+    forms=(
+        torch_form("sum", "naive", naive_core),
+        torch_form("sum", "chunk", chunk_core, priority=10),
+        torch_form("sum", "parallel", parallel_core),
+        torch_form("sum", "recurrent", recurrent_core, one_token=True),
+    ),
+)
+
+__all__ = ["RULE", "apply", "chunk_core", "naive_core", "parallel_core", "recurrent_core"]

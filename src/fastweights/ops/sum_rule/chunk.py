@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._api import make_op
 from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks
 
 
@@ -48,7 +47,7 @@ class ChunkSumRule(torch.autograd.Function):
         states = qc.new_empty(N + 1, BH, d_k, d_v)  # [N+1, BH, d_k, d_v]: S_n
         states[0] = S0.reshape(BH, d_k, d_v)
         o = torch.empty_like(vc)  # [N, BH, C, d_v]
-        for s in segments(N, BH * C * max(C, d_k, d_v)):
+        for s in segments(N, BH * C * max(C, d_k, d_v), kc.device):
             updates = kc[s].transpose(-1, -2) @ vc[s]  # [n, BH, d_k, d_v]: K_n^T V_n
             for n in range(s.start, s.stop):  # a prefix sum (torch.cumsum over dim 0 is ~20x slower)
                 torch.add(states[n], updates[n - s.start], out=states[n + 1])
@@ -71,7 +70,7 @@ class ChunkSumRule(torch.autograd.Function):
         g = torch.empty_like(states)  # [N+1, BH, d_k, d_v]: G_n = dL/dS_n = G_{n+1} + Q_n^T dO_n
         g[N] = 0.0 if dS is None else dS.reshape(g.shape[1:])
         dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
-        for s in reversed(segments(N, BH * C * max(C, d_k, d_v))):
+        for s in reversed(segments(N, BH * C * max(C, d_k, d_v), kc.device)):
             y = qc[s].transpose(-1, -2) @ doc[s]  # [n, BH, d_k, d_v]: Q_n^T dO_n
             for n in range(s.stop - 1, s.start - 1, -1):
                 torch.add(g[n + 1], y[n - s.start], out=g[n])
@@ -91,5 +90,3 @@ def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tens
     """Sum rule over chunks of ``chunk_size``. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``."""
     return ChunkSumRule.apply(q, k, v, S0, chunk_size)
 
-
-chunk_sum_rule = make_op(chunk_core, "sum", "chunk", "Sum rule (linear attention), chunkwise parallel.")

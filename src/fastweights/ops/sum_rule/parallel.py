@@ -9,7 +9,6 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .._api import make_op
 
 
 def parallel_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
@@ -18,5 +17,3 @@ def parallel_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: T
     o = scores @ v + q @ S0  # [B, H, T, d_v]
     return o, S0 + k.transpose(-1, -2) @ v
 
-
-parallel_sum_rule = make_op(parallel_core, "sum", "parallel", "Sum rule as causal masked linear attention (quadratic in T).")

@@ -6,15 +6,10 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .._api import make_op
 
 
 def recurrent_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
     """One token (T must be 1): ``q, k: [B, H, 1, d_k]``, ``v: [B, H, 1, d_v]``."""
-    if q.shape[2] != 1:
-        raise ValueError(f"the recurrent form takes one token (T = 1), got T = {q.shape[2]}; use 'chunk' for sequences")
     S = S + k.transpose(-1, -2) @ v  # [B, H, d_k, d_v]
     return q @ S, S  # [B, H, 1, d_v]
 
-
-recurrent_sum_rule = make_op(recurrent_core, "sum", "recurrent", "Sum rule, one decoding step (T = 1) from a given state.")

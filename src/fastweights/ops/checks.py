@@ -1,0 +1,95 @@
+"""Argument checks of the op contract: one clear error naming the bad argument, raised before any work."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _shape(t: Tensor) -> str:
+    """``[2, 3, 4]``: a shape as the error messages print it."""
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    initial_state: Optional[Tensor],
+    cu_seqlens: Optional[Tensor],
+    state_dv: Optional[int] = None,
+) -> None:
+    """Validate the op arguments; raise ``TypeError``/``ValueError`` naming the bad one.
+
+    ``state_dv`` is the last dimension the initial state must have (``d_v`` unless the op
+    adds columns, as the normalised sum rule does).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape [B, T, H, D] (4 dims), got {_shape(t)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has dtype {q.dtype}; they must match")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; they must match")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {_shape(q)}, got {_shape(k)}")
+    B, T, H, d_k = q.shape
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"v must have shape [B, T, H, d_v] = [{B}, {T}, {H}, d_v] like q, got {_shape(v)}"
+        )
+    if T == 0:
+        raise ValueError("the sequence is empty: q, k, v have T = 0 tokens")
+    if min(B, H, d_k, v.shape[-1]) == 0:
+        raise ValueError(f"q {_shape(q)} and v {_shape(v)} must have non-zero B, H and D")
+    if beta is not None:
+        if not isinstance(beta, Tensor):
+            raise TypeError(f"beta must be a torch.Tensor or None, got {type(beta).__name__}")
+        if not beta.is_floating_point():
+            raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
+        if beta.shape != (B, T, H):
+            raise ValueError(f"beta must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape(beta)}")
+        if beta.device != q.device:
+            raise ValueError(f"beta is on {beta.device} but q is on {q.device}; they must match")
+    n_seq = B
+    if cu_seqlens is not None:
+        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            got = cu_seqlens.dtype if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__
+            raise TypeError(f"cu_seqlens must be an int32/int64 tensor of cumulative lengths, got {got}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape(cu_seqlens)}")
+        if B != 1:
+            raise ValueError(f"with cu_seqlens the sequences are packed along T, so B must be 1, got B = {B}")
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != T or any(b <= a for a, b in zip(cu, cu[1:])):
+            raise ValueError(
+                f"cu_seqlens must start at 0, strictly increase and end at T = {T}, got {cu}"
+            )
+        n_seq = len(cu) - 1
+    if initial_state is not None:
+        if not isinstance(initial_state, Tensor):
+            raise TypeError(f"initial_state must be a torch.Tensor or None, got {type(initial_state).__name__}")
+        if not initial_state.is_floating_point():
+            raise TypeError(f"initial_state must be floating point, got dtype {initial_state.dtype}")
+        dv = v.shape[-1] if state_dv is None else state_dv
+        if initial_state.shape != (n_seq, H, d_k, dv):
+            raise ValueError(
+                f"initial_state must have shape [N, H, d_k, d_v] = [{n_seq}, {H}, {d_k}, {dv}], "
+                f"got {_shape(initial_state)}"
+            )
+        if initial_state.device != q.device:
+            raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}; they must match")
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """``chunk_size`` must be a positive int."""
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")

@@ -1,0 +1,352 @@
+"""Rules, backends and the dispatcher: the one op contract behind :func:`fastweights.ops.get_op`.
+
+Every op, whatever its rule and backend, is called the same way::
+
+    op(q, k, v, beta=None, *, scale=None, initial_state=None, output_final_state=False,
+       cu_seqlens=None, chunk_size=64, normalize=False, eps=1e-6) -> (o, final_state)
+
+in the layout ``[B, T, H, D]`` with a float32 state (float64 for float64 inputs). Three pieces:
+
+- a :class:`RuleSpec` says what a rule computes: its extra per-token inputs, its state, whether
+  attention normalisation applies, what the layers should default to, and its ``apply`` function,
+  the rule-level work shared by every backend (the sum rule's rate and normalisation column, the
+  delta rule's normalised variant);
+- a :class:`Backend` is one implementation of a rule (a torch form such as ``chunk``, or a GPU
+  kernel) and declares what it runs on: devices, dtypes, native variable-length input, the largest
+  ``d_k`` / ``d_v``, whether it computes in float32 whatever the input dtype;
+- :class:`Op` (what :func:`get_op` returns) checks the arguments once, picks the backend
+  (``impl="auto"``: the highest ``priority`` among those that support the inputs), casts to that
+  backend's compute dtype, unpacks ``cu_seqlens`` only for backends without native support, and
+  records the backend it used in ``op.last_impl`` (also logged at DEBUG level).
+
+Rules are the subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`);
+extra backends are the modules of :mod:`fastweights.ops.backends` that define ``BACKENDS``.
+Adding a rule is one package, adding a backend one module; :func:`register_rule` and
+:func:`register_backend` do the same for code outside this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .checks import check_chunk_size, check_inputs
+from .varlen import pack, unpack
+
+log = logging.getLogger(__name__)
+
+#: ``run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size) -> (o, S_T)``:
+#: checked ``[B, T, H, D]`` tensors in the backend's compute dtype, ``scale`` a float, the state
+#: ``[N, H, d_k, d_v]`` or None; ``o`` comes back in the dtype of ``v``.
+Run = Callable[..., Tuple[Tensor, Optional[Tensor]]]
+
+ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a rule and what it supports.
+
+    Attributes:
+        name: the ``impl`` users pass to :func:`get_op` (``'chunk'``, ``'fla'``, ...).
+        rule: the rule it implements.
+        run: the implementation (see :data:`Run`).
+        devices: device types it runs on.
+        dtypes: input dtypes it accepts.
+        upcast: it computes in float32 (float64 for float64 inputs) whatever the input dtype; the
+            dispatcher casts for it. ``False``: it takes the input dtype as it is (a kernel with
+            its own float32 accumulation).
+        native_varlen: it reads ``cu_seqlens`` itself; otherwise the dispatcher pads each sequence
+            to the longest and packs the output back.
+        max_d_k, max_d_v: the largest key / value width (``None``: no limit). ``d_v`` counts the
+            normalisation column.
+        one_token: only ``T = 1`` (a decoding step).
+        priority: preference of ``impl="auto"`` (higher wins); ``None``: never picked by auto.
+        requires: a module that must be importable (an optional dependency), or ``None``.
+        tolerance: relative error of its output against the naive form in its most precise
+            dtype, as the tests allow.
+    """
+
+    name: str
+    rule: str
+    run: Run
+    devices: Tuple[str, ...] = ("cpu", "cuda")
+    dtypes: Tuple[torch.dtype, ...] = ALL_FLOATS
+    upcast: bool = True
+    native_varlen: bool = False
+    max_d_k: Optional[int] = None
+    max_d_v: Optional[int] = None
+    one_token: bool = False
+    priority: Optional[int] = None
+    requires: Optional[str] = None
+    tolerance: float = 1e-9
+
+    def available(self) -> bool:
+        """Whether its optional dependency (if any) is installed."""
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype it computes in for inputs of ``dtype``."""
+        if not self.upcast:
+            return dtype
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def unsupported(self, q: Tensor, d_v: int) -> Optional[str]:
+        """Why it cannot run queries ``q`` ``[B, T, H, d_k]`` with ``d_v`` value columns, or ``None``."""
+        if not self.available():
+            return f"it needs the optional package {self.requires!r}, which is not installed"
+        if q.device.type not in self.devices:
+            return f"it runs on {'/'.join(self.devices)}, the inputs are on {q.device.type}"
+        if q.dtype not in self.dtypes:
+            return f"it takes {', '.join(str(d).replace('torch.', '') for d in self.dtypes)}, the inputs are {q.dtype}"
+        if self.max_d_k is not None and q.shape[-1] > self.max_d_k:
+            return f"its largest d_k is {self.max_d_k}, got d_k = {q.shape[-1]}"
+        if self.max_d_v is not None and d_v > self.max_d_v:
+            return f"its largest d_v is {self.max_d_v} (normalisation column included), got d_v = {d_v}"
+        if self.one_token and q.shape[1] != 1:
+            return f"it takes one token (T = 1), got T = {q.shape[1]}; use 'chunk' for sequences"
+        return None
+
+
+#: ``apply(run, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size,
+#: normalize, eps, dtype) -> (o, S_T)``: a rule's own work around a backend's ``run``.
+Apply = Callable[..., Tuple[Tensor, Optional[Tensor]]]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """What an update rule computes, and the defaults layers take from it.
+
+    Attributes:
+        name: the rule's name (``'sum'``, ``'delta'``).
+        summary: its update and read-out, one line.
+        inputs: its per-token inputs besides q, k, v, with their shapes (``{"beta": "[B, T, H]"}``).
+        state: the shape of its state, in words.
+        normalize: whether it offers attention normalisation (``normalize=True``, one more state
+            column holding ``z``).
+        key_norm: its keys must be normalised (layers default to sum- or L2-normalised keys).
+        learned_rate: layers learn the rate ``beta`` by default (else beta = 1).
+        attn_norm: layers normalise by default (when the feature map is non-negative).
+        apply: the rule's work around a backend (see :data:`Apply`).
+        forms: its own torch backends (the ``naive`` definition among them).
+    """
+
+    name: str
+    summary: str
+    apply: Apply
+    forms: Tuple[Backend, ...]
+    inputs: Dict[str, str] = field(default_factory=lambda: {"beta": "[B, T, H]"})
+    state: str = "[N, H, d_k, d_v] (d_v + 1 with normalize=True: the last column is z)"
+    normalize: bool = True
+    key_norm: bool = False
+    learned_rate: bool = False
+    attn_norm: bool = False
+
+
+_RULES: Dict[str, RuleSpec] = {}
+_BACKENDS: Dict[Tuple[str, str], Backend] = {}
+_DISCOVERED = False
+
+
+def register_rule(spec: RuleSpec) -> None:
+    """Add a rule and its own forms (replacing a rule of the same name)."""
+    if not isinstance(spec, RuleSpec):
+        raise TypeError(f"a rule must be a RuleSpec, got {type(spec).__name__}")
+    _RULES[spec.name] = spec
+    for b in spec.forms:
+        register_backend(b)
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) the backend ``backend.name`` of rule ``backend.rule``."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"a backend must be a Backend, got {type(backend).__name__}")
+    _BACKENDS[(backend.rule, backend.name)] = backend
+
+
+def _discover() -> None:
+    """Register the rule packages of ``fastweights.ops`` and the modules of ``ops.backends`` once."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    from . import backends, __path__ as ops_path
+
+    for info in pkgutil.iter_modules(ops_path, __package__ + "."):
+        if info.ispkg and info.name != backends.__name__:
+            spec = getattr(importlib.import_module(info.name), "RULE", None)
+            if spec is not None:
+                register_rule(spec)
+    for info in pkgutil.iter_modules(backends.__path__, backends.__name__ + "."):
+        for b in getattr(importlib.import_module(info.name), "BACKENDS", ()):
+            if b.rule in _RULES:
+                register_backend(b)
+
+
+def list_rules() -> List[str]:
+    """The registered update rules."""
+    _discover()
+    return sorted(_RULES)
+
+
+def get_rule(rule: str) -> RuleSpec:
+    """The :class:`RuleSpec` of ``rule``; ``ValueError`` listing the rules for an unknown one."""
+    _discover()
+    if rule not in _RULES:
+        raise ValueError(f"unknown rule {rule!r}; expected one of {sorted(_RULES)}")
+    return _RULES[rule]
+
+
+def list_backends(rule: Optional[str] = None, device: Optional[str] = None, available: bool = True) -> List[Backend]:
+    """Registered backends, optionally of one rule, running on ``device`` (a type such as
+    ``'cuda'``), and (``available``) with their optional dependencies installed."""
+    _discover()
+    out = [b for (r, _), b in sorted(_BACKENDS.items()) if rule is None or r == rule]
+    if device is not None:
+        out = [b for b in out if torch.device(device).type in b.devices]
+    return [b for b in out if b.available()] if available else out
+
+
+def list_ops(device: Optional[str] = None) -> List[Tuple[str, str]]:
+    """Every available ``(rule, impl)`` pair (on ``device`` if given); ``impl='auto'`` is not listed."""
+    return [(b.rule, b.name) for b in list_backends(device=device)]
+
+
+def select_backend(rule: str, q: Tensor, d_v: int) -> Backend:
+    """The backend ``impl="auto"`` uses for queries ``q`` ``[B, T, H, d_k]`` and ``d_v`` value columns."""
+    ranked = [b for b in list_backends(rule) if b.priority is not None and b.unsupported(q, d_v) is None]
+    if not ranked:
+        raise ValueError(f"no backend of rule {rule!r} runs {q.dtype} inputs of shape {list(q.shape)} on {q.device}")
+    return max(ranked, key=lambda b: b.priority)
+
+
+def get_op(rule: str, impl: str = "auto") -> "Op":
+    """The op of update ``rule`` run by backend ``impl`` (``'auto'``: chosen per call).
+
+    Raises ``ValueError`` naming the valid choices for an unknown rule or impl, or an impl whose
+    optional dependency is missing.
+    """
+    spec = get_rule(rule)
+    if impl == "auto":
+        return Op(spec, None)
+    if (rule, impl) not in _BACKENDS:
+        names = sorted(b.name for b in list_backends(rule, available=False))
+        raise ValueError(f"unknown impl {impl!r} for rule {rule!r}; expected 'auto' or one of {names}")
+    backend = _BACKENDS[(rule, impl)]
+    if not backend.available():
+        raise ValueError(f"impl {impl!r} for rule {rule!r} needs the optional package {backend.requires!r} "
+                         f"(pip install 'fastweights[{impl}]')")
+    return Op(spec, backend)
+
+
+def check_impl(rule: str, impl: str) -> None:
+    """Raise ``ValueError`` unless ``get_op(rule, impl)`` would succeed (for configs and layers)."""
+    get_op(rule, impl)
+
+
+_DOC = """
+    Args:
+        q: queries ``[B, T, H, d_k]`` (already feature-mapped).
+        k: keys ``[B, T, H, d_k]`` (already feature-mapped and, for the delta rule, normalised).
+        v: values ``[B, T, H, d_v]``.
+        beta: per-token, per-head learning rate ``[B, T, H]`` (``None`` means 1).
+        scale: multiplies ``q`` before use (default 1.0: phi is applied by the caller).
+        initial_state: fast weights to start from, ``[N, H, d_k, d_v]`` (``d_v + 1`` when
+            ``normalize=True``: the last column is ``z``) where ``N`` is ``B``, or the number of
+            sequences when ``cu_seqlens`` is given. Default: zeros.
+        output_final_state: also return the state after the last token.
+        cu_seqlens: cumulative sequence lengths ``[N + 1]`` (int) of sequences packed along T
+            (then ``B`` must be 1); each sequence starts from its own initial state.
+        chunk_size: the chunk length of chunkwise forms (ignored by the others).
+        normalize: attention normalisation: keep ``z_t = z_{t-1} + k_t`` in one more state column
+            and divide the output by ``z_t . q_t + eps`` (for the rule's exact variant see its package).
+        eps: added to the normalisers.
+
+    Returns:
+        ``(o, final_state)``: ``o`` is ``[B, T, H, d_v]`` in the input dtype; ``final_state`` is
+        ``[N, H, d_k, d_v (+1)]`` in float32 (float64 for float64 inputs), or ``None`` unless
+        ``output_final_state``.
+"""
+
+
+class Op:
+    """A rule's op with a fixed backend, or ``impl="auto"`` (``backend=None``): see the module docstring.
+
+    ``last_impl`` names the backend of the latest call.
+    """
+
+    def __init__(self, spec: RuleSpec, backend: Optional[Backend]) -> None:
+        self.spec, self.backend = spec, backend
+        self.impl = backend.name if backend is not None else "auto"
+        self.last_impl: Optional[str] = None
+        self.__name__ = f"{self.impl}_{spec.name}_rule"
+        self.__doc__ = f"{spec.summary} (impl {self.impl!r})\n{_DOC}"
+
+    def __repr__(self) -> str:
+        return f"Op(rule={self.spec.name!r}, impl={self.impl!r})"
+
+    def __call__(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Optional[Tensor] = None,
+        *,
+        scale: Optional[float] = None,
+        initial_state: Optional[Tensor] = None,
+        output_final_state: bool = False,
+        cu_seqlens: Optional[Tensor] = None,
+        chunk_size: int = 64,
+        normalize: bool = False,
+        eps: float = 1e-6,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        spec = self.spec
+        if normalize and not spec.normalize:
+            raise ValueError(f"rule {spec.name!r} has no attention normalisation; use normalize=False")
+        extra = 1 if normalize else 0
+        check_inputs(q, k, v, beta, initial_state, cu_seqlens,
+                     state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None)
+        check_chunk_size(chunk_size)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        d_v = v.shape[-1] + extra
+        if self.backend is None:
+            backend = select_backend(spec.name, q, d_v)
+        else:
+            backend = self.backend
+            why = backend.unsupported(q, d_v)
+            if why is not None:
+                raise ValueError(f"impl {backend.name!r} of rule {spec.name!r} cannot run these inputs: {why}")
+        self.last_impl = backend.name
+        log.debug("%s rule: impl %r for %s %s on %s", spec.name, backend.name, q.dtype, list(q.shape), q.device)
+        dtype = backend.compute_dtype(q.dtype)
+        run = backend.run
+        if cu_seqlens is not None and not backend.native_varlen:
+            run = _padded(run, cu_seqlens.tolist())
+        s = 1.0 if scale is None else float(scale)
+        o, s_t = spec.apply(run, q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
+                            s, initial_state, output_final_state, cu_seqlens, chunk_size, normalize, eps)
+        return o.to(q.dtype), (s_t if output_final_state else None)
+
+
+def _padded(run: Run, cu: Sequence[int]) -> Run:
+    """``run`` without ``cu_seqlens``: packed sequences ``[1, T, ...]`` are padded to ``[N, T_max, ...]``
+    at their ends (zero keys, values and rates leave every state unchanged) and the output is
+    packed back; a single sequence is a plain batch of one."""
+
+    def padded(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
+               output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int):
+        if len(cu) == 2:
+            return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size)
+        q, k, v = unpack(q, cu), unpack(k, cu), unpack(v, cu)  # [N, T_max, H, D]
+        beta = unpack(beta, cu) if beta is not None else None
+        o, s_t = run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size)
+        return pack(o, cu), s_t
+
+    return padded

@@ -1,0 +1,51 @@
+"""The adapter that turns a torch *core* (the math of one form on clean tensors) into a :class:`Backend`.
+
+A core works in the ``[B, H, T, D]`` layout, in the compute dtype, on one batch of equal-length
+sequences::
+
+    core(q, k, v, beta, S0, chunk_size) -> (o, S_T)
+        q, k : [B, H, T, d_k]   (q already scaled)
+        v    : [B, H, T, d_v]
+        beta : [B, H, T] or None
+        S0   : [B, H, d_k, d_v]
+        o    : [B, H, T, d_v],  S_T : [B, H, d_k, d_v]
+
+The dispatcher has already checked the arguments, cast them to float32 (float64 stays) and padded
+packed sequences; the adapter transposes, scales ``q``, makes the zero state and keeps autocast
+off, so the op keeps its own precision.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .registry import Backend
+
+Core = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Tensor, int], Tuple[Tensor, Tensor]]
+
+
+def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
+    """The backend ``name`` of ``rule`` that runs ``core`` (``declaration``: :class:`Backend` fields)."""
+
+    def run(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
+            output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int) -> Tuple[Tensor, Tensor]:
+        qc = q.transpose(1, 2)  # [B, H, T, d_k]
+        if scale != 1.0:
+            qc = qc * scale
+        kc, vc = k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, d_k], [B, H, T, d_v]
+        bc = beta.transpose(1, 2) if beta is not None else None  # [B, H, T]
+        B, H, _, d_k = kc.shape
+        if initial_state is None:
+            s0 = kc.new_zeros(B, H, d_k, vc.shape[-1])
+        else:
+            s0 = initial_state.to(q.dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            o, s_t = core(qc, kc, vc, bc, s0, chunk_size)
+        return o.transpose(1, 2), s_t  # [B, T, H, d_v]
+
+    run.__name__ = f"{name}_{rule}_rule"
+    run.__doc__ = core.__doc__
+    return Backend(name, rule, run, **declaration)
