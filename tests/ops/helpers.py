@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastweights.ops import Backend, list_backends
+
 
 def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64, device="cpu",
-                positive: bool = False, with_state: bool = True, seed: int = 0) -> Dict[str, Optional[Tensor]]:
-    """Random leaf tensors: keys L2-normalised (the delta rule needs normalised keys), rates in (0, 1)."""
+                positive: bool = False, with_state: bool = True, normalize: bool = False,
+                seed: int = 0) -> Dict[str, Optional[Tensor]]:
+    """Random leaf tensors: keys L2-normalised (the delta rule needs normalised keys), rates in (0, 1);
+    ``normalize``: the state has one more column, a positive running key sum ``z``."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, dk, generator=g, dtype=torch.float64)
     k = torch.randn(B, T, H, dk, generator=g, dtype=torch.float64)
@@ -21,6 +26,8 @@ def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64
     v = torch.randn(B, T, H, dv, generator=g, dtype=torch.float64)
     beta = torch.rand(B, T, H, generator=g, dtype=torch.float64) * 0.9 + 0.05
     s0 = torch.randn(B, H, dk, dv, generator=g, dtype=torch.float64) * 0.5 if with_state else None
+    if s0 is not None and normalize:
+        s0 = torch.cat([s0, torch.rand(B, H, dk, 1, generator=g, dtype=torch.float64) + 0.5], -1)  # [S | z]
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half
     out = dict(q=q, k=k, v=v, beta=beta, initial_state=s0)
     return {n: (t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()
@@ -46,11 +53,47 @@ def assert_close(actual: Tensor, expected: Tensor, name: str, rtol: float = 1e-9
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
 
 
-def assert_same_results(actual, expected) -> None:
-    """Compare ``(o, final_state, grads)`` triples from :func:`run_with_grads`, every gradient included."""
+def assert_rel_close(actual: Tensor, expected: Tensor, name: str, tol: float) -> None:
+    """``|actual - expected| / |expected| <= tol`` (Frobenius norms, in float64): for low-precision backends."""
+    a, e = actual.double(), expected.double().to(actual.device)
+    assert torch.isfinite(a).all(), f"{name}: non-finite values"
+    rel = ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+    assert rel <= tol, f"{name}: relative error {rel:.3g} > {tol:g}"
+
+
+def assert_same_results(actual, expected, backend: Optional[Backend] = None) -> None:
+    """Compare ``(o, final_state, grads)`` triples from :func:`run_with_grads`, every gradient included:
+    to 1e-9 in float64, within ``backend.tolerance`` (relative) for a backend tested in lower precision."""
     (o, s, g), (o_ref, s_ref, g_ref) = actual, expected
-    assert_close(o, o_ref, "o")
-    assert_close(s, s_ref, "final state")
+    if o.dtype == torch.float64:
+        check = assert_close
+    else:
+        def check(a: Tensor, e: Tensor, name: str) -> None:
+            assert_rel_close(a, e, name, backend.tolerance)
+    check(o, o_ref, "o")
+    check(s, s_ref, "final state")
     assert set(g) == set(g_ref)
     for name in g_ref:
-        assert_close(g[name], g_ref[name], f"grad of {name}")
+        check(g[name], g_ref[name], f"grad of {name}")
+
+
+def backend_dtype(backend: Backend) -> torch.dtype:
+    """The most precise dtype ``backend`` accepts: what it is tested in against the float64 naive form."""
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        if dtype in backend.dtypes:
+            return dtype
+    raise ValueError(f"backend {backend.name!r} declares no floating dtype")
+
+
+def backend_cases(one_token: bool = False, exclude: tuple = ("naive",)) -> List:
+    """``pytest.param(backend, device)`` for every registered backend on every device it declares
+    (CUDA cases marked ``gpu`` and skipped without CUDA); sequence backends unless ``one_token``."""
+    cases = []
+    for device in ("cpu", "cuda"):
+        for b in list_backends(device=device):
+            if b.one_token != one_token or b.name in exclude:
+                continue
+            marks = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")] \
+                if device == "cuda" else []
+            cases.append(pytest.param(b, device, id=f"{b.rule}-{b.name}-{device}", marks=marks))
+    return cases

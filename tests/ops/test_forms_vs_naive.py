@@ -1,4 +1,9 @@
-"""Every fast form equals the naive time loop in float64: outputs, final state and every gradient."""
+"""Every backend of every rule equals the naive time loop: outputs, final state and every gradient.
+
+Driven by the registry: a new rule or backend is tested here with no edit. Backends that take
+float64 are compared in float64 to 1e-9; the others (GPU kernels) in their most precise dtype within
+their declared tolerance. CUDA cases carry the ``gpu`` marker.
+"""
 
 from __future__ import annotations
 
@@ -7,71 +12,74 @@ import functools
 import pytest
 import torch
 
-from fastweights.ops import get_op
+from fastweights.ops import Backend, get_op, get_rule, list_rules
 
-from .helpers import assert_close, assert_same_results, make_inputs, run_with_grads
+from .helpers import assert_close, assert_same_results, backend_cases, backend_dtype, make_inputs, run_with_grads
 
 TS = [1, 63, 64, 65, 200]
 DS = [16, 60, 64]
 CHUNKS = [16, 32, 64]
+SEQUENCE = backend_cases()
+ONE_TOKEN = backend_cases(one_token=True)
+NORMALIZING = [r for r in list_rules() if get_rule(r).normalize]
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(rule: str, T: int, dk: int, dv: int, device: str):
-    """The naive outputs and gradients, computed once per input set (shared by every chunk size)."""
-    return run_with_grads(get_op(rule, "naive"), make_inputs(2, T, 3, dk, dv, device=device))
+def _reference(rule: str, T: int, dk: int, dv: int, device: str, normalize: bool = False):
+    """The naive float64 outputs and gradients, computed once per input set (shared by every backend)."""
+    inputs = make_inputs(2, T, 3, dk, dv, device=device, positive=normalize, normalize=normalize)
+    return run_with_grads(get_op(rule, "naive"), inputs, normalize=normalize)
 
 
-def _compare(rule: str, impl: str, T: int, dk: int, dv: int, device: str = "cpu", **kw) -> None:
-    inputs = make_inputs(2, T, 3, dk, dv, device=device)
-    o_ref, s_ref, g_ref = _reference(rule, T, dk, dv, device)
-    assert_same_results(run_with_grads(get_op(rule, impl), inputs, **kw), (o_ref, s_ref, g_ref))
+def _compare(b: Backend, T: int, dk: int, dv: int, device: str = "cpu", normalize: bool = False, **kw) -> None:
+    """``normalize``: attention normalisation, on non-negative keys and queries as the layers use it."""
+    inputs = make_inputs(2, T, 3, dk, dv, device=device, dtype=backend_dtype(b), positive=normalize, normalize=normalize)
+    expected = _reference(b.rule, T, dk, dv, device, normalize)
+    assert_same_results(run_with_grads(get_op(b.rule, b.name), inputs, normalize=normalize, **kw), expected, b)
 
 
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 @pytest.mark.parametrize("d", DS)
 @pytest.mark.parametrize("T", TS)
-@pytest.mark.parametrize("rule", ["sum", "delta"])
+@pytest.mark.parametrize("rule", list_rules())
 def test_chunk_matches_naive(rule: str, T: int, d: int, chunk_size: int) -> None:
-    _compare(rule, "chunk", T, d, d, chunk_size=chunk_size)
+    _compare(get_op(rule, "chunk").backend, T, d, d, chunk_size=chunk_size)
 
 
-@pytest.mark.parametrize("d", DS)
-@pytest.mark.parametrize("T", TS)
-def test_parallel_sum_matches_naive(T: int, d: int) -> None:
-    _compare("sum", "parallel", T, d, d)
+@pytest.mark.parametrize("backend,device", SEQUENCE)
+@pytest.mark.parametrize("T,dk,dv", [(1, 16, 16), (65, 64, 64), (200, 60, 60), (77, 24, 40)])
+def test_backend_matches_naive(backend: Backend, device: str, T: int, dk: int, dv: int) -> None:
+    _compare(backend, T, dk, dv, device=device, chunk_size=32)
 
 
-@pytest.mark.parametrize("impl", ["chunk", "parallel"])
-@pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_key_and_value_dims_differ(rule: str, impl: str) -> None:
-    if (rule, impl) == ("delta", "parallel"):
-        pytest.skip("no parallel form of the delta rule")
-    _compare(rule, impl, 77, 24, 40, chunk_size=32)
-
-
-@pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_forms_on_device(rule: str, device: str) -> None:
-    _compare(rule, "chunk", 65, 20, 12, device=device, chunk_size=16)
+@pytest.mark.parametrize("rule", NORMALIZING)
+@pytest.mark.parametrize("backend,device", SEQUENCE)
+def test_normalised_backend_matches_naive(backend: Backend, device: str, rule: str) -> None:
+    """``normalize=True`` from an ``[S | z]`` state, every gradient included."""
+    if backend.rule != rule:
+        pytest.skip(f"{backend.name} implements {backend.rule!r}")
+    _compare(backend, 70, 10, 7, device=device, normalize=True, chunk_size=16)
 
 
 @pytest.mark.parametrize("T", [1, 37])
-@pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_recurrent_steps_match_naive(rule: str, T: int) -> None:
-    """T calls of the one-token form, each from the previous state, equal one naive pass (and grads)."""
-    inputs = make_inputs(2, T, 3, 20, 12)
-    o_ref, s_ref, g_ref = run_with_grads(get_op(rule, "naive"), inputs)
-    step = get_op(rule, "recurrent")
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("backend,device", ONE_TOKEN)
+def test_one_token_steps_match_naive(backend: Backend, device: str, normalize: bool, T: int) -> None:
+    """T calls of a one-token backend, each from the previous state, equal one naive pass (and grads)."""
+    inputs = make_inputs(2, T, 3, 20, 12, device=device, dtype=backend_dtype(backend), positive=normalize,
+                         normalize=normalize)
+    expected = _reference(backend.rule, T, 20, 12, device, normalize)
+    step = get_op(backend.rule, backend.name)
 
-    def looped(q, k, v, beta, initial_state=None, output_final_state=True):
+    def looped(q, k, v, beta, initial_state=None, output_final_state=True, **kw):
         s, outs = initial_state, []
         for t in range(q.shape[1]):
             o_t, s = step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], beta[:, t : t + 1],
-                          initial_state=s, output_final_state=True)
+                          initial_state=s, output_final_state=True, **kw)
             outs.append(o_t)
         return torch.cat(outs, dim=1), s
 
-    assert_same_results(run_with_grads(looped, inputs), (o_ref, s_ref, g_ref))
+    assert_same_results(run_with_grads(looped, inputs, normalize=normalize), expected, backend)
 
 
 @pytest.mark.parametrize("impl", ["chunk", "parallel", "recurrent"])
@@ -101,19 +109,18 @@ def test_sum_rule_normalisation(impl: str) -> None:
     assert_close(s[..., :-1], torch.einsum("bthk,bthv->bhkv", k, v), "S part of the state")
 
 
-@pytest.mark.parametrize("impl", ["chunk", "naive"])
-@pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_scale_multiplies_queries(rule: str, impl: str) -> None:
+@pytest.mark.parametrize("rule", list_rules())
+def test_scale_multiplies_queries(rule: str) -> None:
     inp = make_inputs(1, 33, 2, 8, 8)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
-    o, _ = get_op(rule, impl)(q, k, v, beta, scale=0.3, chunk_size=16)
+    o, _ = get_op(rule, "chunk")(q, k, v, beta, scale=0.3, chunk_size=16)
     o_ref, _ = get_op(rule, "naive")(q * 0.3, k, v, beta)
     assert_close(o, o_ref, "o")
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunk", "parallel"])
 def test_sum_rule_rate_normalisation_and_state_by_hand(impl: str) -> None:
-    """The wrapper's own work (rate, z column, initial state, scale) against a loop written here."""
+    """The sum rule's own work (rate, z column, initial state, scale) against a loop written here."""
     inp = make_inputs(1, 40, 2, 6, 5, positive=True, with_state=False)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
     S = torch.rand(1, 2, 6, 5, dtype=torch.float64)
@@ -124,6 +131,30 @@ def test_sum_rule_rate_normalisation_and_state_by_hand(impl: str) -> None:
     outs = []
     for t in range(40):
         S = S + beta[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = z + k[:, t]
+        qt = q[:, t] * scale
+        outs.append(torch.einsum("bhk,bhkv->bhv", qt, S) / ((z * qt).sum(-1, keepdim=True) + eps))
+    assert_close(o, torch.stack(outs, 1), "o")
+    assert_close(s, torch.cat([S, z[..., None]], -1), "state [S | z]")
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+def test_delta_rule_normalised_variant_by_hand(impl: str) -> None:
+    """The paper's attention-normalised delta rule (rate beta c, key k / c, output / z.q) from a given
+    [S | z] state, against a loop written here."""
+    inp = make_inputs(1, 40, 2, 6, 5, positive=True, with_state=False)
+    q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
+    S = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    z = torch.rand(1, 2, 6, dtype=torch.float64)
+    eps, scale = 1e-6, 0.7
+    o, s = get_op("delta", impl)(q, k, v, beta, scale=scale, normalize=True, eps=eps, chunk_size=16,
+                                 initial_state=torch.cat([S, z[..., None]], -1), output_final_state=True)
+    outs = []
+    for t in range(40):
+        c = (z * k[:, t]).sum(-1)  # [1, 2]
+        kt = k[:, t] / (c[..., None] + eps)
+        u = beta[:, t, :, None] * c[..., None] * (v[:, t] - torch.einsum("bhk,bhkv->bhv", kt, S))
+        S = S + kt[..., :, None] * u[..., None, :]
         z = z + k[:, t]
         qt = q[:, t] * scale
         outs.append(torch.einsum("bhk,bhkv->bhv", qt, S) / ((z * qt).sum(-1, keepdim=True) + eps))

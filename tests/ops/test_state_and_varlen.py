@@ -1,27 +1,35 @@
-"""Carried state, packed variable-length sequences, low precision and gradcheck."""
+"""Carried state, packed variable-length sequences, low precision and gradcheck, for every backend."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastweights.ops import get_op
+from fastweights.ops import Backend, get_op, list_rules
 
-from .helpers import assert_close, make_inputs
+from .helpers import assert_close, assert_rel_close, backend_cases, backend_dtype, make_inputs
 
-FORMS = [("sum", "naive"), ("sum", "chunk"), ("sum", "parallel"), ("delta", "naive"), ("delta", "chunk")]
+SEQUENCE = backend_cases(exclude=())
 
 
-def _detached(T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64):
-    inp = make_inputs(B, T, H, dk, dv, dtype=dtype)
+def _detached(T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64, device="cpu"):
+    inp = make_inputs(B, T, H, dk, dv, dtype=dtype, device=device)
     return {n: (t.detach() if t is not None else None) for n, t in inp.items()}
 
 
+def _check(b: Backend):
+    """Equality to 1e-9 in float64, else within the backend's tolerance."""
+    if backend_dtype(b) == torch.float64:
+        return assert_close
+    return lambda a, e, name: assert_rel_close(a, e, name, b.tolerance)
+
+
 @pytest.mark.parametrize("split", [1, 40, 64, 99])
-@pytest.mark.parametrize("rule,impl", FORMS)
-def test_split_resume_equals_one_pass(rule: str, impl: str, split: int) -> None:
-    x = _detached(100)
-    op = get_op(rule, impl)
+@pytest.mark.parametrize("backend,device", SEQUENCE)
+def test_split_resume_equals_one_pass(backend: Backend, device: str, split: int) -> None:
+    x = _detached(100, dtype=backend_dtype(backend), device=device)
+    op = get_op(backend.rule, backend.name)
+    check = _check(backend)
     o, s = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], output_final_state=True, chunk_size=32)
     a = slice(0, split)
     b = slice(split, None)
@@ -29,32 +37,36 @@ def test_split_resume_equals_one_pass(rule: str, impl: str, split: int) -> None:
                 output_final_state=True, chunk_size=32)
     o2, s2 = op(x["q"][:, b], x["k"][:, b], x["v"][:, b], x["beta"][:, b], initial_state=s1,
                 output_final_state=True, chunk_size=32)
-    assert_close(torch.cat([o1, o2], 1), o, "o")
-    assert_close(s2, s, "final state")
+    check(torch.cat([o1, o2], 1), o, "o")
+    check(s2, s, "final state")
 
 
-@pytest.mark.parametrize("rule,impl", FORMS)
-def test_varlen_packed_equals_separate(rule: str, impl: str) -> None:
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("backend,device", SEQUENCE)
+def test_varlen_packed_equals_separate(backend: Backend, device: str, normalize: bool) -> None:
     lengths = [5, 64, 1, 70]
-    seqs = [_detached(n, B=1) for n in lengths]
+    seqs = [make_inputs(1, n, 3, 20, 12, dtype=backend_dtype(backend), device=device, positive=normalize,
+                        normalize=normalize, seed=i) for i, n in enumerate(lengths)]
+    seqs = [{n: t.detach() for n, t in x.items()} for x in seqs]
+    check = _check(backend)
     s0 = torch.cat([s["initial_state"] for s in seqs], 0)  # [N, H, dk, dv]
     packed = {n: torch.cat([s[n] for s in seqs], 1) for n in ("q", "k", "v", "beta")}
-    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
-    op = get_op(rule, impl)
-    o, s = op(packed["q"], packed["k"], packed["v"], packed["beta"], initial_state=s0,
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device)
+    op = get_op(backend.rule, backend.name)
+    o, s = op(packed["q"], packed["k"], packed["v"], packed["beta"], initial_state=s0, normalize=normalize,
               output_final_state=True, cu_seqlens=cu, chunk_size=16)
     outs, states = [], []
     for x in seqs:
-        o_i, s_i = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"],
+        o_i, s_i = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], normalize=normalize,
                       output_final_state=True, chunk_size=16)
         outs.append(o_i)
         states.append(s_i)
-    assert_close(o, torch.cat(outs, 1), "packed o")
-    assert_close(s, torch.cat(states, 0), "per-sequence final states")
+    check(o, torch.cat(outs, 1), "packed o")
+    check(s, torch.cat(states, 0), "per-sequence final states")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rule", ["sum", "delta"])
+@pytest.mark.parametrize("rule", list_rules())
 def test_low_precision_close_to_float32(rule: str, dtype: torch.dtype) -> None:
     x = _detached(150, dk=32, dv=32, dtype=torch.float32)
     op = get_op(rule, "chunk")
@@ -68,11 +80,12 @@ def test_low_precision_close_to_float32(rule: str, dtype: torch.dtype) -> None:
     assert rel_s < 3e-2, f"relative error {rel_s:.3g} of {dtype} state vs float32"
 
 
-@pytest.mark.parametrize("rule,impl", FORMS + [("sum", "recurrent"), ("delta", "recurrent")])
-def test_gradcheck(rule: str, impl: str) -> None:
-    T = 1 if impl == "recurrent" else 7
-    x = make_inputs(1, T, 2, 3, 2)
-    op = get_op(rule, impl)
+@pytest.mark.parametrize("backend,device", [c for c in SEQUENCE + backend_cases(one_token=True)
+                                            if torch.float64 in c.values[0].dtypes])
+def test_gradcheck(backend: Backend, device: str) -> None:
+    T = 1 if backend.one_token else 7
+    x = make_inputs(1, T, 2, 3, 2, device=device)
+    op = get_op(backend.rule, backend.name)
 
     def f(q, k, v, beta, s0):
         return op(q, k, v, beta, initial_state=s0, output_final_state=True, chunk_size=4)

@@ -10,8 +10,24 @@ is already a transposed view).
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+
+def without_autocast(backward: Callable) -> Callable:
+    """Run a hand-written ``backward(ctx, *grads)`` with autocast off, so that it computes in the
+    saved tensors' dtype even when ``loss.backward()`` is called inside an autocast region."""
+
+    @functools.wraps(backward)
+    def wrapped(ctx, *grads):
+        device = next(g.device for g in grads if g is not None)
+        with torch.autocast(device.type, enabled=False):
+            return backward(ctx, *grads)
+
+    return wrapped
 
 
 def to_chunks(x: Tensor, chunk_size: int) -> Tensor:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks, unit_lower_inverse
+from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks, unit_lower_inverse, without_autocast
 
 
 def wy_inverse(kc: Tensor, bc: Tensor, out: Tensor) -> Tensor:
@@ -81,6 +81,7 @@ class ChunkDeltaRule(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # in-place kernels: a double backward must fail loudly, not be wrong
+    @without_autocast
     def backward(ctx, do: Optional[Tensor], dS: Optional[Tensor]):
         qc, kc, vc, bc, linv, w, vn, states = ctx.saved_tensors
         B, H, T = ctx.shape

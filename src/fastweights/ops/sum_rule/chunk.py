@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks
+from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks, without_autocast
 
 
 class ChunkSumRule(torch.autograd.Function):
@@ -59,6 +59,7 @@ class ChunkSumRule(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # in-place kernels: a double backward must fail loudly, not be wrong
+    @without_autocast
     def backward(ctx, do: Optional[Tensor], dS: Optional[Tensor]):
         qc, kc, vc, states = ctx.saved_tensors
         B, H, T = ctx.shape

@@ -1,0 +1,160 @@
+"""The registry and dispatcher: impl='auto' picks per call and says which, declarations are enforced,
+a new rule or backend plugs in without touching layers, and the FLA adapter keeps the contract."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import pytest
+import torch
+
+from fastweights.layers import FastWeightAttention
+from fastweights.ops import Backend, RuleSpec, get_op, get_rule, list_ops, list_rules, register_backend, register_rule
+from fastweights.ops import registry
+from fastweights.ops.backends import fla
+from fastweights.variants import list_attentions, parse_attention
+
+from .helpers import assert_close, make_inputs
+
+
+@pytest.fixture
+def scratch_registry():
+    """Registrations made in a test are undone afterwards."""
+    registry._discover()
+    rules, backends = dict(registry._RULES), dict(registry._BACKENDS)
+    yield
+    registry._RULES.clear()
+    registry._RULES.update(rules)
+    registry._BACKENDS.clear()
+    registry._BACKENDS.update(backends)
+
+
+def _inputs(dtype=torch.float32, T: int = 20, dk: int = 8, dv: int = 6):
+    x = make_inputs(1, T, 2, dk, dv, dtype=dtype, with_state=False)
+    return [x[n].detach() for n in ("q", "k", "v", "beta")]
+
+
+def _recording(name: str, calls: list):
+    """A backend run that records its name and computes with the chunk form."""
+    chunk = get_op("sum", "chunk").backend.run
+
+    def run(*args):
+        calls.append(name)
+        return chunk(*args)
+
+    return run
+
+
+def test_auto_picks_chunk_on_cpu_and_says_so(caplog) -> None:
+    for rule in list_rules():
+        op = get_op(rule)
+        assert op.impl == "auto" and op.last_impl is None
+        with caplog.at_level(logging.DEBUG, logger="fastweights.ops.registry"):
+            op(*_inputs())
+        assert op.last_impl == "chunk"
+        assert f"{rule} rule: impl 'chunk'" in caplog.text
+
+
+def test_auto_takes_the_highest_priority_backend_that_supports_the_inputs(scratch_registry) -> None:
+    calls: list = []
+    register_backend(Backend("fast-narrow", "sum", _recording("fast-narrow", calls), max_d_k=8, priority=30))
+    register_backend(Backend("fast-half", "sum", _recording("fast-half", calls), dtypes=(torch.bfloat16,), priority=40))
+    op = get_op("sum")
+    op(*_inputs(dk=8))
+    op(*_inputs(dk=16))
+    op(*_inputs(torch.bfloat16, dk=16))
+    assert calls == ["fast-narrow", "fast-half"] and op.last_impl == "fast-half"
+    op(*_inputs(dk=16))
+    assert op.last_impl == "chunk"  # too wide for fast-narrow, not bf16 for fast-half: the torch fallback
+
+
+def test_explicit_impl_that_cannot_run_the_inputs_names_the_limit(scratch_registry) -> None:
+    register_backend(Backend("kernel", "delta", get_op("delta", "chunk").backend.run, devices=("cuda",),
+                             dtypes=(torch.bfloat16,), max_d_k=4, upcast=False))
+    with pytest.raises(ValueError, match=r"impl 'kernel' of rule 'delta' cannot run these inputs: it runs on cuda, "
+                                         r"the inputs are on cpu"):
+        get_op("delta", "kernel")(*_inputs())
+    register_backend(Backend("kernel", "delta", get_op("delta", "chunk").backend.run, max_d_k=4))
+    with pytest.raises(ValueError, match=r"its largest d_k is 4, got d_k = 8"):
+        get_op("delta", "kernel")(*_inputs())
+    assert ("delta", "kernel") in list_ops()
+
+
+def test_missing_optional_backend_says_what_to_install() -> None:
+    if fla.BACKENDS[0].available():
+        pytest.skip("flash-linear-attention is installed")
+    assert ("delta", "fla") not in list_ops()
+    with pytest.raises(ValueError, match=r"impl 'fla' for rule 'delta' needs the optional package 'fla' "
+                                         r"\(pip install 'fastweights\[fla\]'\)"):
+        get_op("delta", "fla")
+
+
+def test_a_new_rule_is_one_spec_away(scratch_registry) -> None:
+    """A registered rule (here: the sum rule at half rate, from the sum rule's forms) is usable by the
+    layer, the attention-name grammar and impl='auto' with no other change."""
+    sum_rule = get_rule("sum")
+
+    def half_rate(run, q, k, v, beta, *args):
+        return sum_rule.apply(run, q, k, v * 0.5, beta, *args)
+
+    forms = tuple(Backend(b.name, "half", b.run, one_token=b.one_token, priority=b.priority) for b in sum_rule.forms)
+    register_rule(RuleSpec("half", "S_t = S_{t-1} + k_t v_t^T / 2", half_rate, forms, attn_norm=True))
+    assert "half" in list_rules() and "linear+half" in list_attentions()
+    assert parse_attention("dpfp-2+half").rule == "half"
+    q, k, v, beta = _inputs()
+    o, _ = get_op("half")(q, k, v)
+    assert_close(o, get_op("sum", "naive")(q, k, v * 0.5)[0], "half-rate output", rtol=1e-5, atol=1e-6)
+    layer = FastWeightAttention(16, 2, rule="half")
+    assert layer.attn_norm and layer.beta_proj is None
+    y, state = layer(torch.randn(1, 5, 16))
+    assert y.shape == (1, 5, 16) and state["S"].shape == (1, 2, 8, 9)
+
+
+# ---------------------------------------------------------------- the FLA adapter, against FLA's contract
+def _fake_fla(monkeypatch, calls: list) -> None:
+    """Modules ``fla.ops.delta_rule`` / ``fla.ops.linear_attn`` whose functions follow FLA's documented
+    contract ([B, T, H, D], scale defaults to d_k^-1/2, native cu_seqlens, float32 state, even d_v in
+    the backward) and compute with fastweights' naive form, so the adapter's own work is tested."""
+
+    def scale_of(q, scale):
+        return q.shape[-1] ** -0.5 if scale is None else scale
+
+    def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+        assert v.shape[-1] % 2 == 0, "FLA's backward needs an even d_v"
+        calls.append(("delta", cu_seqlens is not None))
+        return get_op("delta", "naive")(q, k, v, beta, scale=scale_of(q, scale), initial_state=initial_state,
+                                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+    def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
+                          cu_seqlens=None):
+        assert not normalize and v.shape[-1] % 2 == 0
+        calls.append(("sum", cu_seqlens is not None))
+        return get_op("sum", "naive")(q, k, v, scale=scale_of(q, scale), initial_state=initial_state,
+                                      output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+    for name, attrs in [("fla", {}), ("fla.ops", {}), ("fla.ops.delta_rule", {"chunk_delta_rule": chunk_delta_rule}),
+                        ("fla.ops.linear_attn", {"chunk_linear_attn": chunk_linear_attn})]:
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("rule", ["sum", "delta"])
+def test_fla_adapter_keeps_the_contract(monkeypatch, scratch_registry, rule: str, normalize: bool) -> None:
+    """Scale 1 passed explicitly, rates, normalisation column (odd d_v padded), initial state, varlen."""
+    calls: list = []
+    _fake_fla(monkeypatch, calls)
+    b = next(b for b in fla.BACKENDS if b.rule == rule)
+    register_backend(Backend("fla-cpu", rule, b.run, dtypes=(torch.float64,), upcast=False, native_varlen=True))
+    lengths = [5, 30, 1]
+    x = make_inputs(1, sum(lengths), 2, 8, 5, positive=True, normalize=normalize)
+    x = {n: t.detach() for n, t in x.items()}
+    s0 = torch.cat([x["initial_state"]] * 3)  # [3, H, d_k, d_v (+1)]
+    cu = torch.tensor([0, 5, 35, 36])
+    kw = dict(initial_state=s0, output_final_state=True, cu_seqlens=cu, normalize=normalize, scale=0.5)
+    o, s = get_op(rule, "fla-cpu")(x["q"], x["k"], x["v"], x["beta"], **kw)
+    o_ref, s_ref = get_op(rule, "naive")(x["q"], x["k"], x["v"], x["beta"], **kw)
+    assert calls == [(rule, True)]
+    assert_close(o, o_ref, "o")
+    assert_close(s, s_ref, "final state")
