@@ -26,3 +26,4 @@ def test_usage_examples_run(capsys: pytest.CaptureFixture) -> None:
         exec(compile(block, str(README), "exec"), namespace)  # blocks build on each other
     out = capsys.readouterr().out
     assert "True" in out and "torch.Size([2, 4, 128, 32])" in out
+    assert "\nchunk\n" in out and "('delta', 'chunk')" in out

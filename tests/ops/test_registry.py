@@ -122,14 +122,14 @@ def _fake_fla(monkeypatch, calls: list) -> None:
         return q.shape[-1] ** -0.5 if scale is None else scale
 
     def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
-        assert v.shape[-1] % 2 == 0, "FLA's backward needs an even d_v"
+        assert k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0, "FLA's backward needs even widths"
         calls.append(("delta", cu_seqlens is not None))
         return get_op("delta", "naive")(q, k, v, beta, scale=scale_of(q, scale), initial_state=initial_state,
                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
     def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
                           cu_seqlens=None):
-        assert not normalize and v.shape[-1] % 2 == 0
+        assert not normalize and k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0
         calls.append(("sum", cu_seqlens is not None))
         return get_op("sum", "naive")(q, k, v, scale=scale_of(q, scale), initial_state=initial_state,
                                       output_final_state=output_final_state, cu_seqlens=cu_seqlens)
@@ -139,16 +139,17 @@ def _fake_fla(monkeypatch, calls: list) -> None:
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
 
 
+@pytest.mark.parametrize("d_k", [8, 7])
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_fla_adapter_keeps_the_contract(monkeypatch, scratch_registry, rule: str, normalize: bool) -> None:
-    """Scale 1 passed explicitly, rates, normalisation column (odd d_v padded), initial state, varlen."""
+def test_fla_adapter_keeps_the_contract(monkeypatch, scratch_registry, rule: str, normalize: bool, d_k: int) -> None:
+    """Scale passed explicitly, rates, normalisation column, odd widths padded, initial state, varlen."""
     calls: list = []
     _fake_fla(monkeypatch, calls)
     b = next(b for b in fla.BACKENDS if b.rule == rule)
     register_backend(Backend("fla-cpu", rule, b.run, dtypes=(torch.float64,), upcast=False, native_varlen=True))
     lengths = [5, 30, 1]
-    x = make_inputs(1, sum(lengths), 2, 8, 5, positive=True, normalize=normalize)
+    x = make_inputs(1, sum(lengths), 2, d_k, 5, positive=True, normalize=normalize)
     x = {n: t.detach() for n, t in x.items()}
     s0 = torch.cat([x["initial_state"]] * 3)  # [3, H, d_k, d_v (+1)]
     cu = torch.tensor([0, 5, 35, 36])

@@ -8,12 +8,16 @@ Peers are optional: a missing one is reported with the reason and skipped.
   CPU kernel of the sum rule.
 - flash-linear-attention (``fla-core``): its pure-torch references ``naive_chunk_linear_attn``
   (sum rule, chunk 64) and ``delta_rule_chunkwise`` (delta rule, chunk 64; T must be a multiple).
+
+These are the CPU peers (:func:`available`); FLA's CUDA kernels are a fastweights backend (impl
+``fla``). On CUDA the yardstick is softmax causal attention, :func:`sdpa_causal`.
 """
 
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor
 
 Peer = Tuple[str, Optional[Callable[[Tensor, Tensor, Tensor, Optional[Tensor]], Tensor]], str]
@@ -61,3 +65,11 @@ def _flash_linear_attention(rule: str) -> List[Peer]:
 def available(rule: str) -> List[Peer]:
     """``(name, fn or None, reason when None)`` for every known peer of ``rule``."""
     return _fast_transformers(rule) + _flash_linear_attention(rule)
+
+
+def sdpa_causal(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor] = None) -> Tensor:
+    """Softmax causal attention, torch's ``scaled_dot_product_attention`` (scale ``d_k^-1/2``; ``beta``
+    ignored): ``q, k [B, T, H, d_k]``, ``v [B, T, H, d_v]`` -> ``o [B, T, H, d_v]``. It reads the
+    ``[B, H, T, D]`` transposed views (no copy: its fused kernels take strided heads)."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return o.transpose(1, 2)

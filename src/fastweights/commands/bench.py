@@ -1,17 +1,21 @@
-"""Benchmarks: `fastweights bench ops` times every form of the sum and delta rules.
+"""Benchmarks: `fastweights bench ops` times every form of the sum and delta rules; `bench lm` LM training.
 
-`ops`: forward and forward+backward of each op form for L in 512..32768 (B=1, H=8, d=64, fp32),
-peak memory and GFLOP/s against a matmul peak measured in the same run; `--peers` adds
-fast-transformers / flash-linear-attention when installed. See fastweights.benchmark.ops.
+`ops`: forward and forward+backward of every op backend on CPU or CUDA (`--device`), peak memory
+and GFLOP/s against a matmul peak measured in the same run; `--peers` adds installed peers
+(and softmax attention on CUDA). See fastweights.benchmark.ops.
+
+`lm`: tokens/s and peak memory of training steps (forward, backward, AdamW; bf16 autocast on CUDA)
+of a decoder LM with softmax, linear (sum rule) and delta attention at several contexts, and each
+variant's speed relative to softmax. See fastweights.benchmark.lm.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..benchmark import ops
+from ..benchmark import lm, ops
 
-BENCHMARKS = {"ops": ops}
+BENCHMARKS = {"ops": ops, "lm": lm}
 
 
 def configure(p: argparse.ArgumentParser) -> None:

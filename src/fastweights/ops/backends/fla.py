@@ -6,13 +6,13 @@
 
 Both take ``[B, T, H, D]``, read ``cu_seqlens`` natively and keep a float32 ``[N, H, d_k, d_v]``
 state, as fastweights does. Their default ``scale`` is ``d_k^-1/2``; fastweights' is 1, so it is
-always passed. Their half-precision backward needs even ``d_v``: an odd one is padded with a zero
-column (which stays zero) and cut off again.
+always passed. Their half-precision backward needs even widths: an odd ``d_k`` (``d_v``) is padded
+with a zero column of q and k (of v and the state), which changes nothing, and cut off again.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,21 @@ from ..registry import Backend
 HALF = (torch.bfloat16, torch.float16)
 
 
-def _even_columns(v: Tensor, initial_state: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], int]:
-    """Pad ``v`` (and the state) to an even ``d_v``; returns them and the original ``d_v``."""
-    d_v = v.shape[-1]
-    if d_v % 2 == 0:
-        return v, initial_state, d_v
-    state = F.pad(initial_state, (0, 1)) if initial_state is not None else None
-    return F.pad(v, (0, 1)), state, d_v
+def _even(x: Optional[Tensor], odd: bool, dim: int = -1) -> Optional[Tensor]:
+    """``x`` with one zero column appended along ``dim`` when ``odd``."""
+    if x is None or not odd:
+        return x
+    pad = [0, 0] * (-dim - 1) + [0, 1]
+    return F.pad(x, pad)
+
+
+def _call(kernel: Callable, q: Tensor, k: Tensor, v: Tensor, initial_state: Optional[Tensor], *args, **kwargs):
+    """``kernel(q, k, v, *args, initial_state=..., **kwargs)`` on even widths; the result cut back."""
+    d_k, d_v = q.shape[-1], v.shape[-1]
+    odd_k, odd_v = d_k % 2 == 1, d_v % 2 == 1
+    state = _even(_even(initial_state, odd_v), odd_k, dim=-2)  # [N, H, d_k (+1), d_v (+1)]
+    o, s_t = kernel(_even(q, odd_k), _even(k, odd_k), _even(v, odd_v), *args, initial_state=state, **kwargs)
+    return o[..., :d_v], (s_t[..., :d_k, :d_v] if s_t is not None else None)
 
 
 def run_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
@@ -39,10 +47,8 @@ def run_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: fl
 
     if beta is None:
         beta = q.new_ones(q.shape[:3])  # [B, T, H]
-    v, state, d_v = _even_columns(v, initial_state)
-    o, s_t = chunk_delta_rule(q, k, v, beta, scale=scale, initial_state=state, output_final_state=output_final_state,
-                              cu_seqlens=cu_seqlens)
-    return o[..., :d_v], (s_t[..., :d_v] if s_t is not None else None)
+    return _call(chunk_delta_rule, q, k, v, initial_state, beta, scale=scale, output_final_state=output_final_state,
+                 cu_seqlens=cu_seqlens)
 
 
 def run_sum(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
@@ -50,10 +56,8 @@ def run_sum(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: floa
     """``chunk_linear_attn`` (normalisation off) under the fastweights contract; the rule applies the rate."""
     from fla.ops.linear_attn import chunk_linear_attn
 
-    v, state, d_v = _even_columns(v, initial_state)
-    o, s_t = chunk_linear_attn(q, k, v, scale=scale, initial_state=state, output_final_state=output_final_state,
-                               normalize=False, cu_seqlens=cu_seqlens)
-    return o[..., :d_v], (s_t[..., :d_v] if s_t is not None else None)
+    return _call(chunk_linear_attn, q, k, v, initial_state, scale=scale, output_final_state=output_final_state,
+                 normalize=False, cu_seqlens=cu_seqlens)
 
 
 BACKENDS = [
