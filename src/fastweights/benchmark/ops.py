@@ -63,7 +63,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..ops import Backend, get_op, list_backends
+from ..ops import Backend, get_op, get_rule, list_backends, list_rules
 from . import peers as peer_impls
 
 DTYPES = ["float32", "bfloat16", "float16", "float64"]
@@ -227,7 +227,7 @@ def cuda_peak_mb(fn: Callable[[], object]) -> float:
 
 def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     """Random inputs of ``cell`` on its device (leaf tensors that require grad) and an output gradient:
-    q, k ``[B, T, H, d_k]``, v, do ``[B, T, H, d_v]``, beta ``[B, T, H]`` (None but for the delta rule)."""
+    q, k ``[B, T, H, d_k]``, v, do ``[B, T, H, d_v]``, beta ``[B, T, H]`` (for rules that learn a rate, else None)."""
     g = torch.Generator(cell.device).manual_seed(seed)
     dtype = getattr(torch, cell.dtype)
     shape_k, shape_v = (cell.B, cell.T, cell.H, cell.d_k), (cell.B, cell.T, cell.H, cell.d_v)
@@ -238,7 +238,8 @@ def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     q = randn(shape_k) * cell.d_k**-0.5
     k = torch.nn.functional.normalize(randn(shape_k), dim=-1)
     v = randn(shape_v)
-    beta = torch.rand(shape_k[:3], generator=g, device=cell.device) if cell.rule == "delta" else None
+    learned_rate = cell.rule in list_rules() and get_rule(cell.rule).learned_rate
+    beta = torch.rand(shape_k[:3], generator=g, device=cell.device) if learned_rate else None
     do = randn(shape_v)
     out = dict(q=q, k=k, v=v, beta=beta)
     out = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in out.items()}
@@ -349,7 +350,7 @@ def bench_cell(cell: Cell, backend: Optional[Backend], predicted: float, cfg: Be
             row["note"] = f"{OUT_OF_MEMORY}: {first}" if oom else f"skipped: {type(e).__name__}: {first}"
         if cell.device == "cuda":
             torch.cuda.empty_cache()
-    if "fwd_ms" in row:
+    if "fwd_ms" in row and cell.rule in FWD_BWD_FACTOR:  # a rule without a FLOP model gets times only
         flops = flops_forward(cell.rule, cell.T, cell.B, cell.H, cell.d_k, cell.d_v)
         row["gflops_fwd"] = flops / row["fwd_ms"] / 1e6
         row["gflops_fwdbwd"] = FWD_BWD_FACTOR[cell.rule] * flops / row["fwdbwd_ms"] / 1e6
@@ -530,9 +531,11 @@ def format_row(r: Dict, peak: float) -> str:
     head = f"| {r['rule']} | {r['form']} | {r['dtype']} | {r['d_k']} | {r['B']} | {r['L']} |"
     if "fwd_ms" not in r:
         return f"{head} | | | | | | {r.get('note', '')} |"
+    times = f"{head} {_ms(r['fwd_ms'])} | {_ms(r['fwdbwd_ms'])} | {r['peak_mb']:.0f} |"
+    if "gflops_fwd" not in r:
+        return f"{times} | | | {r.get('note', '')} |"
     frac = r.get("frac_of_peak", r["gflops_fwdbwd"] / peak)
-    return (f"{head} {_ms(r['fwd_ms'])} | {_ms(r['fwdbwd_ms'])} | {r['peak_mb']:.0f} | {r['gflops_fwd']:.0f} | "
-            f"{r['gflops_fwdbwd']:.0f} | {100 * frac:.0f}% | {r.get('note', '')} |")
+    return f"{times} {r['gflops_fwd']:.0f} | {r['gflops_fwdbwd']:.0f} | {100 * frac:.0f}% | {r.get('note', '')} |"
 
 
 def setup_line(meta: Dict) -> str:
@@ -603,7 +606,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         return f"(default: {show(cpu[key])} on cpu, {show(cuda[key])} on cuda)"
 
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
-    p.add_argument("--rules", nargs="+", choices=["sum", "delta"], default=d.rules, help="update rules (default: both)")
+    p.add_argument("--rules", nargs="+", choices=list_rules(), default=d.rules, help="update rules (default: sum delta)")
     impls = sorted({b.name for b in list_backends(available=False)})
     p.add_argument("--impls", nargs="+", choices=impls, metavar="IMPL",
                    help=f"backends to time, of {', '.join(impls)} (default: every installed one of the rule that runs "
