@@ -7,9 +7,9 @@
 # Needs python3 with torch (CUDA), triton, numpy, safetensors, tokenizers, tqdm, matplotlib and pytest.
 # Wheels in .whl/ (e.g. flash-linear-attention's fla-core) are installed into /tmp/site first.
 # Steps (each time-limited; a failing step is recorded and the next one still runs):
-#   1. CUDA tests: pytest -m gpu (the op tests' CUDA cases included) -> $OUT/tests.log   (90 s)
-#   2. fastweights bench ops --device cuda --peers                   -> $OUT/ops_cuda.md, ops_cuda.json (180 s)
-#   3. fastweights bench lm --device cuda                            -> $OUT/lm_cuda.md, lm_cuda.json   (180 s)
+#   1. CUDA tests: pytest -m gpu (the op tests' CUDA cases included) -> $OUT/tests.log   (150 s)
+#   2. fastweights bench ops --device cuda --peers                   -> $OUT/ops_cuda.md, ops_cuda.json (150 s)
+#   3. fastweights bench lm --device cuda                            -> $OUT/lm_cuda.md, lm_cuda.json   (150 s)
 # $OUT/summary.txt lists each step's exit code (124: timed out); the script exits 1 if any step failed.
 # Worst case (every step hitting its limit): under 8 minutes.
 
@@ -52,17 +52,17 @@ for name in ("triton", "fla"):
         print(f"{name}: not importable ({type(e).__name__}: {e})")
 EOF
 
-echo "== CUDA tests (timeout 90 s)"
-timeout 90 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/tests.log"
+echo "== CUDA tests (timeout 150 s)"
+timeout 150 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/tests.log"
 record tests "${PIPESTATUS[0]}"
 
-echo "== bench ops --device cuda (timeout 180 s)"
-timeout 180 python3 -m fastweights.cli bench ops --device cuda --dtypes float32 bfloat16 --dk 64 256 --peers \
+echo "== bench ops --device cuda (timeout 150 s)"
+timeout 150 python3 -m fastweights.cli bench ops --device cuda --dtypes float32 bfloat16 --dk 64 256 --peers \
     --json "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/ops_cuda.md"
 record "bench ops" "${PIPESTATUS[0]}"
 
-echo "== bench lm --device cuda (timeout 180 s)"
-timeout 180 python3 -m fastweights.cli bench lm --device cuda --json "$OUT/lm_cuda.json" 2>&1 | tee "$OUT/lm_cuda.md"
+echo "== bench lm --device cuda (timeout 150 s)"
+timeout 150 python3 -m fastweights.cli bench lm --device cuda --json "$OUT/lm_cuda.json" 2>&1 | tee "$OUT/lm_cuda.md"
 record "bench lm" "${PIPESTATUS[0]}"
 
 echo "== summary ($OUT)"

@@ -1,9 +1,18 @@
-"""Shared fixtures: devices to run on (CUDA only where present) and deterministic seeds."""
+"""Shared fixtures: devices to run on (CUDA only where present) and deterministic seeds.
+
+Without CUDA, Triton kernels run under Triton's interpreter on CPU tensors: the variable must be set
+before Triton is first imported, so it is set here, before any test module loads.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -364,9 +364,9 @@ def _priority(b: Backend) -> float:
 def backends(rule: str, cfg: BenchConfig) -> List[Backend]:
     """The backends of ``rule`` to time, references first (``priority`` ascending): ``cfg.impls``
     (installed or not, so that a missing one is reported), or every installed one that runs on
-    ``cfg.device``, one-token forms excepted."""
+    ``cfg.device``, one-token and emulated (interpreted) backends excepted."""
     if cfg.impls is None:
-        found = [b for b in list_backends(rule, device=cfg.device) if not b.one_token]
+        found = [b for b in list_backends(rule, device=cfg.device) if not (b.one_token or b.emulated)]
     else:
         found = [b for b in list_backends(rule, available=False) if b.name in cfg.impls]
     return sorted(found, key=_priority)

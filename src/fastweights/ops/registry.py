@@ -19,7 +19,7 @@ in the layout ``[B, T, H, D]`` with a float32 state (float64 for float64 inputs)
   backend's compute dtype, unpacks ``cu_seqlens`` only for backends without native support, and
   records the backend it used in ``op.last_impl`` (also logged at DEBUG level).
 
-Rules are the subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`);
+Rules are the public subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`);
 extra backends are the modules of :mod:`fastweights.ops.backends` that define ``BACKENDS``.
 Adding a rule is one package, adding a backend one module; :func:`register_rule` and
 :func:`register_backend` do the same for code outside this package.
@@ -67,6 +67,8 @@ class Backend:
         max_d_k, max_d_v: the largest key / value width (``None``: no limit). ``d_v`` counts the
             normalisation column.
         one_token: only ``T = 1`` (a decoding step).
+        emulated: it runs here only through an interpreter (Triton's, for tests): slow, so
+            ``impl="auto"`` and the benchmarks' defaults leave it out.
         priority: preference of ``impl="auto"`` (higher wins); ``None``: never picked by auto.
         requires: a module that must be importable (an optional dependency), or ``None``.
         tolerance: relative error of its output against the naive form in its most precise
@@ -83,6 +85,7 @@ class Backend:
     max_d_k: Optional[int] = None
     max_d_v: Optional[int] = None
     one_token: bool = False
+    emulated: bool = False
     priority: Optional[int] = None
     requires: Optional[str] = None
     tolerance: float = 1e-9
@@ -179,7 +182,7 @@ def _discover() -> None:
     from . import backends, __path__ as ops_path
 
     for info in pkgutil.iter_modules(ops_path, __package__ + "."):
-        if info.ispkg and info.name != backends.__name__:
+        if info.ispkg and info.name != backends.__name__ and not info.name.rpartition(".")[2].startswith("_"):
             spec = getattr(importlib.import_module(info.name), "RULE", None)
             if spec is not None:
                 register_rule(spec)
@@ -220,7 +223,8 @@ def list_ops(device: Optional[str] = None) -> List[Tuple[str, str]]:
 
 def select_backend(rule: str, q: Tensor, d_v: int) -> Backend:
     """The backend ``impl="auto"`` uses for queries ``q`` ``[B, T, H, d_k]`` and ``d_v`` value columns."""
-    ranked = [b for b in list_backends(rule) if b.priority is not None and b.unsupported(q, d_v) is None]
+    ranked = [b for b in list_backends(rule)
+              if b.priority is not None and not b.emulated and b.unsupported(q, d_v) is None]
     if not ranked:
         raise ValueError(f"no backend of rule {rule!r} runs {q.dtype} inputs of shape {list(q.shape)} on {q.device}")
     return max(ranked, key=lambda b: b.priority)

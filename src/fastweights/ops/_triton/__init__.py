@@ -1,0 +1,1 @@
+"""fastweights' own Triton kernels (see :mod:`fastweights.ops.backends.triton`); imported only when used."""

@@ -1,0 +1,135 @@
+"""The Triton chunk forms as one ``autograd.Function`` for the sum and the delta rule.
+
+Inputs are the public ``[B, T, H, D]`` tensors (or ``[1, T, H, D]`` with ``cu_seqlens``), used in
+place as ``[tokens, H, D]``. Saved for the backward: the inputs, ``W``, ``U`` and ``L^-1`` (delta
+rule), i.e. O(T (d_k + d_v + C)) per head; the per-chunk states are recomputed by the forward scan,
+so no state per token (or per chunk) outlives a call.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import kernels
+
+MAX_WIDTH = 256  #: largest d_k and d_v
+BV_SCAN = 32  #: value columns per program of the scans (the state block is [d_k, BV_SCAN])
+
+
+def _width(d: int) -> int:
+    """A feature width padded to the power of two >= 16 the kernels work on."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def chunk_size_of(chunk_size: int) -> int:
+    """The chunk length the kernels use: ``chunk_size`` if a power of two in [16, 64], else 64."""
+    return chunk_size if chunk_size in (16, 32, 64) else 64
+
+
+class Layout:
+    """Sequences, chunks and launch sizes of one call."""
+
+    def __init__(self, cu: List[int], H: int, K: int, V: int, BT: int, device: torch.device, dtype: torch.dtype) -> None:
+        chunks = [(n, j) for n, (a, b) in enumerate(zip(cu, cu[1:])) for j in range(-(-(b - a) // BT))]
+        offsets = [0]
+        for a, b in zip(cu, cu[1:]):
+            offsets.append(offsets[-1] + -(-(b - a) // BT))
+        self.N, self.NT, self.H, self.K, self.V, self.BT = len(cu) - 1, len(chunks), H, K, V, BT
+        self.cu = torch.tensor(cu, dtype=torch.int32, device=device)
+        self.chunk_indices = torch.tensor(chunks, dtype=torch.int32, device=device)  # [NT, 2]
+        self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)  # [N + 1]
+        self.BK, self.BV = _width(K), _width(V)
+        self.BV_scan = min(BV_SCAN, self.BV)
+        self.precision = "ieee" if dtype == torch.float32 else "tf32"
+
+    def consts(self) -> dict:
+        return dict(BT=self.BT, BK=self.BK, PRECISION=self.precision)
+
+    def scan_grid(self) -> Tuple[int, int]:
+        return (triton.cdiv(self.V, self.BV_scan), self.N * self.H)
+
+
+def _flat(x: Tensor) -> Tensor:
+    """``[B, T, H, D]`` -> contiguous ``[B*T, H, D]`` (a view when already contiguous)."""
+    return x.reshape(-1, *x.shape[2:]).contiguous()
+
+
+def _scan_forward(lay: Layout, k: Tensor, v: Tensor, w: Optional[Tensor], u: Optional[Tensor], h0: Optional[Tensor],
+                  delta: bool, final: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The chunk states ``[NT, H, K, V]`` (float32), ``V'`` (``v`` itself for the sum rule) and the final state."""
+    hs = k.new_empty(lay.NT, lay.H, lay.K, lay.V, dtype=torch.float32)
+    vn = torch.empty_like(v) if delta else v
+    ht = k.new_empty(lay.N, lay.H, lay.K, lay.V, dtype=torch.float32) if final else None
+    kernels.state_fwd[lay.scan_grid()](
+        k, v, w if delta else k, u if delta else v, vn, h0 if h0 is not None else hs, hs, ht if final else hs,
+        lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, BV=lay.BV_scan, DELTA=delta, HAS_H0=h0 is not None,
+        STORE_FINAL=final, **lay.consts())
+    return hs, vn, ht
+
+
+class TritonChunk(torch.autograd.Function):
+    """``(q, k, v, beta, h0, scale, cu, chunk_size, delta, final) -> (o, S_T)`` on ``[B, T, H, D]`` tensors."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], h0: Optional[Tensor], scale: float,
+                cu: List[int], chunk_size: int, delta: bool, final: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        lay = Layout(cu, H, K, V, chunk_size_of(chunk_size), q.device, q.dtype)
+        qf, kf, vf = _flat(q), _flat(k), _flat(v)
+        bf = beta.reshape(-1, H).contiguous() if delta else None  # [tokens, H]
+        w = u = linv = None
+        if delta:
+            w, u = torch.empty_like(kf), torch.empty_like(vf)
+            linv = kf.new_empty(kf.shape[0], H, lay.BT, dtype=torch.float32)  # [tokens, H, BT]: rows of L^-1
+            kernels.wy_fwd[(lay.NT, H)](kf, vf, bf, w, u, linv, lay.chunk_indices, lay.cu, H, K, V,
+                                         BV=lay.BV, **lay.consts())
+        hs, vn, ht = _scan_forward(lay, kf, vf, w, u, h0, delta, final)
+        o = torch.empty_like(vf)
+        kernels.output_fwd[(triton.cdiv(V, lay.BV_scan), lay.NT, H)](
+            qf, kf, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV_scan, **lay.consts())
+        ctx.save_for_backward(qf, kf, vf, bf, h0, w, u, linv)
+        ctx.lay, ctx.scale, ctx.delta, ctx.shape = lay, scale, delta, (B, T)
+        return o.view(B, T, H, V), ht
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do: Optional[Tensor], dht: Optional[Tensor]):
+        qf, kf, vf, bf, h0, w, u, linv = ctx.saved_tensors
+        lay, scale, delta = ctx.lay, ctx.scale, ctx.delta
+        H, K, V = lay.H, lay.K, lay.V
+        dof = _flat(do) if do is not None else torch.zeros_like(vf)
+        hs, vn, _ = _scan_forward(lay, kf, vf, w, u, h0, delta, False)
+        dhs = torch.empty_like(hs)
+        dvn = torch.empty_like(vf) if delta else vf
+        dh0 = kf.new_empty(lay.N, H, K, V, dtype=torch.float32)
+        kernels.state_bwd[lay.scan_grid()](
+            qf, kf, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0, dhs, dh0, scale,
+            lay.chunk_offsets, lay.cu, H, K, V, BV=lay.BV_scan, DELTA=delta, HAS_DHT=dht is not None,
+            **lay.consts())
+        dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+        dbeta = torch.empty_like(bf) if delta else None
+        kernels.grads[(lay.NT, H)](
+            qf, kf, vf, bf if delta else kf, vn, dvn, linv if delta else kf, hs, dhs, dof, dq, dk, dv,
+            dbeta if delta else dq, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV, DELTA=delta,
+            **lay.consts())
+        B, T = ctx.shape
+        grads = [x.view(B, T, H, -1) for x in (dq, dk, dv)]
+        return (*grads, dbeta.view(B, T, H) if delta else None, dh0 if h0 is not None else None,
+                None, None, None, None, None)
+
+
+def run(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
+        output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int, delta: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The op contract's ``run`` for the sum (``delta=False``, ``beta`` ignored) or delta rule."""
+    B, T = q.shape[:2]
+    cu = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
+    if delta and beta is None:
+        beta = q.new_ones(q.shape[:3])  # [B, T, H]
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    return TritonChunk.apply(q, k, v, beta if delta else None, h0, scale, cu, chunk_size, delta, output_final_state)

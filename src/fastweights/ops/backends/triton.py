@@ -1,0 +1,39 @@
+"""fastweights' own Triton kernels of the chunkwise sum and delta rules (``impl="triton"``).
+
+Kernels in :mod:`fastweights.ops._triton` (forward and hand-derived backward, the delta rule in the
+WY/UT form, packed sequences read natively, memory linear in T). They run on CUDA in bf16, fp16 or
+fp32 (fp32 accumulation, fp32 state), with d_k, d_v <= 256. With ``TRITON_INTERPRET=1`` set before
+Triton is imported, Triton's interpreter runs them on CPU tensors (fp32/fp16; slow, for tests):
+the backend then declares the CPU too, as ``emulated``, which ``impl="auto"`` never picks.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+
+from ..registry import Backend
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_WIDTH = 256  #: largest d_k and d_v the kernels take
+
+
+def _run(*args, delta: bool):
+    from .._triton.chunk import run
+
+    return run(*args, delta=delta)
+
+
+def _declare(rule: str, delta: bool) -> Backend:
+    return Backend(
+        "triton", rule, partial(_run, delta=delta),
+        devices=("cuda", "cpu") if INTERPRETED else ("cuda",),
+        dtypes=(torch.float16, torch.bfloat16, torch.float32) if not INTERPRETED else (torch.float16, torch.float32),
+        upcast=False, native_varlen=True, max_d_k=MAX_WIDTH, max_d_v=MAX_WIDTH,
+        emulated=INTERPRETED, priority=15, requires="triton", tolerance=1e-4,
+    )
+
+
+BACKENDS = [_declare("sum", False), _declare("delta", True)]
