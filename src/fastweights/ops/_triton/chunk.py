@@ -17,8 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import kernels
 
-MAX_WIDTH = 256  #: largest d_k and d_v
-BV_SCAN = 32  #: value columns per program of the scans (the state block is [d_k, BV_SCAN])
+BV_BLOCK = 32  #: value columns per block (a program's state tile is [d_k, BV_BLOCK])
 
 
 def _width(d: int) -> int:
@@ -43,15 +42,15 @@ class Layout:
         self.cu = torch.tensor(cu, dtype=torch.int32, device=device)
         self.chunk_indices = torch.tensor(chunks, dtype=torch.int32, device=device)  # [NT, 2]
         self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)  # [N + 1]
-        self.BK, self.BV = _width(K), _width(V)
-        self.BV_scan = min(BV_SCAN, self.BV)
+        self.BK = _width(K)
+        self.BV = min(BV_BLOCK, _width(V))
         self.precision = "ieee" if dtype == torch.float32 else "tf32"
 
     def consts(self) -> dict:
         return dict(BT=self.BT, BK=self.BK, PRECISION=self.precision)
 
     def scan_grid(self) -> Tuple[int, int]:
-        return (triton.cdiv(self.V, self.BV_scan), self.N * self.H)
+        return (triton.cdiv(self.V, self.BV), self.N * self.H)
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -67,7 +66,7 @@ def _scan_forward(lay: Layout, k: Tensor, v: Tensor, w: Optional[Tensor], u: Opt
     ht = k.new_empty(lay.N, lay.H, lay.K, lay.V, dtype=torch.float32) if final else None
     kernels.state_fwd[lay.scan_grid()](
         k, v, w if delta else k, u if delta else v, vn, h0 if h0 is not None else hs, hs, ht if final else hs,
-        lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, BV=lay.BV_scan, DELTA=delta, HAS_H0=h0 is not None,
+        lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, BV=lay.BV, DELTA=delta, HAS_H0=h0 is not None,
         STORE_FINAL=final, **lay.consts())
     return hs, vn, ht
 
@@ -91,8 +90,8 @@ class TritonChunk(torch.autograd.Function):
                                          BV=lay.BV, **lay.consts())
         hs, vn, ht = _scan_forward(lay, kf, vf, w, u, h0, delta, final)
         o = torch.empty_like(vf)
-        kernels.output_fwd[(triton.cdiv(V, lay.BV_scan), lay.NT, H)](
-            qf, kf, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV_scan, **lay.consts())
+        kernels.output_fwd[(triton.cdiv(V, lay.BV), lay.NT, H)](
+            qf, kf, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV, **lay.consts())
         ctx.save_for_backward(qf, kf, vf, bf, h0, w, u, linv)
         ctx.lay, ctx.scale, ctx.delta, ctx.shape = lay, scale, delta, (B, T)
         return o.view(B, T, H, V), ht
@@ -110,7 +109,7 @@ class TritonChunk(torch.autograd.Function):
         dh0 = kf.new_empty(lay.N, H, K, V, dtype=torch.float32)
         kernels.state_bwd[lay.scan_grid()](
             qf, kf, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0, dhs, dh0, scale,
-            lay.chunk_offsets, lay.cu, H, K, V, BV=lay.BV_scan, DELTA=delta, HAS_DHT=dht is not None,
+            lay.chunk_offsets, lay.cu, H, K, V, BV=lay.BV, DELTA=delta, HAS_DHT=dht is not None,
             **lay.consts())
         dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
         dbeta = torch.empty_like(bf) if delta else None

@@ -16,6 +16,9 @@ per-chunk states ``[chunks, H, d_k, d_v]``. With ``P = tril(Q K^T)`` (``Q`` alre
 - ``grads`` (per chunk): dQ, dK, dV and, for the delta rule, dbeta through the WY representation
   (the equations of :mod:`fastweights.ops.delta_rule.chunk`).
 
+A program holds at most a ``[d_k, BV]`` block of a state and ``[BT, d_k]`` / ``[BT, BT]`` tiles:
+value columns are visited in blocks of BV (a grid axis, or a loop where a product sums over them).
+
 Products accumulate in float32; the state is float32; operands of a product are cast to the input
 dtype (bf16/fp16 inputs give bf16/fp16 tensor-core products), and float32 inputs use IEEE float32
 products. Feature widths are padded to powers of two >= 16 by masking.
@@ -61,12 +64,12 @@ def _state_ptr(ptr, i_s, H, i_h, K, V, o_k, o_v):
 @triton.jit
 def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """Delta rule: ``L^-1``, ``W = T K`` and ``U = T V`` of one chunk and head (grid: chunks, heads)."""
+    """Delta rule: ``L^-1``, ``W = T K`` and ``U = T V`` (in blocks of BV value columns) of one chunk and
+    head (grid: chunks, heads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     rows, m_t = _chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
-    o_k, o_v, o_c = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
+    o_k, o_c = tl.arange(0, BK), tl.arange(0, BT)
     b_k = _load(k, rows, m_t, H, i_h, K, o_k, o_k < K)  # [BT, BK]
-    b_v = _load(v, rows, m_t, H, i_h, V, o_v, o_v < V)  # [BT, BV]
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)  # [BT]
     b_a = tl.dot(b_k, tl.trans(b_k), input_precision=PRECISION)  # [BT, BT]: k_i . k_j
     b_a = tl.where(o_c[:, None] > o_c[None, :], -b_a * b_beta[:, None], 0.0)  # -A, A = strict_lower(diag(beta) K K^T)
@@ -79,7 +82,10 @@ def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
     b_linv = b_a + (o_c[:, None] == o_c[None, :])  # [BT, BT]: L^-1
     b_tm = (b_linv * b_beta[None, :]).to(b_k.dtype)  # T = L^-1 diag(beta)
     _store(w, tl.dot(b_tm, b_k, input_precision=PRECISION), rows, m_t, H, i_h, K, o_k, o_k < K)
-    _store(u, tl.dot(b_tm, b_v, input_precision=PRECISION), rows, m_t, H, i_h, V, o_v, o_v < V)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        b_v = _load(v, rows, m_t, H, i_h, V, o_v, o_v < V)  # [BT, BV]
+        _store(u, tl.dot(b_tm, b_v, input_precision=PRECISION), rows, m_t, H, i_h, V, o_v, o_v < V)
     _store(linv, b_linv, rows, m_t, H, i_h, BT, o_c, o_c < BT)
 
 
@@ -179,38 +185,55 @@ def state_bwd(q, k, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqlens,
 @triton.jit
 def grads(q, k, v, beta, vn, dvn, linv, hs, dhs, do, dq, dk, dv, dbeta, scale, chunk_indices, cu_seqlens, H, K, V,
           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr, PRECISION: tl.constexpr):
-    """dQ, dK, dV (and dbeta) of one chunk and head, all key and value columns (grid: chunks, heads)."""
+    """dQ, dK, dV (and dbeta) of one chunk and head (grid: chunks, heads); the value columns are
+    visited in blocks of BV, accumulating the products that sum over them."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     rows, m_t = _chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
-    o_k, o_v, o_c = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
-    m_k, m_v = o_k < K, o_v < V
-    m_s = m_k[:, None] & m_v[None, :]
+    o_k, o_c = tl.arange(0, BK), tl.arange(0, BT)
+    m_k = o_k < K
     dt = q.dtype.element_ty
     b_q = (_load(q, rows, m_t, H, i_h, K, o_k, m_k) * scale).to(dt)  # [BT, BK]
     b_k = _load(k, rows, m_t, H, i_h, K, o_k, m_k)  # [BT, BK]
-    b_do = _load(do, rows, m_t, H, i_h, V, o_v, m_v)  # [BT, BV]
-    b_h = tl.load(_state_ptr(hs, i_c, H, i_h, K, V, o_k, o_v), mask=m_s, other=0.0).to(dt)  # S_n
-    b_g = tl.load(_state_ptr(dhs, i_c, H, i_h, K, V, o_k, o_v), mask=m_s, other=0.0).to(dt)  # G_{n+1}
-    b_vn = _load(vn, rows, m_t, H, i_h, V, o_v, m_v).to(dt)  # V' (V for the sum rule)
     causal = o_c[:, None] >= o_c[None, :]
+    b_p = tl.where(causal, tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), 0.0).to(dt)  # [BT, BT]
     if DELTA:
-        b_dvn = _load(dvn, rows, m_t, H, i_h, V, o_v, m_v).to(tl.float32)
-    else:
-        b_p = tl.where(causal, tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), 0.0).to(dt)
-        b_dvn = tl.dot(tl.trans(b_p), b_do, input_precision=PRECISION) + tl.dot(b_k, b_g, input_precision=PRECISION)
-    b_dp = tl.where(causal, tl.dot(b_do, tl.trans(b_vn), input_precision=PRECISION), 0.0).to(dt)  # tril(dO V'^T)
-    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION) + tl.dot(b_dp, b_k, input_precision=PRECISION)
-    b_dk = tl.dot(tl.trans(b_dp), b_q, input_precision=PRECISION) + tl.dot(b_vn, tl.trans(b_g), input_precision=PRECISION)
-    if DELTA:
-        b_v = _load(v, rows, m_t, H, i_h, V, o_v, m_v)
         b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         b_linv = _load(linv, rows, m_t, H, i_h, BT, o_c, o_c < BT).to(tl.float32)  # [BT, BT]
         b_tm = b_linv * b_beta[None, :]  # T = L^-1 diag(beta)
-        b_ndw = tl.dot(b_dvn.to(dt), tl.trans(b_h), input_precision=PRECISION)  # -dW = dV' S^T
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)
+    b_ndw = tl.zeros([BT, BK], dtype=tl.float32)  # -dW = dV' S^T (delta)
+    b_dtm = tl.zeros([BT, BT], dtype=tl.float32)  # dU V^T, then dT (delta)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_s = m_k[:, None] & m_v[None, :]
+        b_do = _load(do, rows, m_t, H, i_h, V, o_v, m_v)  # [BT, BV]
+        b_h = tl.load(_state_ptr(hs, i_c, H, i_h, K, V, o_k, o_v), mask=m_s, other=0.0).to(dt)  # S_n
+        b_g = tl.load(_state_ptr(dhs, i_c, H, i_h, K, V, o_k, o_v), mask=m_s, other=0.0).to(dt)  # G_{n+1}
+        b_vn = _load(vn, rows, m_t, H, i_h, V, o_v, m_v).to(dt)  # V' (V for the sum rule)
+        if DELTA:
+            b_dvn = _load(dvn, rows, m_t, H, i_h, V, o_v, m_v).to(dt)
+        else:
+            b_dvn = (tl.dot(tl.trans(b_p), b_do, input_precision=PRECISION)
+                     + tl.dot(b_k, b_g, input_precision=PRECISION)).to(dt)  # dV' = P^T dO + K G
+        b_dp += tl.dot(b_do, tl.trans(b_vn), input_precision=PRECISION)
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PRECISION)
+        b_dk += tl.dot(b_vn, tl.trans(b_g), input_precision=PRECISION)
+        if DELTA:
+            b_v = _load(v, rows, m_t, H, i_h, V, o_v, m_v)
+            b_ndw += tl.dot(b_dvn, tl.trans(b_h), input_precision=PRECISION)
+            b_dtm += tl.dot(b_dvn, tl.trans(b_v), input_precision=PRECISION)
+            _store(dv, tl.dot(tl.trans(b_tm.to(dt)), b_dvn, input_precision=PRECISION), rows, m_t, H, i_h, V, o_v, m_v)
+        else:
+            _store(dv, b_dvn, rows, m_t, H, i_h, V, o_v, m_v)  # dV = dV'
+    b_dp = tl.where(causal, b_dp, 0.0).to(dt)  # tril(dO V'^T)
+    b_dq += tl.dot(b_dp, b_k, input_precision=PRECISION)
+    b_dk += tl.dot(tl.trans(b_dp), b_q, input_precision=PRECISION)
+    if DELTA:
         b_dk -= tl.dot(tl.trans(b_tm.to(dt)), b_ndw.to(dt), input_precision=PRECISION)  # dK += T^T dW
-        b_dv = tl.dot(tl.trans(b_tm.to(dt)), b_dvn.to(dt), input_precision=PRECISION)  # dV = T^T dU
-        b_dtm = tl.dot(b_dvn.to(dt), tl.trans(b_v), input_precision=PRECISION) \
-            - tl.dot(b_ndw.to(dt), tl.trans(b_k), input_precision=PRECISION)  # dT = dU V^T + dW K^T
+        b_dtm -= tl.dot(b_ndw.to(dt), tl.trans(b_k), input_precision=PRECISION)  # dT = dU V^T + dW K^T
         b_dbeta = tl.sum(b_dtm * b_linv, 0)  # [BT]: sum_i dT_ij (L^-1)_ij
         b_nda = tl.dot(tl.dot(tl.trans(b_linv), b_dtm, input_precision="ieee"), tl.trans(b_tm), input_precision="ieee")
         b_nda = tl.where(o_c[:, None] > o_c[None, :], b_nda, 0.0)  # -dA = strict_lower(L^-T dT T^T)
@@ -219,8 +242,5 @@ def grads(q, k, v, beta, vn, dvn, linv, hs, dhs, do, dq, dk, dv, dbeta, scale, c
         b_dk -= b_ndak * b_beta[:, None]  # dK += diag(beta) dA K
         b_dk -= tl.dot(tl.trans((b_nda * b_beta[:, None]).to(dt)), b_k, input_precision=PRECISION)  # + (diag(beta) dA)^T K
         tl.store(dbeta + rows * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
-    else:
-        b_dv = b_dvn
     _store(dq, b_dq * scale, rows, m_t, H, i_h, K, o_k, m_k)
     _store(dk, b_dk, rows, m_t, H, i_h, K, o_k, m_k)
-    _store(dv, b_dv, rows, m_t, H, i_h, V, o_v, m_v)
