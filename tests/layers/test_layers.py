@@ -3,8 +3,12 @@ packed sequences, the attention-normalised delta variant against its definition,
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+
+from fastweights.ops import list_rules
 
 from fastweights import FastWeightAttention, SoftmaxAttention
 from fastweights.feature_maps import get_feature_map
@@ -147,7 +151,7 @@ def test_init_state_matches_forward_state() -> None:
 
 
 def test_layer_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown rule 'hebb'; expected one of \['delta', 'sum'\]"):
+    with pytest.raises(ValueError, match=re.escape(f"unknown rule 'hebb'; expected one of {list_rules()}")):
         FastWeightAttention(16, 2, rule="hebb")
     with pytest.raises(ValueError, match="unknown feature map 'nope'"):
         FastWeightAttention(16, 2, feature_map="nope")

@@ -9,14 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastweights.ops import Backend, list_backends
+from fastweights.ops import Backend, get_rule, list_backends
+
+
+STANDARD = ("q", "k", "v", "beta", "initial_state")  #: the inputs every rule takes
 
 
 def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64, device="cpu",
                 positive: bool = False, with_state: bool = True, normalize: bool = False,
-                seed: int = 0) -> Dict[str, Optional[Tensor]]:
+                seed: int = 0, rule: Optional[str] = None) -> Dict[str, Optional[Tensor]]:
     """Random leaf tensors: keys L2-normalised (the delta rule needs normalised keys), rates in (0, 1);
-    ``normalize``: the state has one more column, a positive running key sum ``z``."""
+    ``normalize``: the state has one more column, a positive running key sum ``z``; ``rule``: also
+    that rule's other learned per-token inputs, ``activation(randn)`` as a layer would make them."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, dk, generator=g, dtype=torch.float64)
     k = torch.randn(B, T, H, dk, generator=g, dtype=torch.float64)
@@ -30,6 +34,9 @@ def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64
         s0 = torch.cat([s0, torch.rand(B, H, dk, 1, generator=g, dtype=torch.float64) + 0.5], -1)  # [S | z]
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half
     out = dict(q=q, k=k, v=v, beta=beta, initial_state=s0)
+    if rule is not None:
+        for name, learned in get_rule(rule).learned.items():
+            out[name] = learned.activation(torch.randn(B, T, H, generator=g, dtype=torch.float64))
     return {n: (t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()
                 if t is not None else None) for n, t in out.items()}
 
@@ -39,8 +46,9 @@ def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw)
     for t in inputs.values():
         if t is not None:
             t.grad = None
+    extra = {n: t for n, t in inputs.items() if n not in STANDARD}
     o, s = op(inputs["q"], inputs["k"], inputs["v"], inputs["beta"], initial_state=inputs["initial_state"],
-              output_final_state=True, **kw)
+              output_final_state=True, **extra, **kw)
     g = torch.Generator().manual_seed(seed)
     do = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)
     ds = torch.randn(s.shape, generator=g, dtype=torch.float64).to(s)

@@ -27,13 +27,14 @@ NORMALIZING = [r for r in list_rules() if get_rule(r).normalize]
 @functools.lru_cache(maxsize=None)
 def _reference(rule: str, T: int, dk: int, dv: int, device: str, normalize: bool = False):
     """The naive float64 outputs and gradients, computed once per input set (shared by every backend)."""
-    inputs = make_inputs(2, T, 3, dk, dv, device=device, positive=normalize, normalize=normalize)
+    inputs = make_inputs(2, T, 3, dk, dv, device=device, positive=normalize, normalize=normalize, rule=rule)
     return run_with_grads(get_op(rule, "naive"), inputs, normalize=normalize)
 
 
 def _compare(b: Backend, T: int, dk: int, dv: int, device: str = "cpu", normalize: bool = False, **kw) -> None:
     """``normalize``: attention normalisation, on non-negative keys and queries as the layers use it."""
-    inputs = make_inputs(2, T, 3, dk, dv, device=device, dtype=backend_dtype(b), positive=normalize, normalize=normalize)
+    inputs = make_inputs(2, T, 3, dk, dv, device=device, dtype=backend_dtype(b), positive=normalize, normalize=normalize,
+                         rule=b.rule)
     expected = _reference(b.rule, T, dk, dv, device, normalize)
     assert_same_results(run_with_grads(get_op(b.rule, b.name), inputs, normalize=normalize, **kw), expected, b)
 
@@ -66,16 +67,19 @@ def test_normalised_backend_matches_naive(backend: Backend, device: str, rule: s
 @pytest.mark.parametrize("backend,device", ONE_TOKEN)
 def test_one_token_steps_match_naive(backend: Backend, device: str, normalize: bool, T: int) -> None:
     """T calls of a one-token backend, each from the previous state, equal one naive pass (and grads)."""
+    if normalize and not get_rule(backend.rule).normalize:
+        pytest.skip(f"rule {backend.rule!r} has no attention normalisation")
     inputs = make_inputs(2, T, 3, 20, 12, device=device, dtype=backend_dtype(backend), positive=normalize,
-                         normalize=normalize)
+                         normalize=normalize, rule=backend.rule)
     expected = _reference(backend.rule, T, 20, 12, device, normalize)
     step = get_op(backend.rule, backend.name)
 
-    def looped(q, k, v, beta, initial_state=None, output_final_state=True, **kw):
+    def looped(q, k, v, beta, initial_state=None, output_final_state=True, normalize=False, **inputs):
         s, outs = initial_state, []
         for t in range(q.shape[1]):
+            at_t = {n: x[:, t : t + 1] for n, x in inputs.items()}
             o_t, s = step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], beta[:, t : t + 1],
-                          initial_state=s, output_final_state=True, **kw)
+                          initial_state=s, output_final_state=True, normalize=normalize, **at_t)
             outs.append(o_t)
         return torch.cat(outs, dim=1), s
 

@@ -26,7 +26,9 @@ class FastWeightAttention(nn.Module):
     - ``rule='delta'`` : ``S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T``
 
     and ``y_t = W_o concat_heads(S_t^T q_t)``. Any rule of :func:`fastweights.ops.list_rules` works;
-    its :class:`~fastweights.ops.RuleSpec` sets the defaults below.
+    its :class:`~fastweights.ops.RuleSpec` sets the defaults below, and its other per-token inputs
+    (e.g. the gated delta rule's log decay ``g_t``) are learned as ``activation(w_h . x_t + b_h)``
+    per head (:class:`~fastweights.ops.LearnedInput`).
 
     ``attn_norm`` is the op's ``normalize``: it keeps ``z_t = z_{t-1} + k_t`` and divides the output
     by ``z_t . q_t`` (for the delta rule, the paper's attention-normalised variant; see
@@ -130,6 +132,10 @@ class FastWeightAttention(nn.Module):
         else:
             raise ValueError(f"beta must be 'learned', 'auto' or a float, got {beta!r}")
 
+        self.learned = spec.learned  # the rule's other per-token inputs: activation(w_h . x + b_h)
+        self.input_projs = nn.ModuleDict({name: nn.Linear(d_model, n_heads, bias=True) for name in spec.learned})
+        for name, proj in self.input_projs.items():
+            nn.init.constant_(proj.bias, spec.learned[name].bias)
         self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -180,9 +186,11 @@ class FastWeightAttention(nn.Module):
         else:
             beta = None
         dtype = compute_dtype(x.device, v.dtype)
+        inputs = {name: self.learned[name].activation(proj(x)).to(dtype) for name, proj in self.input_projs.items()}
         o, S = op(q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
                   initial_state=state["S"] if state is not None else None, output_final_state=True,
-                  cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps)  # [B, T, H, D]
+                  cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps,
+                  **inputs)  # [B, T, H, D]
         y = self.out_proj(o.reshape(B, T, H * D))  # [B, T, d_model]
         return self.dropout(y), {"S": S}
 

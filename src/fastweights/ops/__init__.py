@@ -15,11 +15,11 @@ their package is installed; :func:`list_ops` lists what can run here.
 from __future__ import annotations
 
 from .registry import (
-    Backend, Op, RuleSpec, check_impl, get_op, get_rule, list_backends, list_ops, list_rules, register_backend,
+    Backend, LearnedInput, Op, RuleSpec, check_impl, get_op, get_rule, list_backends, list_ops, list_rules, register_backend,
     register_rule, select_backend,
 )
 
 __all__ = [
-    "Backend", "Op", "RuleSpec", "check_impl", "get_op", "get_rule", "list_backends", "list_ops", "list_rules",
+    "Backend", "LearnedInput", "Op", "RuleSpec", "check_impl", "get_op", "get_rule", "list_backends", "list_ops", "list_rules",
     "register_backend", "register_rule", "select_backend",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -17,13 +17,14 @@ def check_inputs(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    beta: Optional[Tensor],
+    per_token: Dict[str, Optional[Tensor]],
     initial_state: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
     state_dv: Optional[int] = None,
 ) -> None:
     """Validate the op arguments; raise ``TypeError``/``ValueError`` naming the bad one.
 
+    ``per_token`` holds the rule's per-token, per-head inputs (``beta``, ...), each ``[B, T, H]`` or None.
     ``state_dv`` is the last dimension the initial state must have (``d_v`` unless the op
     adds columns, as the normalised sum rule does).
     """
@@ -50,15 +51,17 @@ def check_inputs(
         raise ValueError("the sequence is empty: q, k, v have T = 0 tokens")
     if min(B, H, d_k, v.shape[-1]) == 0:
         raise ValueError(f"q {_shape(q)} and v {_shape(v)} must have non-zero B, H and D")
-    if beta is not None:
-        if not isinstance(beta, Tensor):
-            raise TypeError(f"beta must be a torch.Tensor or None, got {type(beta).__name__}")
-        if not beta.is_floating_point():
-            raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
-        if beta.shape != (B, T, H):
-            raise ValueError(f"beta must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape(beta)}")
-        if beta.device != q.device:
-            raise ValueError(f"beta is on {beta.device} but q is on {q.device}; they must match")
+    for name, x in per_token.items():
+        if x is None:
+            continue
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.shape != (B, T, H):
+            raise ValueError(f"{name} must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape(x)}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; they must match")
     n_seq = B
     if cu_seqlens is not None:
         if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):

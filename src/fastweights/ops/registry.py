@@ -19,7 +19,8 @@ in the layout ``[B, T, H, D]`` with a float32 state (float64 for float64 inputs)
   backend's compute dtype, unpacks ``cu_seqlens`` only for backends without native support, and
   records the backend it used in ``op.last_impl`` (also logged at DEBUG level).
 
-Rules are the public subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`);
+Rules are the public subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`)
+or ``RULES`` (several);
 extra backends are the modules of :mod:`fastweights.ops.backends` that define ``BACKENDS``.
 Adding a rule is one package, adding a backend one module; :func:`register_rule` and
 :func:`register_backend` do the same for code outside this package.
@@ -41,9 +42,10 @@ from .varlen import pack, unpack
 
 log = logging.getLogger(__name__)
 
-#: ``run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size) -> (o, S_T)``:
-#: checked ``[B, T, H, D]`` tensors in the backend's compute dtype, ``scale`` a float, the state
-#: ``[N, H, d_k, d_v]`` or None; ``o`` comes back in the dtype of ``v``.
+#: ``run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, **inputs)
+#: -> (o, S_T)``: checked ``[B, T, H, D]`` tensors in the backend's compute dtype, ``scale`` a float,
+#: the state ``[N, H, d_k, d_v]`` or None, the rule's other per-token inputs ``[B, T, H]``; ``o`` comes
+#: back in the dtype of ``v``.
 Run = Callable[..., Tuple[Tensor, Optional[Tensor]]]
 
 ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -118,8 +120,18 @@ class Backend:
 
 
 #: ``apply(run, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size,
-#: normalize, eps, dtype) -> (o, S_T)``: a rule's own work around a backend's ``run``.
+#: normalize, eps, **inputs) -> (o, S_T)``: a rule's own work around a backend's ``run``; ``inputs``
+#: are the rule's per-token inputs other than ``beta`` (``[B, T, H]`` or None).
 Apply = Callable[..., Tuple[Tensor, Optional[Tensor]]]
+
+
+@dataclass(frozen=True)
+class LearnedInput:
+    """How layers make one of a rule's extra per-token inputs: ``activation(w_h . x_t + b_h)`` per
+    head, with the bias initialised to ``bias``."""
+
+    activation: Callable[[Tensor], Tensor]
+    bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,9 @@ class RuleSpec:
     Attributes:
         name: the rule's name (``'sum'``, ``'delta'``).
         summary: its update and read-out, one line.
-        inputs: its per-token inputs besides q, k, v, with their shapes (``{"beta": "[B, T, H]"}``).
+        inputs: its per-token inputs besides q, k, v, with their meaning (``{"beta": "[B, T, H] rate"}``);
+            those other than ``beta`` are keyword arguments of the op.
+        learned: how layers learn its inputs other than ``beta`` from the layer input.
         state: the shape of its state, in words.
         normalize: whether it offers attention normalisation (``normalize=True``, one more state
             column holding ``z``).
@@ -144,7 +158,8 @@ class RuleSpec:
     summary: str
     apply: Apply
     forms: Tuple[Backend, ...]
-    inputs: Dict[str, str] = field(default_factory=lambda: {"beta": "[B, T, H]"})
+    inputs: Dict[str, str] = field(default_factory=lambda: {"beta": "[B, T, H] rate (None: 1)"})
+    learned: Dict[str, LearnedInput] = field(default_factory=dict)
     state: str = "[N, H, d_k, d_v] (d_v + 1 with normalize=True: the last column is z)"
     normalize: bool = True
     key_norm: bool = False
@@ -183,9 +198,10 @@ def _discover() -> None:
 
     for info in pkgutil.iter_modules(ops_path, __package__ + "."):
         if info.ispkg and info.name != backends.__name__ and not info.name.rpartition(".")[2].startswith("_"):
-            spec = getattr(importlib.import_module(info.name), "RULE", None)
-            if spec is not None:
-                register_rule(spec)
+            module = importlib.import_module(info.name)
+            for spec in getattr(module, "RULES", [getattr(module, "RULE", None)]):
+                if spec is not None:
+                    register_rule(spec)
     for info in pkgutil.iter_modules(backends.__path__, backends.__name__ + "."):
         for b in getattr(importlib.import_module(info.name), "BACKENDS", ()):
             if b.rule in _RULES:
@@ -309,12 +325,17 @@ class Op:
         chunk_size: int = 64,
         normalize: bool = False,
         eps: float = 1e-6,
+        **inputs: Optional[Tensor],
     ) -> Tuple[Tensor, Optional[Tensor]]:
         spec = self.spec
+        unknown = sorted(set(inputs) - set(spec.inputs))
+        if unknown:
+            raise TypeError(f"rule {spec.name!r} takes no input {unknown[0]!r}; its per-token inputs are "
+                            f"{sorted(spec.inputs)}")
         if normalize and not spec.normalize:
             raise ValueError(f"rule {spec.name!r} has no attention normalisation; use normalize=False")
         extra = 1 if normalize else 0
-        check_inputs(q, k, v, beta, initial_state, cu_seqlens,
+        check_inputs(q, k, v, {"beta": beta, **inputs}, initial_state, cu_seqlens,
                      state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None)
         check_chunk_size(chunk_size)
         if not eps > 0:
@@ -334,8 +355,9 @@ class Op:
         if cu_seqlens is not None and not backend.native_varlen:
             run = _padded(run, cu_seqlens.tolist())
         s = 1.0 if scale is None else float(scale)
+        cast = {n: x.to(dtype) for n, x in inputs.items() if x is not None}
         o, s_t = spec.apply(run, q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
-                            s, initial_state, output_final_state, cu_seqlens, chunk_size, normalize, eps)
+                            s, initial_state, output_final_state, cu_seqlens, chunk_size, normalize, eps, **cast)
         return o.to(q.dtype), (s_t if output_final_state else None)
 
 
@@ -345,12 +367,13 @@ def _padded(run: Run, cu: Sequence[int]) -> Run:
     packed back; a single sequence is a plain batch of one."""
 
     def padded(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-               output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int):
+               output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int, **inputs: Tensor):
         if len(cu) == 2:
-            return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size)
+            return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
         q, k, v = unpack(q, cu), unpack(k, cu), unpack(v, cu)  # [N, T_max, H, D]
         beta = unpack(beta, cu) if beta is not None else None
-        o, s_t = run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size)
+        inputs = {n: unpack(x, cu) for n, x in inputs.items()}  # padded with 0 (a log decay of 0: no decay)
+        o, s_t = run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
         return pack(o, cu), s_t
 
     return padded

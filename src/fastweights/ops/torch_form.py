@@ -8,6 +8,7 @@ sequences::
         v    : [B, H, T, d_v]
         beta : [B, H, T] or None
         S0   : [B, H, d_k, d_v]
+        **inputs : the rule's other per-token inputs, each [B, H, T] (keyword arguments)
         o    : [B, H, T, d_v],  S_T : [B, H, d_k, d_v]
 
 The dispatcher has already checked the arguments, cast them to float32 (float64 stays) and padded
@@ -31,7 +32,8 @@ def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
     """The backend ``name`` of ``rule`` that runs ``core`` (``declaration``: :class:`Backend` fields)."""
 
     def run(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-            output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int) -> Tuple[Tensor, Tensor]:
+            output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int,
+            **inputs: Tensor) -> Tuple[Tensor, Tensor]:
         qc = q.transpose(1, 2)  # [B, H, T, d_k]
         if scale != 1.0:
             qc = qc * scale
@@ -42,8 +44,9 @@ def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
             s0 = kc.new_zeros(B, H, d_k, vc.shape[-1])
         else:
             s0 = initial_state.to(q.dtype)
+        extra = {n: x.transpose(1, 2) for n, x in inputs.items()}  # each [B, H, T]
         with torch.autocast(q.device.type, enabled=False):
-            o, s_t = core(qc, kc, vc, bc, s0, chunk_size)
+            o, s_t = core(qc, kc, vc, bc, s0, chunk_size, **extra)
         return o.transpose(1, 2), s_t  # [B, T, H, d_v]
 
     run.__name__ = f"{name}_{rule}_rule"
