@@ -12,7 +12,7 @@ import functools
 import pytest
 import torch
 
-from fastweights.ops import Backend, get_op, get_rule, list_rules
+from fastweights.ops import Backend, get_op, get_rule, list_backends, list_rules
 
 from .helpers import assert_close, assert_same_results, backend_cases, backend_dtype, make_inputs, run_with_grads
 
@@ -39,12 +39,16 @@ def _compare(b: Backend, T: int, dk: int, dv: int, device: str = "cpu", normaliz
     assert_same_results(run_with_grads(get_op(b.rule, b.name), inputs, normalize=normalize, **kw), expected, b)
 
 
+TRAINING = [b for b in list_backends(device="cpu") if b.priority is not None and not b.emulated]  # what auto runs
+
+
 @pytest.mark.parametrize("chunk_size", CHUNKS)
 @pytest.mark.parametrize("d", DS)
 @pytest.mark.parametrize("T", TS)
-@pytest.mark.parametrize("rule", list_rules())
-def test_chunk_matches_naive(rule: str, T: int, d: int, chunk_size: int) -> None:
-    _compare(get_op(rule, "chunk").backend, T, d, d, chunk_size=chunk_size)
+@pytest.mark.parametrize("backend", TRAINING, ids=lambda b: f"{b.rule}-{b.name}")
+def test_training_form_matches_naive(backend: Backend, T: int, d: int, chunk_size: int) -> None:
+    """The CPU training form of every rule over lengths and widths around the chunk size."""
+    _compare(backend, T, d, d, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("backend,device", SEQUENCE)
@@ -117,7 +121,7 @@ def test_sum_rule_normalisation(impl: str) -> None:
 def test_scale_multiplies_queries(rule: str) -> None:
     inp = make_inputs(1, 33, 2, 8, 8)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
-    o, _ = get_op(rule, "chunk")(q, k, v, beta, scale=0.3, chunk_size=16)
+    o, _ = get_op(rule)(q, k, v, beta, scale=0.3, chunk_size=16)
     o_ref, _ = get_op(rule, "naive")(q * 0.3, k, v, beta)
     assert_close(o, o_ref, "o")
 

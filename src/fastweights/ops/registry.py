@@ -65,7 +65,8 @@ class Backend:
             dispatcher casts for it. ``False``: it takes the input dtype as it is (a kernel with
             its own float32 accumulation).
         native_varlen: it reads ``cu_seqlens`` itself; otherwise the dispatcher pads each sequence
-            to the longest and packs the output back.
+            to the longest and packs the output back (right for rules whose state a zero key, value
+            and rate leave unchanged; others run sequences one by one: ``varlen.per_sequence``).
         max_d_k, max_d_v: the largest key / value width (``None``: no limit). ``d_v`` counts the
             normalisation column.
         one_token: only ``T = 1`` (a decoding step).
