@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from fastweights import cli
-from fastweights.models import LMConfig, TrainConfig, get_run_preset, list_attentions, load_model
+from fastweights.models import LMConfig, TrainConfig, get_run_preset, load_model
+from fastweights.ops import list_rules
 from fastweights.tasks.text import load_corpus, load_tokenizer
 from fastweights.train import eval_windows, latest_checkpoint, lr_at, read_metrics, sample_batch, train
 
@@ -171,8 +172,8 @@ def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) ->
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])
     assert e.value.code == 0
-    help_text = " ".join(capsys.readouterr().out.split())
-    for name in ["shakespeare-char", "wt103-small", "wt103-medium"] + list_attentions():
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps lines at hyphens
+    for name in ["shakespeare-char", "wt103-small", "wt103-medium", "softmax", "dpfp-<nu>", "favor-<m>"] + list_rules():
         assert name in help_text
 
 

@@ -43,6 +43,13 @@ def list_attentions() -> List[str]:
     return ["softmax", "delta"] + maps + [f"{m}+{r}" for r in others for m in maps]
 
 
+def describe_attentions() -> str:
+    """The attention-name grammar in one line, for help texts and errors."""
+    maps = ", ".join(["linear (ELU + 1)", "relu", "identity", "dpfp-<nu>", "favor-<m>"])
+    rules = ", ".join(f"{r} (default)" if r == DEFAULT_RULE else r for r in list_rules())
+    return f"'softmax', or '<map>[+<rule>]' with <map> one of {maps} and <rule> one of {rules}; 'delta' = 'linear+delta'"
+
+
 def parse_attention(name: str) -> AttentionSpec:
     """Parse an attention variant name (see the module docstring) into an :class:`AttentionSpec`.
 
@@ -61,7 +68,7 @@ def parse_attention(name: str) -> AttentionSpec:
         base, rule = "linear", "delta"
     m = re.fullmatch(r"([a-z_]+)(?:-([1-9]\d*))?", base)
     if m is None or m.group(1) not in _MAPS or (_MAPS[m.group(1)][1] is None) != (m.group(2) is None):
-        raise ValueError(f"unknown attention variant {name!r}; expected one of {list_attentions()}")
+        raise ValueError(f"unknown attention variant {name!r}; expected {describe_attentions()}")
     feature_map, param = _MAPS[m.group(1)]
     kwargs: Dict[str, Any] = {param: int(m.group(2))} if param else {}
     return AttentionSpec("fwp", rule, feature_map, kwargs)

@@ -6,6 +6,7 @@ import pytest
 
 from fastweights.models import (AttentionSpec, LMConfig, TrainConfig, get_preset, get_run_preset, list_attentions,
                                 list_presets, parse_attention)
+from fastweights.ops import list_rules
 
 
 @pytest.mark.parametrize("name, spec", [
@@ -25,9 +26,9 @@ def test_parse_attention(name: str, spec: AttentionSpec) -> None:
 
 @pytest.mark.parametrize("name", ["", "foo", "dpfp", "dpfp-0", "dpfp-02", "linear-3", "favor+delta", "softmax+delta", "delta+delta", "DPFP-2"])
 def test_unknown_attention_lists_valid_ones(name: str) -> None:
-    with pytest.raises(ValueError, match="expected one of") as e:
+    with pytest.raises(ValueError, match=r"expected 'softmax', or '<map>\[\+<rule>\]'") as e:
         parse_attention(name)
-    assert "dpfp-<nu>+delta" in str(e.value)
+    assert "dpfp-<nu>" in str(e.value) and all(r in str(e.value) for r in list_rules())
 
 
 def test_every_listed_attention_parses() -> None:

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from fastweights.layers import FastWeightAttention
-from fastweights.ops import Backend, RuleSpec, get_op, get_rule, list_ops, list_rules, register_backend, register_rule
+from fastweights.ops import (
+    Backend, RuleSpec, get_op, get_rule, list_backends, list_ops, list_rules, register_backend, register_rule,
+)
 from fastweights.ops import registry
 from fastweights.ops.backends import fla
 from fastweights.variants import list_attentions, parse_attention
@@ -47,14 +49,18 @@ def _recording(name: str, calls: list):
     return run
 
 
-def test_auto_picks_chunk_on_cpu_and_says_so(caplog) -> None:
+def test_auto_picks_the_training_form_on_cpu_and_says_so(caplog) -> None:
+    """chunk where a rule has one (checkpoint for the general FWP), logged and in ``last_impl``."""
     for rule in list_rules():
+        expected = max((b for b in list_backends(rule, device="cpu") if b.priority is not None and not b.emulated),
+                       key=lambda b: b.priority).name
+        assert expected == ("checkpoint" if rule.startswith("fwp") else "chunk")
         op = get_op(rule)
         assert op.impl == "auto" and op.last_impl is None
         with caplog.at_level(logging.DEBUG, logger="fastweights.ops.registry"):
             op(*_inputs())
-        assert op.last_impl == "chunk"
-        assert f"{rule} rule: impl 'chunk'" in caplog.text
+        assert op.last_impl == expected
+        assert f"{rule} rule: impl '{expected}'" in caplog.text
 
 
 def test_auto_takes_the_highest_priority_backend_that_supports_the_inputs(scratch_registry) -> None:

@@ -16,7 +16,8 @@ import argparse
 
 import torch.distributed as dist
 
-from ..models import get_run_preset, list_attentions, list_presets
+from ..models import get_run_preset, list_presets
+from ..variants import describe_attentions
 from ..tasks.text import load_corpus
 from ..train import main_first, setup_distributed, train
 
@@ -24,7 +25,7 @@ from ..train import main_first, setup_distributed, train
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, choices=list_presets(), help="named configuration: %(choices)s")
     p.add_argument("--attention", default="softmax", metavar="VARIANT",
-                   help="attention variant (default: softmax); one of: " + ", ".join(list_attentions())
+                   help="attention variant (default: softmax): " + describe_attentions()
                    + " (<nu>, <m>: positive integers, e.g. dpfp-2+delta, favor-64)")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="a text file (split 90/10 into train/val) or a directory with wiki.{train,valid,test}.tokens")
