@@ -88,7 +88,7 @@ def test_bad_arguments_give_clear_errors(tmp_path, args, message):
 
 
 def test_argparse_rejects_unknown_preset_and_setting(capsys):
-    for args in (["--preset", "huge"], ["--setting", "3"]):
+    for args in (["--preset", "huge"], ["--setting", "4"]):
         with pytest.raises(SystemExit):
             main(["capacity", *args])
         assert "invalid choice" in capsys.readouterr().err

@@ -69,11 +69,12 @@ def test_batches_on_the_requested_device(device):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(setting=3, n_keys=8), "setting"),
+        (dict(setting=4, n_keys=8), "setting"),
         (dict(setting=1, n_keys=1), "n_keys"),
         (dict(setting=1, n_keys=8, n_queries=0), "n_queries"),
         (dict(setting=1, n_keys=8, n_queries=9), "n_queries"),
         (dict(setting=2, n_keys=8, n_queries=17), "n_queries"),
+        (dict(setting=3, n_keys=8, n_queries=3), r"n_queries must be an int in \[1, 2\] \(the queryable"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
@@ -84,3 +85,16 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         RetrievalTask(1, 8).sample(0)
+
+
+def test_setting_3_asks_only_the_last_pairs() -> None:
+    """Length 2S, keys repeat, queries only from the last S // 4 pairs, targets their last values."""
+    task = RetrievalTask(setting=3, n_keys=16, n_queries=4, seed=0)
+    b = task.sample(64)
+    assert b.keys.shape == (64, 32) and b.queries.shape == (64, 4)
+    for i in range(64):
+        recent = b.keys[i, -4:].tolist()
+        for q, t in zip(b.queries[i].tolist(), b.targets[i].tolist()):
+            assert q in recent
+            last = max(j for j in range(32) if b.keys[i, j] == q)
+            assert t == b.values[i, last]

@@ -21,11 +21,12 @@ from tqdm import tqdm
 from ..tasks.capacity import METHOD_HELP
 from ..tasks.capacity_report import format_table, plot_results
 from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, parse_keys, run_sweep
+from ..tasks.retrieval import SETTINGS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="grid to run (default: quick)")
-    p.add_argument("--setting", type=int, choices=[1, 2], help="run only this setting of the preset")
+    p.add_argument("--setting", type=int, choices=list(SETTINGS), help="run only this setting of the preset")
     p.add_argument("--methods", nargs="+", metavar="METHOD", help=f"methods to train ({METHOD_HELP})")
     p.add_argument("--keys", metavar="START:STOP:STEP|S,S,...", help="S values, e.g. 20:600:20 or 8,16,32")
     p.add_argument("--queries", metavar="N|all", help="keys queried per sequence (default: the preset's)")

@@ -172,27 +172,42 @@ class FastWeightAttention(nn.Module):
     # ------------------------------------------------------------------ internals
     def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], op: Op) -> Tuple[Tensor, State]:
         check_sequence(x, self.d_model)
-        B, T, _ = x.shape
+        o, S = self._fast(x, self._slow(x), state, cu_seqlens, op)  # [B, T, H * D]
+        return self.dropout(self.out_proj(o)), {"S": S}  # [B, T, d_model]
+
+    def _slow(self, x: Tensor) -> Dict[str, Tensor]:
+        """The slow net's linear outputs for ``x: [B, T, d_model]``: ``"qkv"`` ``[B, T, 3 H D]``,
+        ``"beta"`` ``[B, T, H]`` (when learned) and the rule's learned inputs ``[B, T, H]``."""
+        pre = {"qkv": self.qkv(x)}
+        if self.beta_proj is not None:
+            pre["beta"] = self.beta_proj(x)
+        pre.update({name: proj(x) for name, proj in self.input_projs.items()})
+        return pre
+
+    def _fast(self, x: Tensor, pre: Dict[str, Tensor], state: Optional[State], cu_seqlens: Optional[Tensor],
+              op: Op) -> Tuple[Tensor, Tensor]:
+        """Feature maps, rate and the op on the slow net's outputs ``pre``; returns the fast net's output
+        ``[B, T, H * D]`` (heads concatenated, before ``out_proj``) and the new fast weights."""
+        B, T = pre["qkv"].shape[:2]
         H, D = self.n_heads, self.d_head
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
+        q, k, v = pre["qkv"].view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
         q = self.feature_map.forward_query(q)  # [B, T, H, d_k]
         k = self.feature_map.forward_key(k)  # [B, T, H, d_k]
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, self.eps), self.qk_norm(k, self.eps)
-        if self.beta_proj is not None:
-            beta: Optional[Tensor] = torch.sigmoid(self.beta_proj(x))  # [B, T, H]
+        if "beta" in pre:
+            beta: Optional[Tensor] = torch.sigmoid(pre["beta"])  # [B, T, H]
         elif self.fixed_beta != 1.0:
             beta = torch.full((B, T, H), self.fixed_beta, device=x.device)
         else:
             beta = None
         dtype = compute_dtype(x.device, v.dtype)
-        inputs = {name: self.learned[name].activation(proj(x)).to(dtype) for name, proj in self.input_projs.items()}
+        inputs = {name: self.learned[name].activation(pre[name]).to(dtype) for name in self.input_projs}
         o, S = op(q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
                   initial_state=state["S"] if state is not None else None, output_final_state=True,
                   cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps,
                   **inputs)  # [B, T, H, D]
-        y = self.out_proj(o.reshape(B, T, H * D))  # [B, T, d_model]
-        return self.dropout(y), {"S": S}
+        return o.reshape(B, T, H * D), S
 
     def extra_repr(self) -> str:
         return (

@@ -98,7 +98,7 @@ class LMConfig(_DictConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}")
         spec = parse_attention(self.attention)
-        if spec.kind == "fwp":
+        if spec.rule is not None:
             for name in ("impl", "decode_impl"):
                 try:
                     check_impl(spec.rule, getattr(self, name))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import FastWeightAttention, SoftmaxAttention
+from ..layers import FastWeightAttention, RecurrentFastWeightAttention, SoftmaxAttention
 from .config import LMConfig, parse_attention
 
 LMState = Dict[str, Any]
@@ -29,7 +29,8 @@ def build_attention(cfg: LMConfig) -> nn.Module:
     kwargs = dict(spec.feature_map_kwargs)
     if spec.feature_map == "favor":
         kwargs["input_scale"] = cfg.head_dim ** -0.25  # phi(q).phi(k) estimates exp(q.k / sqrt(d_head))
-    return FastWeightAttention(
+    layer = RecurrentFastWeightAttention if spec.kind == "recurrent" else FastWeightAttention
+    return layer(
         cfg.d_model, cfg.n_heads, cfg.d_head, rule=spec.rule, feature_map=spec.feature_map,
         feature_map_kwargs=kwargs, dropout=cfg.dropout, bias=cfg.bias, chunk_size=cfg.chunk_size,
         impl=cfg.impl, decode_impl=cfg.decode_impl,

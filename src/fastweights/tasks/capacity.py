@@ -73,6 +73,9 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
     if spec.kind == "softmax":
         return Method(name, "softmax")
+    if spec.kind == "recurrent":
+        raise ValueError(f"method {name!r}: recurrent FWPs are not part of the capacity experiment "
+                         f"(its one-layer model reads queries only after the writes); valid methods: {METHOD_HELP}")
     method = Method(name, spec.rule, spec.feature_map, tuple(sorted(spec.feature_map_kwargs.items())))
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
@@ -105,6 +108,10 @@ class RetrievalModel(nn.Module):
         key_norm = "sum" if self.feature_map.non_negative else "l2"  # sum-normalising signed keys is unstable
         self.qk_norm = get_qk_norm(key_norm if spec.key_norm else None)
         self.beta_proj = nn.Linear(d + n_keys, 1) if spec.learned_rate else None
+        self.learned = spec.learned  # the rule's other per-token inputs (the gated delta rule's decay)
+        self.input_projs = nn.ModuleDict({name: nn.Linear(d + n_keys, 1) for name in spec.learned})
+        for name, proj in self.input_projs.items():
+            nn.init.constant_(proj.bias, spec.learned[name].bias)
         self.normalize = spec.attn_norm
         # Sequences here are short (at most a few hundred tokens), where a rule's quadratic form, if
         # it has one, is the cheapest (sum rule, T = 21, batch 32: 1.2 ms fwd+bwd against 3.1 ms chunked).
@@ -125,17 +132,15 @@ class RetrievalModel(nn.Module):
         q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
-        # One sequence of T writes then Q reads: reads carry zero keys, values and rates, which
-        # leave the fast weights unchanged, so every read sees S_T; writes carry zero queries.
-        zk, zq = k.new_zeros(B, Q, 1, k.shape[-1]), q.new_zeros(B, T, 1, q.shape[-1])
-        qs, ks = torch.cat([zq, q], 1), torch.cat([k, zk], 1)  # [B, T + Q, 1, d_dot]
-        vs = torch.cat([v, v.new_zeros(B, Q, self.n_keys)], 1)[:, :, None]  # [B, T + Q, 1, S]
-        beta = None
-        if self.beta_proj is not None:
-            b = torch.sigmoid(self.beta_proj(x))  # [B, T, 1]
-            beta = torch.cat([b, b.new_zeros(B, Q, 1)], 1)  # [B, T + Q, 1]
-        o, _ = self.op(qs, ks, vs, beta, normalize=self.normalize)  # [B, T + Q, 1, S]
-        return o[:, T:, 0]  # [B, Q, S]
+        # The T pairs are written (queries zero), then every query reads the final fast weights S_T.
+        beta = torch.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None  # [B, T, 1]
+        inputs = {name: self.learned[name].activation(proj(x)) for name, proj in self.input_projs.items()}  # [B, T, 1]
+        _, S = self.op(torch.zeros_like(k), k, v[:, :, None], beta, output_final_state=True, normalize=self.normalize,
+                       **inputs)  # [B, 1, d_dot, S (+1)]
+        y = q[:, :, 0] @ S[:, 0]  # [B, Q, S (+1)]: S_T^T q
+        if self.normalize:
+            y = y[..., :-1] / (y[..., -1:] + 1e-6)  # the op's normalisation: (S_T^T q) / (z_T . q + eps)
+        return y
 
 
 def retrieval_loss(y: Tensor, targets: Tensor) -> Tensor:

@@ -10,6 +10,10 @@ from .capacity import CellResult
 PREDICTS_NOTHING = 0.5  # the loss of an output of zeros
 
 
+TITLES = {1: "setting 1: each key once (length S)", 2: "setting 2: keys repeat (length 2S)",
+          3: "setting 3: only the last S/4 pairs asked (length 2S)"}
+
+
 def _by_setting(rows: Sequence[CellResult]) -> Dict[int, Dict[Tuple[str, object], Dict[int, CellResult]]]:
     """``{setting: {(method, d_dot): {S: row}}}``, methods in first-seen order."""
     out: Dict[int, Dict[Tuple[str, object], Dict[int, CellResult]]] = {}
@@ -61,7 +65,7 @@ def plot_results(rows: Sequence[CellResult], path: Union[str, Path]) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("number of keys S")
         ax.set_ylabel("final loss")
-        title = "setting 1: each key once (length S)" if setting == 1 else "setting 2: keys repeat (length 2S)"
+        title = TITLES.get(setting, f"setting {setting}")
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)

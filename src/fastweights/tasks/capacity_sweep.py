@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 
 from .capacity import CellResult, TrainConfig, parse_method, train_cell
-from .retrieval import check_setting, sequence_length
+from .retrieval import check_setting, queryable
 
 Queries = Union[int, str]
 CellKey = Tuple[int, str, int, int, int, int, int]
@@ -48,8 +48,8 @@ class Grid:
 class SweepConfig:
     """A whole sweep: its grids, the training rule and the model width.
 
-    ``queries``: keys queried per sequence, an int (at most the sequence length T; 1 is the
-    paper's task) or ``'all'`` (every stored pair queried: T queries).
+    ``queries``: keys queried per sequence, an int (at most the queryable positions; 1 is the
+    paper's task) or ``'all'`` (every queryable pair: T queries, S // 4 in setting 3).
     """
 
     grids: Tuple[Grid, ...]
@@ -71,8 +71,8 @@ class SweepConfig:
         for grid in self.grids:
             for method in grid.methods:
                 for s in grid.keys:
-                    t = sequence_length(grid.setting, s)
-                    yield grid.setting, method, s, t if self.queries == "all" else min(self.queries, t)
+                    w = queryable(grid.setting, s)
+                    yield grid.setting, method, s, w if self.queries == "all" else min(self.queries, w)
 
     def cell_key(self, setting: int, method: str, n_keys: int, queries: int) -> CellKey:
         """What identifies a cell's result in the results files."""
@@ -122,8 +122,23 @@ def paper_setting2() -> SweepConfig:
     )
 
 
+def family() -> SweepConfig:
+    """The FWP family side by side at the quick preset's scale (d = 16): overwriting (setting 2,
+    S = 8, 16) and forgetting (setting 3, S = 32, 64: twice as many keys as the linear map's
+    d_dot = 16 pass by, only the last S / 4 pairs are asked) for the sum, delta, gated delta and
+    general FWP (tanh, norm cap) rules."""
+    methods = ("linear", "linear+delta", "linear+gated_delta", "linear+fwp-tanh", "linear+fwp-normcap")
+    return SweepConfig(
+        grids=(Grid(2, methods, (8, 16)), Grid(3, methods, (32, 64))),
+        train=TrainConfig(max_steps=1500, window=50, patience=12),
+        queries="all",
+        d=16,
+    )
+
+
 PRESETS: Dict[str, Callable[[], SweepConfig]] = {
     "quick": quick,
+    "family": family,
     "paper-setting1": paper_setting1,
     "paper-setting2": paper_setting2,
 }

@@ -43,6 +43,15 @@ def _chunk_rows(chunk_indices, cu_seqlens, i_c, BT: tl.constexpr):
 
 
 @triton.jit
+def _sequence(chunk_offsets, cu_seqlens, i_nh, H):
+    """Sequence and head of program ``i_nh`` (sequences x heads), its tokens ``[bos, eos)`` and first chunk."""
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    return i_n, i_h, bos, eos, tl.load(chunk_offsets + i_n).to(tl.int64)
+
+
+@triton.jit
 def _load(ptr, rows, row_mask, H, i_h, D, cols, col_mask):
     """``[len(rows), len(cols)]`` block of a ``[tokens, H, D]`` tensor (zeros outside the masks)."""
     p = ptr + (rows[:, None] * H + i_h) * D + cols[None, :]
@@ -96,10 +105,7 @@ def state_fwd(k, v, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
     """The scan over one sequence's chunks for one head and one block of value columns
     (grid: value blocks, sequences x heads): ``S_n`` per chunk, ``V'_n`` (delta), the final state."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    i_n, i_h, bos, eos, c0 = _sequence(chunk_offsets, cu_seqlens, i_nh, H)
     o_k, o_v, o_t = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, BT)
     m_k, m_v = o_k < K, o_v < V
     m_s = m_k[:, None] & m_v[None, :]
@@ -150,10 +156,7 @@ def state_bwd(q, k, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqlens,
     """The reverse scan (grid: value blocks, sequences x heads): ``G_{n+1}`` per chunk, ``dV'_n``
     (delta) and ``dS_0 = G_0``."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    i_n, i_h, bos, eos, c0 = _sequence(chunk_offsets, cu_seqlens, i_nh, H)
     o_k, o_v, o_c = tl.arange(0, BK), i_v * BV + tl.arange(0, BV), tl.arange(0, BT)
     m_k, m_v = o_k < K, o_v < V
     m_s = m_k[:, None] & m_v[None, :]
