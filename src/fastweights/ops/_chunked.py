@@ -99,6 +99,23 @@ def unit_lower_inverse(m: Tensor) -> Tensor:
     return m
 
 
+class UnitLowerInverse(torch.autograd.Function):
+    """``L^-1`` of unit lower-triangular ``L`` (:func:`unit_lower_inverse`) with its gradient for
+    autograd-differentiated forms: ``dL = -strict_lower(L^-T dX L^-T)`` (the diagonal is fixed)."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor) -> Tensor:
+        inv = unit_lower_inverse(m.detach().clone())  # [..., C, C]
+        ctx.save_for_backward(inv)
+        return inv
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (inv,) = ctx.saved_tensors
+        inv_t = inv.transpose(-1, -2)
+        return -(inv_t @ grad @ inv_t).tril_(-1)
+
+
 #: elements per tensor in one segment of chunks, by device type (absent: all chunks at once)
 SEGMENT_ELEMENTS = {"cpu": 1 << 18}
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._chunked import UnitLowerInverse
+
 
 def _chunks(x: Tensor, C: int) -> Tensor:
     """``[B, H, T, ...]`` -> ``[B, H, N, C, ...]``, zero-padded at the end (zero keys, rates and log
@@ -51,14 +53,18 @@ def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tens
     decay = (gam[..., :, None] - gam[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # [B, H, N, C, C]: D
     a = (kc @ kc.transpose(-1, -2) * decay).tril(-1) * bc[..., :, None]  # A
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    tm = torch.linalg.solve_triangular(eye + a, torch.diag_embed(bc), upper=False, unitriangular=True)  # T
+    tm = UnitLowerInverse.apply(eye + a) * bc[..., None, :]  # [B, H, N, C, C]: T = (I + A)^-1 diag(beta)
     w = tm @ (gam.exp()[..., None] * kc)  # [B, H, N, C, d_k]: T diag(Gamma) K
     u0 = tm @ vc  # [B, H, N, C, d_v]: T V
     scores = qc @ kc.transpose(-1, -2) * decay  # [B, H, N, C, C]
     k_out = (gam[..., -1:] - gam).exp()[..., None] * kc  # [B, H, N, C, d_k]: diag(Gamma_C / Gamma) K
+    q_in = gam.exp()[..., None] * qc  # [B, H, N, C, d_k]: diag(Gamma) Q
+    g_last = gam[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]: Gamma_C
     S, outs = S0, []
-    for n in range(qc.shape[2]):
-        u = u0[:, :, n] - w[:, :, n] @ S  # [B, H, C, d_v]
-        outs.append(gam[:, :, n].exp()[..., None] * (qc[:, :, n] @ S) + scores[:, :, n] @ u)
-        S = gam[:, :, n, -1].exp()[..., None, None] * S + k_out[:, :, n].transpose(-1, -2) @ u
+    # One view per chunk made once (unbind): indexing inside the loop would make every slice's
+    # backward allocate and fill a gradient as large as the whole tensor.
+    for u0_n, w_n, q_n, p_n, k_n, a_n in zip(*(x.unbind(2) for x in (u0, w, q_in, scores, k_out, g_last))):
+        u = u0_n - w_n @ S  # [B, H, C, d_v]
+        outs.append(q_n @ S + p_n @ u)  # [B, H, C, d_v]
+        S = a_n * S + k_n.transpose(-1, -2) @ u
     return torch.cat(outs, dim=2)[:, :, :T], S  # [B, H, T, d_v]
