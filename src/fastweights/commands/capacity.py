@@ -2,9 +2,11 @@
 
 Trains a one-layer retrieval model per (method, S) cell and reports the final loss against the
 number of stored keys S: a memory fails once S passes its key dimension d_dot (setting 1), and
-only the delta rule recovers when keys repeat and must be overwritten (setting 2). With no
-arguments it runs the quick preset (both findings, width d = 16, minutes on a CPU); --preset
-paper-setting1|paper-setting2 runs the paper's full grids (d = 64). Writes results.csv,
+only the delta rule recovers when keys repeat and must be overwritten (setting 2); setting 3 asks
+only the last S/4 pairs, so a memory that forgets can win. With no arguments it runs the quick
+preset (both findings, width d = 16, minutes on a CPU); --preset family compares the update rules
+(sum, delta, gated delta, general FWP) in settings 2 and 3; --preset paper-setting1|paper-setting2
+runs the paper's full grids (d = 64). Writes results.csv,
 results.json and capacity.png to --out; a sweep restarted with the same --out skips finished cells.
 """
 
