@@ -83,9 +83,12 @@ def model_config(cfg: LMBenchConfig, attention: str, context: int) -> LMConfig:
 
 
 def op_impl(model: LanguageModel) -> str:
-    """The backend the first layer's attention ran: the op's ``last_impl``, or ``'sdpa'`` for softmax."""
-    op = getattr(model.blocks[0].attn, "op", None)
-    return "sdpa" if op is None else str(op.last_impl)
+    """The backend the first layer's attention ran: its sequence op's ``last_impl`` (its one-token
+    op's for a recurrent FWP, which steps through every token), or ``'sdpa'`` for softmax."""
+    attn = model.blocks[0].attn
+    if getattr(attn, "op", None) is None:
+        return "sdpa"
+    return str(attn.op.last_impl or attn.step_op.last_impl)
 
 
 def measure_cell(cfg: LMBenchConfig, attention: str, context: int, batch: int) -> Dict[str, object]:
