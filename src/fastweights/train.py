@@ -159,7 +159,7 @@ def evaluate(model: nn.Module, data: np.ndarray, context: int, batch_size: int, 
     for i in range(0, len(starts), batch_size):
         win = torch.from_numpy(np.stack([np.asarray(data[s : s + context + 1], dtype=np.int64) for s in starts[i : i + batch_size]]))
         win = win.to(info.device)  # [b, context + 1]
-        with _autocast(info.device, amp):
+        with autocast_context(info.device, amp):
             _, loss, _ = model(win[:, :-1], win[:, 1:], return_logits=False)
         total += torch.stack([loss.double() * win[:, 1:].numel(), torch.tensor(float(win[:, 1:].numel()), dtype=torch.float64, device=info.device)])
     if info.world > 1:
@@ -168,7 +168,8 @@ def evaluate(model: nn.Module, data: np.ndarray, context: int, batch_size: int, 
     return (total[0] / total[1]).item()
 
 
-def _autocast(device: torch.device, amp: Optional[torch.dtype]):
+def autocast_context(device: torch.device, amp: Optional[torch.dtype]):
+    """``torch.autocast`` to ``amp`` on ``device``, or a no-op context when ``amp`` is None."""
     return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
 
 
@@ -320,7 +321,7 @@ def train(
                 batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
                 sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
                 with sync:
-                    with _autocast(info.device, amp):
+                    with autocast_context(info.device, amp):
                         _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
                     (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
                 loss_sum += loss.detach().float()

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from ..models import LanguageModel
 from ..models.config import LMConfig, TrainConfig
-from ..train import _autocast, autocast_dtype, make_optimizer
+from ..train import autocast_context, autocast_dtype, make_optimizer
 from ..variants import parse_attention
-from .ops import _return_freed_memory, peak_rss_mb
+from .ops import peak_rss_mb, return_freed_memory
 
 #: Defaults that depend on ``--device``: the GPU setting of our GPU issue, a small one for CPUs.
 DEVICE_DEFAULTS: Dict[str, Dict[str, object]] = {
@@ -107,7 +107,7 @@ def measure_cell(cfg: LMBenchConfig, attention: str, context: int, batch: int) -
     def step() -> float:
         """One training step; its wall time in seconds."""
         t0 = time.perf_counter()
-        with _autocast(device, amp):
+        with autocast_context(device, amp):
             _, loss, _ = model(data[:, :-1], data[:, 1:], return_logits=False)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
@@ -181,7 +181,7 @@ def run(cfg: LMBenchConfig, log: Callable[[str], None] = print) -> Dict:
     amp = autocast_dtype(TrainConfig(dtype=cfg.dtype), torch.device(cfg.device))
     meta = dict(device=device_name(cfg.device), torch=torch.__version__, threads=torch.get_num_threads(),
                 autocast=str(amp).replace("torch.", "") if amp else None,
-                rss_tracks_live_memory=cfg.device == "cpu" and _return_freed_memory(), config=asdict(cfg))
+                rss_tracks_live_memory=cfg.device == "cpu" and return_freed_memory(), config=asdict(cfg))
     log(f"{meta['device']}, torch {meta['torch']}, {meta['threads']} threads, autocast {meta['autocast'] or 'off'}; "
         f"d_model {cfg.d_model}, {cfg.layers} layers, "
         f"{cfg.heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab}, {cfg.tokens} tokens per step, "

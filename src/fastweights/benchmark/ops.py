@@ -189,7 +189,7 @@ def _peak_dtype(dtype: str, device: str) -> str:
     return dtype if device == "cuda" else "float32"
 
 
-def _return_freed_memory() -> bool:
+def return_freed_memory() -> bool:
     """Make glibc unmap every freed block >= 64 KiB, so RSS tracks live memory. False if not glibc."""
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD
@@ -292,7 +292,7 @@ def _child_peak_mb(cell: Cell, chunk_size: int, threads: int) -> float:
     makes the gradients) over the RSS with the inputs made."""
     if threads:
         torch.set_num_threads(threads)
-    _return_freed_memory()
+    return_freed_memory()
     inp = make_inputs(cell)
     forward_backward = _runners(make_fn(cell.rule, cell.form, chunk_size), inp)[1]
     forward_backward()  # one-time allocations (library workspaces, caches) are not the op's
@@ -407,7 +407,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> Dict:
     """Run the benchmark; returns ``{"meta", "rows", "ratios", "targets"}`` (also written to ``cfg.json``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    meta = _meta(cfg, _return_freed_memory() if cfg.device == "cpu" else False)
+    meta = _meta(cfg, return_freed_memory() if cfg.device == "cpu" else False)
     peak_dtypes = sorted({_peak_dtype(dt, cfg.device) for dt in cfg.dtypes}, key=DTYPES.index)
     peaks = {dt: [matmul_peak(dt, cfg.device)] for dt in peak_dtypes}  # dtype -> GFLOP/s at start (, end)
     meta["matmul_peak_gflops"] = peaks
