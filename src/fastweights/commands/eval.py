@@ -13,7 +13,7 @@ into train/val as in training) with the paper's two protocols:
       fast weights carried from one segment to the next, in constant memory.
 
 Example:
-  fastweights eval --checkpoint runs/shakespeare-delta --data ../shared/data/tinyshakespeare/input.txt
+  fastweights eval --checkpoint runs/shakespeare-delta --data input.txt
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train a language model on a text corpus (one process, or many under torchrun).
 
 Examples:
-  fastweights train --preset shakespeare-char --attention dpfp-2+delta --data ../shared/data/tinyshakespeare/input.txt --out runs/shakespeare-dpfp
+  fastweights train --preset shakespeare-char --attention dpfp-2+delta --data input.txt --out runs/shakespeare-dpfp
   fastweights train ... --out runs/shakespeare-dpfp --resume        # continue after a stop or crash
   torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --data DIR --out runs/wt103
       (DIR holds wiki.{train,valid,test}.tokens; the same command on 1 process, 1 GPU or many machines)

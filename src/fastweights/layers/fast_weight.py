@@ -172,7 +172,7 @@ class FastWeightAttention(nn.Module):
     # ------------------------------------------------------------------ internals
     def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], op: Op) -> Tuple[Tensor, State]:
         check_sequence(x, self.d_model)
-        o, S = self._fast(x, self._slow(x), state, cu_seqlens, op)  # [B, T, H * D]
+        o, S = self._fast(self._slow(x), state, cu_seqlens, op)  # [B, T, H * D]
         return self.dropout(self.out_proj(o)), {"S": S}  # [B, T, d_model]
 
     def _slow(self, x: Tensor) -> Dict[str, Tensor]:
@@ -184,7 +184,7 @@ class FastWeightAttention(nn.Module):
         pre.update({name: proj(x) for name, proj in self.input_projs.items()})
         return pre
 
-    def _fast(self, x: Tensor, pre: Dict[str, Tensor], state: Optional[State], cu_seqlens: Optional[Tensor],
+    def _fast(self, pre: Dict[str, Tensor], state: Optional[State], cu_seqlens: Optional[Tensor],
               op: Op) -> Tuple[Tensor, Tensor]:
         """Feature maps, rate and the op on the slow net's outputs ``pre``; returns the fast net's output
         ``[B, T, H * D]`` (heads concatenated, before ``out_proj``) and the new fast weights."""
@@ -198,10 +198,10 @@ class FastWeightAttention(nn.Module):
         if "beta" in pre:
             beta: Optional[Tensor] = torch.sigmoid(pre["beta"])  # [B, T, H]
         elif self.fixed_beta != 1.0:
-            beta = torch.full((B, T, H), self.fixed_beta, device=x.device)
+            beta = torch.full((B, T, H), self.fixed_beta, device=v.device)
         else:
             beta = None
-        dtype = compute_dtype(x.device, v.dtype)
+        dtype = compute_dtype(v.device, v.dtype)
         inputs = {name: self.learned[name].activation(pre[name]).to(dtype) for name in self.input_projs}
         o, S = op(q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
                   initial_state=state["S"] if state is not None else None, output_final_state=True,

@@ -78,7 +78,7 @@ class RecurrentFastWeightAttention(FastWeightAttention):
         o_prev, outs = state["o"], []
         for t in range(x.shape[1]):
             pre = {name: p[:, t : t + 1] + self.recurrent[name](o_prev.to(p.dtype))[:, None] for name, p in pre_x.items()}
-            o, fast["S"] = self._fast(x[:, t : t + 1], pre, fast, None, self.step_op)  # [B, 1, H D]
+            o, fast["S"] = self._fast(pre, fast, None, self.step_op)  # [B, 1, H D]
             o_prev = o[:, 0]
             outs.append(o)
         o = torch.cat(outs, 1)  # [B, T, H D]

@@ -29,6 +29,7 @@ Adding a rule is one package, adding a backend one module; :func:`register_rule`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import pkgutil
 from dataclasses import dataclass, field
