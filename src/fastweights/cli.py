@@ -1,6 +1,10 @@
 """The ``fastweights`` command line: one sub-command per module in :mod:`fastweights.commands`.
 
 Each command module has a docstring (its help), ``configure(parser)`` and ``main(args) -> int``.
+A command reports a user error by raising ``ValueError`` (e.g. :class:`~fastweights.errors.UsageError`):
+:func:`main` prints it as one line ``fastweights <cmd>: error: ...`` and returns 2, as argparse does
+for a malformed command line; an ``OSError`` is reported the same way with its path; any other
+exception is an internal error and propagates (a traceback, exit status 1).
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ import argparse
 import importlib
 import sys
 from typing import List, Optional
+
+from .errors import describe_os_error
 
 COMMANDS = {
     "bench": "fastweights.commands.bench",
@@ -48,7 +54,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 0
-    return int(args._main(args) or 0)
+    try:
+        return int(args._main(args) or 0)
+    except ValueError as e:
+        message = str(e)
+    except OSError as e:
+        message = describe_os_error(e)
+    print(f"fastweights {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
