@@ -55,7 +55,8 @@ def test_feature_map_arguments_are_checked():
         parse_method("dpfp-500")
 
 
-@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta", "identity+delta"])
+@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta", "identity+delta",
+                                    "rdn", "linear+rec", "linear+gated_delta+rec"])
 @pytest.mark.parametrize("setting", [1, 2])
 def test_each_query_reads_the_final_memory_alone(method, setting):
     """Scores [B, Q, S]; asking Q keys at once equals asking each key in its own sequence."""
@@ -79,6 +80,23 @@ def test_sum_rule_model_is_normalised_linear_attention():
     a = q @ k.transpose(1, 2)  # [B, Q, T]
     expected = (a / a.sum(-1, keepdim=True)) @ torch.nn.functional.one_hot(b.values, 5).float()
     torch.testing.assert_close(model(b), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrent,plain", [("rdn", "linear+delta"), ("linear+rec", "linear"),
+                                             ("linear+gated_delta+rec", "linear+gated_delta")])
+def test_a_recurrent_memory_without_its_recurrent_weights_is_the_plain_one(recurrent, plain):
+    """With R = 0 the writes ignore the reads: the pair-by-pair recurrent model equals the plain
+    model with the same weights (its one-token steps equal the rule's parallel form)."""
+    torch.manual_seed(0)
+    rec = RetrievalModel(recurrent, 6, d=8).double()
+    base = RetrievalModel(plain, 6, d=8).double()
+    base.load_state_dict({k: v for k, v in rec.state_dict().items() if k in base.state_dict()})
+    b = RetrievalTask(2, 6, n_queries=4, seed=2).sample(3)
+    assert parse_method(recurrent).recurrent and not parse_method(plain).recurrent
+    assert not torch.allclose(rec(b), base(b))  # the learned R matter ...
+    for proj in rec.recurrent.values():
+        torch.nn.init.zeros_(proj.weight)
+    torch.testing.assert_close(rec(b), base(b), rtol=1e-12, atol=1e-12)  # ... and nothing else differs
 
 
 def test_loss_of_an_output_of_zeros_is_one_half():

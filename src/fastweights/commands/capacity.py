@@ -5,7 +5,7 @@ number of stored keys S: a memory fails once S passes its key dimension d_dot (s
 only the delta rule recovers when keys repeat and must be overwritten (setting 2); setting 3 asks
 only the last S/4 pairs, so a memory that forgets can win. With no arguments it runs the quick
 preset (both findings, width d = 16, minutes on a CPU); --preset family compares the update rules
-(sum, delta, gated delta, general FWP) in settings 2 and 3; --preset paper-setting1|paper-setting2
+(sum, delta, gated delta, general FWP, Recurrent Delta Net) in settings 2 and 3; --preset paper-setting1|paper-setting2
 runs the paper's full grids (d = 64). Writes results.csv,
 results.json and capacity.png to --out; a sweep restarted with the same --out skips finished cells.
 """

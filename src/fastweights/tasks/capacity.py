@@ -3,7 +3,9 @@
 A *method* names a memory: ``softmax`` (the baseline), or a feature map with an update rule,
 ``<map>[+<rule>]`` where ``<map>`` is ``linear`` (elu + 1), ``relu``, ``identity``, ``favor-<m>``
 (FAVOR+ with m random features) or ``dpfp-<nu>``, and ``<rule>`` an update rule of
-:func:`fastweights.ops.list_rules` (``sum``, the default, or ``delta``).
+:func:`fastweights.ops.list_rules` (``sum``, the default, ``delta``, ``gated_delta``, ...); a final
+``+rec`` (or ``rdn`` for ``linear+delta+rec``, the Recurrent Delta Net) makes the memory a
+recurrent FWP.
 
 The model has one attention layer of width ``d`` (64 in the paper) over a sequence of ``T``
 key/value pairs (see :mod:`fastweights.tasks.retrieval`)::
@@ -21,6 +23,15 @@ while here they come from different ones (pairs, query keys, one-hot values), so
 the feature map and the op (:func:`fastweights.ops.get_op`) directly. FAVOR+ features are drawn
 once from the cell's seed and kept fixed. Softmax reads ``y = softmax(K q / sqrt(d))^T V``. The
 loss is ``0.5 |y - onehot(target)|^2`` per query (0.5: the output predicts nothing).
+
+A recurrent FWP's slow net also reads the memory's previous output (Irie et al., NeurIPS 2021).
+While writing, the layer then also reads, with a query of its own, and each write sees that read::
+
+    o_{t-1} = S_{t-1}^T phi(W_r x_{t-1} + R_r o_{t-2})              # [S]: the previous read
+    k_t = phi(W_k x_t + R_k o_{t-1}),  beta_t = sigmoid(w_beta . x_t + r_beta . o_{t-1})
+
+(the same for the rule's other learned inputs; ``v_t`` stays the one-hot value). The writes are
+then sequential: one step of the rule's one-token form per pair.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +52,19 @@ from .retrieval import RetrievalBatch, RetrievalTask
 
 METHOD_FORMS = ("softmax", "linear", "relu", "identity", "favor-<m>", "dpfp-<nu>")
 METHOD_HELP = (f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+<rule>', a rule of {list_rules()} "
-               "(default sum; 'delta' = 'linear+delta')")
+               "(default sum; 'delta' = 'linear+delta'), and a final '+rec' for a recurrent FWP ('rdn' = 'linear+delta+rec')")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name: ``rule`` is ``'softmax'`` or an update rule (``'sum'``, ``'delta'``, ...)."""
+    """A parsed method name: ``rule`` is ``'softmax'`` or an update rule (``'sum'``, ``'delta'``, ...);
+    ``recurrent``: the slow net also reads the memory's previous output (a recurrent FWP)."""
 
     name: str
     rule: str
     feature_map: Optional[str] = None
     feature_map_kwargs: Tuple[Tuple[str, int], ...] = ()
+    recurrent: bool = False
 
     def d_dot(self, d: int) -> Optional[int]:
         """Size of the memory's key space for width ``d`` (``None`` for softmax, which has no fixed size)."""
@@ -73,10 +86,8 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
     if spec.kind == "softmax":
         return Method(name, "softmax")
-    if spec.kind == "recurrent":
-        raise ValueError(f"method {name!r}: recurrent FWPs are not part of the capacity experiment "
-                         f"(its one-layer model reads queries only after the writes); valid methods: {METHOD_HELP}")
-    method = Method(name, spec.rule, spec.feature_map, tuple(sorted(spec.feature_map_kwargs.items())))
+    method = Method(name, spec.rule, spec.feature_map, tuple(sorted(spec.feature_map_kwargs.items())),
+                    recurrent=spec.kind == "recurrent")
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
 
@@ -113,6 +124,11 @@ class RetrievalModel(nn.Module):
         for name, proj in self.input_projs.items():
             nn.init.constant_(proj.bias, spec.learned[name].bias)
         self.normalize = spec.attn_norm
+        if self.method.recurrent:
+            self.read_proj = nn.Linear(d + n_keys, d, bias=False)  # W_r: the query of the reads while writing
+            widths = {"k": d, "read": d, **({"beta": 1} if spec.learned_rate else {}), **{name: 1 for name in spec.learned}}
+            self.recurrent = nn.ModuleDict({name: nn.Linear(n_keys, w, bias=False) for name, w in widths.items()})  # R
+            self.step_op = get_op(spec.name, "recurrent")
         # Sequences here are short (at most a few hundred tokens), where a rule's quadratic form, if
         # it has one, is the cheapest (sum rule, T = 21, batch 32: 1.2 ms fwd+bwd against 3.1 ms chunked).
         quadratic = "parallel" in {b.name for b in list_backends(spec.name)}
@@ -122,25 +138,56 @@ class RetrievalModel(nn.Module):
         """Scores ``y`` ``[B, Q, S]`` for every query of ``batch``."""
         B, T = batch.keys.shape
         Q = batch.queries.shape[1]
-        v = F.one_hot(batch.values, self.n_keys).float()  # [B, T, S]
+        v = F.one_hot(batch.values, self.n_keys).to(self.embed.weight.dtype)  # [B, T, S]
         x = torch.cat([self.embed(batch.keys), v], dim=-1)  # [B, T, d + S]
         k = self.key_proj(x)  # [B, T, d]
         q = self.query_proj(self.embed(batch.queries))  # [B, Q, d]
         if self.method.feature_map is None:  # softmax
             return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, Q, S]
-        k = self.feature_map.forward_key(k[:, :, None])  # [B, T, 1, d_dot]
+        pre = {"k": k, **({"beta": self.beta_proj(x)} if self.beta_proj is not None else {}),
+               **{name: proj(x) for name, proj in self.input_projs.items()}}  # [B, T, width]: pre-activations
+        if self.method.recurrent:
+            S = self._write_recurrent(pre, self.read_proj(x), v)
+        else:
+            # The T pairs are written (queries zero), then every query reads the final fast weights S_T.
+            k, beta, inputs = self._write_inputs(pre)
+            _, S = self.op(torch.zeros_like(k), k, v[:, :, None], beta, output_final_state=True,
+                           normalize=self.normalize, **inputs)  # [B, 1, d_dot, S (+1)]
         q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
         if self.qk_norm is not None:
-            q, k = self.qk_norm(q), self.qk_norm(k)
-        # The T pairs are written (queries zero), then every query reads the final fast weights S_T.
-        beta = torch.sigmoid(self.beta_proj(x)) if self.beta_proj is not None else None  # [B, T, 1]
-        inputs = {name: self.learned[name].activation(proj(x)) for name, proj in self.input_projs.items()}  # [B, T, 1]
-        _, S = self.op(torch.zeros_like(k), k, v[:, :, None], beta, output_final_state=True, normalize=self.normalize,
-                       **inputs)  # [B, 1, d_dot, S (+1)]
+            q = self.qk_norm(q)
         y = q[:, :, 0] @ S[:, 0]  # [B, Q, S (+1)]: S_T^T q
         if self.normalize:
             y = y[..., :-1] / (y[..., -1:] + 1e-6)  # the op's normalisation: (S_T^T q) / (z_T . q + eps)
         return y
+
+    def _write_inputs(self, pre: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
+        """Pre-activations ``[B, T, width]`` -> the op's keys ``[B, T, 1, d_dot]``, rate ``[B, T, 1]`` (or
+        None) and the rule's other inputs ``[B, T, 1]``."""
+        k = self.feature_map.forward_key(pre["k"][:, :, None])  # [B, T, 1, d_dot]
+        if self.qk_norm is not None:
+            k = self.qk_norm(k)
+        beta = torch.sigmoid(pre["beta"]) if "beta" in pre else None  # [B, T, 1]
+        inputs = {name: self.learned[name].activation(pre[name]) for name in self.input_projs}  # [B, T, 1]
+        return k, beta, inputs
+
+    def _write_recurrent(self, pre: Dict[str, Tensor], read: Tensor, v: Tensor) -> Tensor:
+        """The writes of a recurrent FWP, one pair at a time: every pre-activation ``[B, T, width]``
+        plus ``R o_{t-1}``, then one step of the rule, whose read ``o_t`` feeds the next pair.
+        ``read: [B, T, d]`` the read queries' input share, ``v: [B, T, S]``. Returns ``S_T``."""
+        B, T, n = v.shape
+        S, o = None, v.new_zeros(B, n)  # fast weights (None: empty), o_0 = 0  [B, S]
+        pre = {**pre, "read": read}
+        for t in range(T):
+            now = {name: p[:, t : t + 1] + self.recurrent[name](o)[:, None] for name, p in pre.items()}  # [B, 1, width]
+            k, beta, inputs = self._write_inputs(now)
+            q = self.feature_map.forward_query(now["read"][:, :, None])  # [B, 1, 1, d_dot]
+            if self.qk_norm is not None:
+                q = self.qk_norm(q)
+            out, S = self.step_op(q, k, v[:, t : t + 1, None], beta, initial_state=S, output_final_state=True,
+                                  normalize=self.normalize, **inputs)  # [B, 1, 1, S], [B, 1, d_dot, S (+1)]
+            o = out[:, 0, 0]  # [B, S]
+        return S
 
 
 def retrieval_loss(y: Tensor, targets: Tensor) -> Tensor:

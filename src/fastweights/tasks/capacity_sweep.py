@@ -126,8 +126,8 @@ def family() -> SweepConfig:
     """The FWP family side by side at the quick preset's scale (d = 16): overwriting (setting 2,
     S = 8, 16) and forgetting (setting 3, S = 32, 64: twice as many keys as the linear map's
     d_dot = 16 pass by, only the last S / 4 pairs are asked) for the sum, delta, gated delta and
-    general FWP (tanh, norm cap) rules."""
-    methods = ("linear", "linear+delta", "linear+gated_delta", "linear+fwp-tanh", "linear+fwp-normcap")
+    general FWP (tanh, norm cap) rules and the Recurrent Delta Net."""
+    methods = ("linear", "linear+delta", "linear+gated_delta", "linear+fwp-tanh", "linear+fwp-normcap", "rdn")
     return SweepConfig(
         grids=(Grid(2, methods, (8, 16)), Grid(3, methods, (32, 64))),
         train=TrainConfig(max_steps=1500, window=50, patience=12),
