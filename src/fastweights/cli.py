@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "fastweights.commands.bench",
     "demo": "fastweights.commands.demo",
     "capacity": "fastweights.commands.capacity",
+    "data": "fastweights.commands.data",
     "eval": "fastweights.commands.eval",
     "generate": "fastweights.commands.generate",
     "train": "fastweights.commands.train",
