@@ -1,0 +1,90 @@
+"""Contiguous token streams for training with carried fast weights (truncated BPTT).
+
+Windowed training (:func:`fastweights.train.sample_batch`) reads independent random windows of
+``L`` tokens, each from an empty state, so a model never learns to use a state carried over more
+than ``L`` tokens. Streamed training reads the text in order instead, as Transformer-XL and the
+classic PyTorch word-language-model example do: the training split ``x`` of ``N`` tokens is cut
+into ``n`` contiguous streams of ``m = (N - 1) // n`` tokens each, stream ``i`` starting at
+``i m``; step ``s`` of a pass feeds tokens ``[i m + s L, i m + (s + 1) L]`` of every stream
+(targets shifted by one), and the model starts each step from the state the previous step ended
+with, detached from its graph (gradients stop at the segment boundary). A pass has ``m // L``
+steps; at the start of each pass the states are reset to empty, and the tail ``m mod L`` of each
+stream is skipped.
+
+::
+
+    stream 0: |seg 0|seg 1|seg 2| ... |       the state flows left to right,
+    stream 1: |seg 0|seg 1|seg 2| ... |       the gradient stops at each |
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class TokenStreams:
+    """The ``n_streams`` contiguous streams of ``data`` read ``context`` tokens per step.
+
+    Args:
+        data: the token ids ``[N]`` (e.g. a read-only memmap of the training split).
+        n_streams: streams, one per row of every batch (the global batch size).
+        context: tokens per stream and step (the training context ``L``).
+
+    >>> s = TokenStreams(np.arange(21), n_streams=2, context=3)
+    >>> batch, reset = s.next()
+    >>> batch.tolist(), reset
+    ([[0, 1, 2, 3], [10, 11, 12, 13]], True)
+    >>> s.next()[0].tolist()
+    [[3, 4, 5, 6], [13, 14, 15, 16]]
+    """
+
+    def __init__(self, data: np.ndarray, n_streams: int, context: int) -> None:
+        if n_streams < 1 or context < 1:
+            raise ValueError(f"n_streams and context must be >= 1, got {n_streams} and {context}")
+        self.data, self.n_streams, self.context = data, n_streams, context
+        self.stream_length = (len(data) - 1) // n_streams  # m: inputs per stream (targets one further)
+        self.steps_per_pass = self.stream_length // context
+        if self.steps_per_pass < 1:
+            raise ValueError(f"the training split has {len(data)} tokens: too few for {n_streams} streams of at least "
+                             f"context = {context} tokens (needs {n_streams * context + 1}); lower batch_size or context")
+        self.starts = np.arange(n_streams) * self.stream_length  # [n]
+        self.position = 0  #: steps already taken in the current pass
+
+    def next(self) -> Tuple[Tensor, bool]:
+        """The next segment of every stream, ``[n_streams, context + 1]`` int64 (inputs and the
+        targets shifted by one), and whether it starts a pass (the carried states must be reset)."""
+        reset = self.position == 0
+        offsets = self.starts + self.position * self.context  # [n]
+        batch = np.stack([np.asarray(self.data[o : o + self.context + 1], dtype=np.int64) for o in offsets])
+        self.position = (self.position + 1) % self.steps_per_pass
+        return torch.from_numpy(batch), reset
+
+    def state_dict(self) -> Dict[str, int]:
+        """What a checkpoint keeps to resume the streams exactly."""
+        return {"position": self.position, "n_streams": self.n_streams, "context": self.context,
+                "stream_length": self.stream_length}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        """Continue from :meth:`state_dict`; the streams must be cut the same way."""
+        mine = self.state_dict()
+        for key in ("n_streams", "context", "stream_length"):
+            if state[key] != mine[key]:
+                raise ValueError(f"the checkpoint's streams have {key} = {state[key]}, these have {mine[key]} "
+                                 f"(a different training split, batch size or context)")
+        self.position = int(state["position"])
+
+
+def detach_state(state):
+    """``state`` (nested dicts/lists of tensors, e.g. :class:`fastweights.models.LMState`) with every
+    tensor detached from its graph: the truncation of truncated BPTT."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: detach_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(detach_state(v) for v in state)
+    return state

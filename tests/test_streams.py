@@ -1,0 +1,49 @@
+"""Token streams for truncated BPTT: contiguous segments, pass resets, exact resume, detaching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastweights.streams import TokenStreams, detach_state
+
+
+def test_each_stream_continues_where_its_last_segment_ended() -> None:
+    data = np.arange(103)
+    s = TokenStreams(data, n_streams=4, context=5)
+    assert (s.stream_length, s.steps_per_pass) == (25, 5)
+    segments, resets = zip(*(s.next() for _ in range(5)))
+    assert resets == (True, False, False, False, False)
+    for i in range(4):
+        row = torch.cat([seg[i, :-1] for seg in segments])  # the inputs of stream i, in order
+        assert row.tolist() == list(range(25 * i, 25 * i + 25))
+        assert all(seg[i, -1] == seg[i, -2] + 1 for seg in segments)  # targets shifted by one
+    batch, reset = s.next()  # a new pass starts over, with empty states
+    assert reset and torch.equal(batch, segments[0])
+
+
+def test_resume_from_state_dict_gives_the_same_segments() -> None:
+    data = np.random.default_rng(0).integers(0, 50, 500)
+    a, b = TokenStreams(data, 3, 7), TokenStreams(data, 3, 7)
+    for _ in range(9):
+        a.next()
+    b.load_state_dict(a.state_dict())
+    for _ in range(30):  # across a pass boundary
+        (x, rx), (y, ry) = a.next(), b.next()
+        assert torch.equal(x, y) and rx == ry
+    with pytest.raises(ValueError, match="n_streams = 3, these have 4"):
+        TokenStreams(data, 4, 7).load_state_dict(a.state_dict())
+
+
+def test_too_short_a_split_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="too few for 8 streams .*needs 513"):
+        TokenStreams(np.arange(100), n_streams=8, context=64)
+
+
+def test_detach_state_cuts_every_graph() -> None:
+    w = torch.ones(2, requires_grad=True)
+    state = {"pos": 3, "layers": [{"S": w * 2}, {"S": w * 3, "o": w + 1}]}
+    out = detach_state(state)
+    assert out["pos"] == 3 and not any(t.requires_grad for layer in out["layers"] for t in layer.values())
+    assert torch.equal(out["layers"][1]["S"], torch.full((2,), 3.0))
