@@ -183,6 +183,37 @@ def test_softmax_errors() -> None:
         layer(torch.randn(1, 3, 16), cache, cu_seqlens=torch.tensor([0, 3]))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_packed_sequences_must_match_the_input(name: str) -> None:
+    """cu_seqlens must end at T and needs B = 1, in every layer (the softmax one included)."""
+    layer = make_layer(name)
+    with pytest.raises(ValueError, match=re.escape("cu_seqlens must start at 0, strictly increase and end at T = 8, "
+                                                   "got [0, 3, 7]")):
+        layer(torch.randn(1, 8, 24, dtype=torch.float64), cu_seqlens=torch.tensor([0, 3, 7]))
+    with pytest.raises(ValueError, match="so B must be 1, got B = 2"):
+        layer(torch.randn(2, 8, 24, dtype=torch.float64), cu_seqlens=torch.tensor([0, 3, 8]))
+
+
+@pytest.mark.parametrize("rule", list_rules())
+def test_nan_padding_leaves_the_valid_tokens_alone(rule: str) -> None:
+    """Garbage (NaN) in the right-padding of x: the outputs before it are those of a clean x, the rest NaN."""
+    layer = FastWeightAttention(24, 3, rule=rule, chunk_size=8).double().eval()
+    x = torch.randn(2, 20, 24, dtype=torch.float64)
+    padded = x.clone()
+    padded[1, 13:] = float("nan")
+    y, _ = layer(x)
+    y_pad, _ = layer(padded)
+    assert torch.equal(y_pad[:, :13], y[:, :13]) and torch.equal(y_pad[0], y[0])
+    assert y_pad[1, 13:].isnan().all()
+
+
+@pytest.mark.parametrize("rule", list_rules())
+@pytest.mark.parametrize("beta", [float("nan"), float("inf")])
+def test_a_fixed_rate_must_be_finite(rule: str, beta: float) -> None:
+    with pytest.raises(ValueError, match=rf"a fixed beta must be a finite float.*, got {beta}"):
+        FastWeightAttention(16, 2, rule=rule, beta=beta)
+
+
 @pytest.mark.parametrize("feature_map,expected", [("elu_p1", "sum"), ("dpfp", "sum"), ("identity", "l2")])
 def test_delta_rule_key_normalisation_default(feature_map: str, expected: str) -> None:
     """Sum-normalising a signed map divides by sums near zero, so 'auto' picks L2 for it."""

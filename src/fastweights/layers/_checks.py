@@ -6,6 +6,8 @@ from typing import Optional
 
 from torch import Tensor
 
+from ..ops.checks import check_cu_seqlens
+
 
 def resolve_d_head(d_model: int, n_heads: int, d_head: Optional[int]) -> int:
     """``d_head``, defaulting to ``d_model // n_heads``; raise ``ValueError`` on bad sizes."""
@@ -19,14 +21,17 @@ def resolve_d_head(d_model: int, n_heads: int, d_head: Optional[int]) -> int:
     return d_head
 
 
-def check_sequence(x: Tensor, d_model: int) -> None:
-    """``x`` must be a ``[B, T, d_model]`` tensor with T > 0."""
+def check_sequence(x: Tensor, d_model: int, cu_seqlens: Optional[Tensor] = None) -> None:
+    """``x`` must be a ``[B, T, d_model]`` tensor with T > 0; ``cu_seqlens``, if given, the
+    ``[N + 1]`` cumulative lengths of sequences packed along those T tokens (so B = 1)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x must have shape [B, T, d_model={d_model}], got {list(x.shape)}")
     if x.shape[1] == 0:
         raise ValueError("x has T = 0 tokens")
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, x.shape[0], x.shape[1])
 
 
 def check_token(x_t: Tensor) -> None:

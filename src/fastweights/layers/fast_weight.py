@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -56,7 +57,11 @@ class FastWeightAttention(nn.Module):
         attn_norm: attention normalisation (see above); ``None``: the rule's default (on for the
             sum rule) when the feature map is non-negative, else off. It needs a non-negative map.
         beta: ``'learned'`` (sigmoid of a per-head projection), a fixed float, or ``'auto'``
-            (``'learned'`` for rules that learn a rate (delta), else none).
+            (``'learned'`` for rules that learn a rate (delta), else none). A fixed rate must be
+            finite and within the rule's bounds (:attr:`~fastweights.ops.RuleSpec.bounds`; the
+            delta rules: ``[0, 2]``). A learned rate is NaN only where ``x`` (or a weight) is; the
+            op treats it as any non-finite input: the outputs from that token on are NaN, the
+            earlier ones untouched (:mod:`fastweights.ops.nonfinite`).
         dropout: dropout on the layer output.
         bias: biases in the projections.
         impl: backend of :meth:`forward` (``'auto'``: chosen per call; ``'chunk'``, ``'naive'``,
@@ -128,6 +133,10 @@ class FastWeightAttention(nn.Module):
             self.beta_proj: Optional[nn.Linear] = nn.Linear(d_model, n_heads, bias=True)
             self.fixed_beta: Optional[float] = None
         elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
+            lo, hi = spec.bounds.get("beta", (-math.inf, math.inf))
+            if not (math.isfinite(beta) and lo <= beta <= hi):
+                within = f" in [{lo:g}, {hi:g}] (the bounds of rule {rule!r})" if "beta" in spec.bounds else ""
+                raise ValueError(f"a fixed beta must be a finite float{within}, got {beta!r}")
             self.beta_proj, self.fixed_beta = None, float(beta)
         else:
             raise ValueError(f"beta must be 'learned', 'auto' or a float, got {beta!r}")

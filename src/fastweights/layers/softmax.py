@@ -39,7 +39,7 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, State]:
         """``x: [B, T, d_model]`` -> ``(y: [B, T, d_model], kv_cache)``, attending to ``state`` first."""
-        check_sequence(x, self.d_model)
+        check_sequence(x, self.d_model, cu_seqlens)
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)  # each [B, H, T, D]
         past = 0

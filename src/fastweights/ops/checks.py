@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -62,21 +62,7 @@ def check_inputs(
             raise ValueError(f"{name} must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape(x)}")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}; they must match")
-    n_seq = B
-    if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            got = cu_seqlens.dtype if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__
-            raise TypeError(f"cu_seqlens must be an int32/int64 tensor of cumulative lengths, got {got}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape(cu_seqlens)}")
-        if B != 1:
-            raise ValueError(f"with cu_seqlens the sequences are packed along T, so B must be 1, got B = {B}")
-        cu = cu_seqlens.tolist()
-        if cu[0] != 0 or cu[-1] != T or any(b <= a for a, b in zip(cu, cu[1:])):
-            raise ValueError(
-                f"cu_seqlens must start at 0, strictly increase and end at T = {T}, got {cu}"
-            )
-        n_seq = len(cu) - 1
+    n_seq = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     if initial_state is not None:
         if not isinstance(initial_state, Tensor):
             raise TypeError(f"initial_state must be a torch.Tensor or None, got {type(initial_state).__name__}")
@@ -96,3 +82,34 @@ def check_chunk_size(chunk_size: int) -> None:
     """``chunk_size`` must be a positive int."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def check_cu_seqlens(cu_seqlens: Tensor, B: int, T: int) -> int:
+    """``cu_seqlens`` must be ``[N + 1]`` int cumulative lengths of sequences packed along the T
+    tokens of a batch of ``B = 1``: from 0, strictly increasing, to T. Returns N."""
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        got = cu_seqlens.dtype if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__
+        raise TypeError(f"cu_seqlens must be an int32/int64 tensor of cumulative lengths, got {got}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {_shape(cu_seqlens)}")
+    if B != 1:
+        raise ValueError(f"with cu_seqlens the sequences are packed along T, so B must be 1, got B = {B}")
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != T or any(b <= a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens must start at 0, strictly increase and end at T = {T}, got {cu}")
+    return len(cu) - 1
+
+
+def check_bounds(rule: str, bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]) -> None:
+    """Every finite value of a bounded per-token input (``bounds[name] = (lo, hi)``, a rule's
+    :attr:`~fastweights.ops.RuleSpec.bounds`) must lie in ``[lo, hi]``; non-finite values are left to
+    :mod:`fastweights.ops.nonfinite`. One host sync per bounded input given."""
+    for name, (lo, hi) in bounds.items():
+        x = per_token.get(name)
+        if x is None:
+            continue
+        outside = torch.isfinite(x) & ((x < lo) | (x > hi))  # [B, T, H]
+        if bool(outside.any()):
+            bad = x[outside]
+            raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}] for rule {rule!r}, got {bad.numel()} value(s) "
+                             f"outside, from {bad.min().item():g} to {bad.max().item():g}")

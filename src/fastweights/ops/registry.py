@@ -14,10 +14,12 @@ in the layout ``[B, T, H, D]`` with a float32 state (float64 for float64 inputs)
 - a :class:`Backend` is one implementation of a rule (a torch form such as ``chunk``, or a GPU
   kernel) and declares what it runs on: devices, dtypes, native variable-length input, the largest
   ``d_k`` / ``d_v``, whether it computes in float32 whatever the input dtype;
-- :class:`Op` (what :func:`get_op` returns) checks the arguments once, picks the backend
-  (``impl="auto"``: the highest ``priority`` among those that support the inputs), casts to that
-  backend's compute dtype, unpacks ``cu_seqlens`` only for backends without native support, and
-  records the backend it used in ``op.last_impl`` (also logged at DEBUG level).
+- :class:`Op` (what :func:`get_op` returns) checks the arguments once (the values of the rule's
+  bounded inputs included), picks the backend (``impl="auto"``: the highest ``priority`` among
+  those that support the inputs), hands it finite inputs only (:mod:`fastweights.ops.nonfinite`:
+  non-finite values stay causal), casts to that backend's compute dtype, unpacks ``cu_seqlens``
+  only for backends without native support, and records the backend it used in ``op.last_impl``
+  (also logged at DEBUG level).
 
 Rules are the public subpackages of :mod:`fastweights.ops` that define ``RULE`` (a :class:`RuleSpec`)
 or ``RULES`` (several);
@@ -38,7 +40,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .checks import check_chunk_size, check_inputs
+from .checks import check_bounds, check_chunk_size, check_inputs
+from .nonfinite import find_nonfinite
 from .varlen import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,9 @@ class RuleSpec:
         inputs: its per-token inputs besides q, k, v, with their meaning (``{"beta": "[B, T, H] rate"}``);
             those other than ``beta`` are keyword arguments of the op.
         learned: how layers learn its inputs other than ``beta`` from the layer input.
+        bounds: the closed interval ``(lo, hi)`` each bounded per-token input must lie in (e.g. a
+            rate that keeps the state transition stable); a finite value outside is a
+            ``ValueError``. Inputs not named here take any real value.
         state: the shape of its state, in words.
         normalize: whether it offers attention normalisation (``normalize=True``, one more state
             column holding ``z``).
@@ -162,6 +168,7 @@ class RuleSpec:
     forms: Tuple[Backend, ...]
     inputs: Dict[str, str] = field(default_factory=lambda: {"beta": "[B, T, H] rate (None: 1)"})
     learned: Dict[str, LearnedInput] = field(default_factory=dict)
+    bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     state: str = "[N, H, d_k, d_v] (d_v + 1 with normalize=True: the last column is z)"
     normalize: bool = True
     key_norm: bool = False
@@ -277,7 +284,10 @@ _DOC = """
         q: queries ``[B, T, H, d_k]`` (already feature-mapped).
         k: keys ``[B, T, H, d_k]`` (already feature-mapped and, for the delta rule, normalised).
         v: values ``[B, T, H, d_v]``.
-        beta: per-token, per-head learning rate ``[B, T, H]`` (``None`` means 1).
+        beta: per-token, per-head learning rate ``[B, T, H]`` (``None`` means 1). A rule may bound it
+            (:attr:`RuleSpec.bounds`; the delta rules take ``[0, 2]``, where the transition
+            ``I - beta k k^T`` of a unit key stays non-expansive): a finite value outside is a
+            ``ValueError``.
         scale: multiplies ``q`` before use (default 1.0: phi is applied by the caller).
         initial_state: fast weights to start from, ``[N, H, d_k, d_v]`` (``d_v + 1`` when
             ``normalize=True``: the last column is ``z``) where ``N`` is ``B``, or the number of
@@ -294,6 +304,10 @@ _DOC = """
         ``(o, final_state)``: ``o`` is ``[B, T, H, d_v]`` in the input dtype; ``final_state`` is
         ``[N, H, d_k, d_v (+1)]`` in float32 (float64 for float64 inputs), or ``None`` unless
         ``output_final_state``.
+
+    A NaN or Inf at position ``t`` changes no output before ``t`` (:mod:`fastweights.ops.nonfinite`):
+    a non-finite query makes its own output NaN; a non-finite key, value, rate or other per-token
+    input makes that sequence's and head's outputs from ``t`` on, and its final state, NaN.
 """
 
 
@@ -352,15 +366,23 @@ class Op:
                 raise ValueError(f"impl {backend.name!r} of rule {spec.name!r} cannot run these inputs: {why}")
         self.last_impl = backend.name
         log.debug("%s rule: impl %r for %s %s on %s", spec.name, backend.name, q.dtype, list(q.shape), q.device)
+        per_token = {"beta": beta, **inputs}
+        check_bounds(spec.name, spec.bounds, per_token)
+        cu = cu_seqlens.tolist() if cu_seqlens is not None else None
+        nonfinite = find_nonfinite(q, k, v, per_token, cu)
+        if nonfinite is not None:
+            q, k, v, per_token = nonfinite.clean(q, k, v, per_token)
         dtype = backend.compute_dtype(q.dtype)
         run = backend.run
-        if cu_seqlens is not None and not backend.native_varlen:
-            run = _padded(run, cu_seqlens.tolist())
+        if cu is not None and not backend.native_varlen:
+            run = _padded(run, cu)
         s = 1.0 if scale is None else float(scale)
-        cast = {n: x.to(dtype) for n, x in inputs.items() if x is not None}
-        o, s_t = spec.apply(run, q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
-                            s, initial_state, output_final_state, cu_seqlens, chunk_size, normalize, eps, **cast)
-        return o.to(q.dtype), (s_t if output_final_state else None)
+        cast = {n: x.to(dtype) for n, x in per_token.items() if x is not None}
+        beta = cast.pop("beta", None)
+        o, s_t = spec.apply(run, q.to(dtype), k.to(dtype), v.to(dtype), beta, s, initial_state, output_final_state,
+                            cu_seqlens, chunk_size, normalize, eps, **cast)
+        o, s_t = o.to(q.dtype), (s_t if output_final_state else None)
+        return nonfinite.poison(o, s_t) if nonfinite is not None else (o, s_t)
 
 
 def _padded(run: Run, cu: Sequence[int]) -> Run:

@@ -19,6 +19,12 @@ def unpack(x: Tensor, cu: Sequence[int]) -> Tensor:
     return out
 
 
+def sequence_ids(cu: Sequence[int], device: torch.device) -> Tensor:
+    """``[T]`` long: the index of the packed sequence each position belongs to (``cu``: ``[0, ..., T]``)."""
+    lengths = torch.tensor([b - a for a, b in zip(cu, cu[1:])], device=device)  # [N]
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)  # [T]
+
+
 def pack(x: Tensor, cu: Sequence[int]) -> Tensor:
     """Inverse of :func:`unpack`: ``[N, T_max, ...]`` -> ``[1, T, ...]``."""
     return torch.cat([x[i, : b - a] for i, (a, b) in enumerate(zip(cu, cu[1:]))], dim=0)[None]
