@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -60,3 +63,12 @@ def test_bad_states_and_files_are_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a state"):
         load_state(tmp_path / "weights.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]  # no half-written files
+
+
+def test_state_files_follow_the_umask(tmp_path) -> None:
+    old = os.umask(0o027)
+    try:
+        save_state(tmp_path / "s.safetensors", {"S": torch.zeros(2, 3)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s.safetensors").stat().st_mode) == 0o640  # not tempfile's 0o600

@@ -22,7 +22,8 @@ from fastweights import cli
 from fastweights.models import LMConfig, TrainConfig, get_run_preset, load_model
 from fastweights.ops import list_rules
 from fastweights.tasks.text import load_corpus, load_tokenizer
-from fastweights.train import eval_windows, latest_checkpoint, lr_at, read_metrics, sample_batch, train
+from fastweights.checkpoints import latest_checkpoint
+from fastweights.train import eval_windows, lr_at, read_metrics, sample_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "d_model=16", "--set", "n_layers=2", "--set", "n_heads=2", "--set", "d_ff=32", "--set", "context=16",
@@ -177,15 +178,17 @@ def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) ->
         assert name in help_text
 
 
-def test_cli_errors(text_file: Path, tmp_path: Path) -> None:
+def test_cli_errors(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["train", "--preset", "shakespeare-char", "--data", str(text_file), "--out", str(tmp_path / "o"),
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
-    with pytest.raises(ValueError, match="unknown attention variant 'cosine'"):
-        cli.main(base + ["--attention", "cosine"])
-    with pytest.raises(ValueError, match="vocab_size comes from the data"):
-        cli.main(base + ["--set", "vocab_size=10"])
-    with pytest.raises(ValueError, match="unknown setting 'layers'"):
-        cli.main(base + ["--set", "layers=3"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        cli.main(base[:3] + ["--data", str(tmp_path / "missing.txt")] + base[5:])
+    for args, message in [
+        (["--attention", "cosine"], "unknown attention variant 'cosine'"),
+        (["--set", "vocab_size=10"], "vocab_size comes from the data"),
+        (["--set", "layers=3"], "unknown setting 'layers'"),
+        (base[:3] + ["--data", str(tmp_path / "missing.txt")] + base[5:], "does not exist"),
+    ]:
+        assert cli.main(args if args[0] == "train" else base + args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastweights train: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
     assert get_run_preset("shakespeare-char").train.steps == 2000  # overrides never leak into presets

@@ -6,8 +6,10 @@ Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.Langu
 
     config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.checkpoint)
     metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s
-    checkpoints/step-XXXXXXXX/                       model.safetensors + trainer.pt (optimizer, scheduler,
-                                                     RNG states, data-sampler state, step); the last two kept
+    checkpoints/step-XXXXXXXX/                       weights, trainer state (optimizer, scheduler, RNG states,
+                                                     data-sampler state, step), manifest; the last two kept
+                                                     (see fastweights.checkpoints)
+    .lock                                            the run lock (see fastweights.runlock)
     tensorboard/                                     when TensorBoard is installed
 
 Each optimiser step draws ``batch_size`` windows of ``context + 1`` tokens at random from the
@@ -16,6 +18,19 @@ slice), so the data position is that generator's state and a run on W processes 
 global batch as a run on one. Checkpoints are written into a temporary directory, fsynced and
 renamed, and loaded with ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects).
 
+Failures:
+
+- Everything is checked before ``out_dir`` is created or touched: the configs, the vocabulary, the
+  split lengths against the context, the process count, and the model itself (built first).
+- One writer: the main process holds :func:`~fastweights.runlock.run_lock` on ``out_dir`` for the
+  whole run (another run on it is refused at once) and removes the temporaries a killed run left.
+- Non-finite guard: a step whose loss or global gradient norm is NaN or infinite makes no update
+  (a warning on the ``fastweights.train`` logger) up to ``max_bad_steps`` times in a row; one more
+  raises :class:`NonFiniteError` naming the step and the last good checkpoint. A checkpoint is only
+  written when the weights and the optimizer state are finite, so the kept ones are always good.
+- Resume verifies the newest checkpoint (hashes, finite, loads into this model and optimizer) and
+  falls back to the one before with a warning, moving the bad one aside.
+
 Multi-process: launch the same command with ``torchrun``; the process group uses NCCL on GPUs and
 gloo on CPUs, gradients are averaged by ``DistributedDataParallel``.
 """
@@ -23,15 +38,15 @@ gloo on CPUs, gradients are averaged by ``DistributedDataParallel``.
 from __future__ import annotations
 
 import csv
+import itertools
+import logging
 import math
 import os
-import shutil
-import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -39,17 +54,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_text, fsync_dir
-from .models import LanguageModel, LMConfig, TrainConfig, read_config, save_weights, write_config
-from .models.checkpoint import WEIGHTS_FILE, load_weights
-from .tasks.text import Corpus, check_same_tokenizer, save_tokenizer
+from .atomic import atomic_write_text, naming_os_errors, remove_temporaries
+from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
+                          load_checkpoint, named_tensors, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
+from .errors import describe_os_error
+from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
+from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from .runlock import run_lock
+from .tasks.text import TOKENIZER_FILE, Corpus, check_same_tokenizer, save_tokenizer
 
 METRICS_FILE = "metrics.csv"
 METRICS_FIELDS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s"]
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_FILE = "trainer.pt"
-KEEP_CHECKPOINTS = 2
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE)  # what the run directory's top level holds
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(ValueError):
+    """Training produced a NaN or an infinity; the message names the step and the last good checkpoint."""
 
 
 # ---------------------------------------------------------------------------- processes and devices
@@ -130,10 +152,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 # ---------------------------------------------------------------------------- data
+def _require_tokens(split: str, n_tokens: int, context: int, extra: int) -> None:
+    if n_tokens < context + extra:
+        raise ValueError(f"the {split} has {n_tokens} tokens, fewer than context + {extra} = {context + extra}; "
+                         f"use more data or a smaller context")
+
+
+def check_splits(corpus: Corpus, context: int) -> None:
+    """``ValueError`` unless the training split holds a batch window (``context + 2`` ids, see
+    :func:`sample_batch`) and the validation split an evaluation window (``context + 1``, see :func:`eval_windows`)."""
+    _require_tokens(f"training split of {corpus.source}", len(corpus.train), context, 2)
+    _require_tokens(f"validation split of {corpus.source}", len(corpus.val), context, 1)
+
+
 def sample_batch(data: np.ndarray, batch_size: int, context: int, generator: torch.Generator) -> Tensor:
     """``batch_size`` random windows of ``context + 1`` consecutive ids: ``[batch_size, context + 1]`` int64."""
-    if len(data) < context + 2:
-        raise ValueError(f"the training split has {len(data)} tokens, fewer than context + 2 = {context + 2}")
+    _require_tokens("training split", len(data), context, 2)
     starts = torch.randint(len(data) - context - 1, (batch_size,), generator=generator).tolist()
     return torch.from_numpy(np.stack([np.asarray(data[s : s + context + 1], dtype=np.int64) for s in starts]))
 
@@ -141,9 +175,8 @@ def sample_batch(data: np.ndarray, batch_size: int, context: int, generator: tor
 def eval_windows(n_tokens: int, context: int, max_windows: int) -> np.ndarray:
     """Start offsets of at most ``max_windows`` windows of ``context + 1`` ids, evenly spread over the
     split and never overlapping in their targets (all of them when the split is short): deterministic."""
+    _require_tokens("validation split", n_tokens, context, 1)
     n_all = (n_tokens - 1) // context
-    if n_all < 1:
-        raise ValueError(f"the validation split has {n_tokens} tokens, fewer than context + 1 = {context + 1}")
     n = min(n_all, max_windows)
     return (np.arange(n) * (n_all // n)) * context
 
@@ -173,35 +206,7 @@ def autocast_context(device: torch.device, amp: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
 
 
-# ---------------------------------------------------------------------------- checkpoints and metrics
-def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
-    """The newest complete ``checkpoints/step-*`` directory of a run, or ``None``."""
-    root = Path(out_dir) / CHECKPOINTS_DIR
-    steps = sorted(root.glob("step-*")) if root.is_dir() else []
-    return steps[-1] if steps else None
-
-
-def _save_checkpoint(out_dir: Path, model: nn.Module, trainer_state: Dict, step: int) -> None:
-    root = out_dir / CHECKPOINTS_DIR
-    root.mkdir(exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    try:
-        save_weights(model, tmp / WEIGHTS_FILE)
-        atomic_write(tmp / TRAINER_FILE, lambda p: torch.save(trainer_state, p))
-        fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(root)
-    atomic_write(out_dir / WEIGHTS_FILE, lambda p: shutil.copyfile(final / WEIGHTS_FILE, p))
-    for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
+# ---------------------------------------------------------------------------- metrics
 def read_metrics(out_dir: Union[str, Path]) -> List[Dict[str, str]]:
     """The rows of a run's ``metrics.csv`` (empty list when there is none)."""
     path = Path(out_dir) / METRICS_FILE
@@ -221,7 +226,9 @@ class _Metrics:
         if not enabled:
             return
         rows = read_metrics(out_dir) if resume_step is not None else []
-        rows = [r for r in rows if int(r["step"]) <= (resume_step or 0)]  # drop rows a killed run wrote past its checkpoint
+        # drop rows a killed run wrote past its checkpoint, and a row it was killed (or ran out of disk) writing
+        rows = [r for r in rows if all(r.get(k) is not None for k in METRICS_FIELDS) and r["step"].isdigit()
+                and int(r["step"]) <= (resume_step or 0)]
         lines = [",".join(METRICS_FIELDS)] + [",".join(r[k] for k in METRICS_FIELDS) for r in rows]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
         try:
@@ -234,7 +241,7 @@ class _Metrics:
         if not self.enabled:
             return
         row = [str(step)] + ["" if values.get(k) is None else repr(float(values[k])) for k in METRICS_FIELDS[1:]]
-        with open(self.path, "a") as f:
+        with naming_os_errors(self.path), open(self.path, "a") as f:
             f.write(",".join(row) + "\n")
         if self.tb is not None:
             for k, v in values.items():
@@ -264,13 +271,20 @@ def train(
         train_cfg: optimisation settings.
         corpus: training and validation ids and their tokenizer.
         out_dir: the run directory (created; must not hold a run unless ``resume``).
-        resume: continue from the newest checkpoint in ``out_dir``; the configs and the tokenizer
-            must equal the saved ones.
+        resume: continue from the newest checkpoint in ``out_dir`` that verifies; the configs and
+            the tokenizer must equal the saved ones.
         device: ``'cpu'``, ``'cuda'`` or ``None`` (CUDA when available).
         progress: show a progress bar (main process only).
 
     Returns:
         the last logged ``{"step", "train_loss", "val_loss", "tokens_per_s"}``.
+
+    Raises:
+        ValueError: a setting, the data or the run directory does not fit (nothing was written);
+            :class:`~fastweights.runlock.RunLockedError`: another process trains in ``out_dir``;
+            :class:`NonFiniteError`: the loss, gradients or weights stopped being finite;
+            :class:`~fastweights.checkpoints.CheckpointError`: ``resume`` found no usable checkpoint.
+        OSError: writing failed (e.g. a full disk), naming the file; the checkpoints are intact.
     """
     if model_cfg.vocab_size != corpus.tokenizer.vocab_size:
         raise ValueError(f"vocabulary mismatch: model vocab_size {model_cfg.vocab_size}, corpus tokenizer {corpus.tokenizer.vocab_size}")
@@ -279,8 +293,10 @@ def train(
     if micro % info.world:
         raise ValueError(f"batch_size / grad_accum = {micro} must be divisible by the number of processes ({info.world})")
     local = micro // info.world
+    check_splits(corpus, model_cfg.context)
     out = Path(out_dir)
-    ckpt = _prepare_out_dir(out, model_cfg, train_cfg, corpus, resume, info)
+    if resume and not (out / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"--resume: {out} holds no run (no {CONFIG_FILE})")
 
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg).to(info.device)
@@ -289,114 +305,228 @@ def train(
     data_gen = torch.Generator().manual_seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed + 1 + info.rank)  # dropout differs between processes
     step, window, elapsed = 0, [0.0, 0], 0.0
-    if ckpt is not None:
-        load_weights(model, ckpt / WEIGHTS_FILE, info.device)
-        state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        data_gen.set_state(state["data_rng"])
-        if len(state["rng"]) != info.world:
-            raise ValueError(f"the checkpoint was written by {len(state['rng'])} processes, this run has {info.world}")
-        torch.set_rng_state(state["rng"][info.rank]["cpu"])
-        if info.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"][info.rank]["cuda"], info.device)
-        step, window, elapsed = state["step"], list(state["loss_window"]), state["elapsed_s"]
-    ddp = model
-    if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                                  find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
-    amp = autocast_dtype(train_cfg, info.device)
-    metrics = _Metrics(out, info.is_main, step if ckpt is not None else None)
-    tokens_per_step = train_cfg.batch_size * model_cfg.context
-    last: Dict[str, float] = {}
-    bar = tqdm(total=train_cfg.steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True, unit="step")
-    t_log, tok_log = time.perf_counter(), 0
-    model.train()
-    try:
-        while step < train_cfg.steps:
-            t_step = time.perf_counter()
-            loss_sum = torch.zeros((), device=info.device)
-            for i in range(train_cfg.grad_accum):
-                batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
-                batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
-                sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
-                with sync:
-                    with autocast_context(info.device, amp):
-                        _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
-                    (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
-                loss_sum += loss.detach().float()
-            if train_cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if info.world > 1:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-            step_loss = loss_sum.item() / (train_cfg.grad_accum * info.world)
-            step += 1
-            window = [window[0] + step_loss, window[1] + 1]
-            elapsed += time.perf_counter() - t_step
-            tok_log += tokens_per_step
-            bar.update(1)
-            val_loss = None
-            if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
-                t_eval = time.perf_counter()
-                val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
-                                    train_cfg.eval_batches * micro, info, amp)
-                t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
-            if step % train_cfg.log_every == 0 or val_loss is not None:
-                now = time.perf_counter()
-                tps = tok_log / max(now - t_log, 1e-9)
-                last = {"step": step, "train_loss": window[0] / window[1], "val_loss": val_loss, "tokens_per_s": tps}
-                metrics.log(step, lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
-                postfix = {"loss": f"{last['train_loss']:.4f}", "tok/s": f"{tps:,.0f}"}
-                if val_loss is not None:
-                    postfix["val"] = f"{val_loss:.4f}"
-                bar.set_postfix(postfix, refresh=False)
-                window, t_log, tok_log = [0.0, 0], now, 0
-            if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                rng = {"cpu": torch.get_rng_state()}
-                if info.device.type == "cuda":
-                    rng["cuda"] = torch.cuda.get_rng_state(info.device)
-                rngs = [rng]
+    guard = _NonFiniteGuard(out, train_cfg.max_bad_steps)
+    with ExitStack() as held:
+        _on_main(info, lambda: held.enter_context(run_lock(out, "fastweights train")))
+        _on_main(info, lambda: _prepare_out_dir(out, model_cfg, train_cfg, corpus, resume))
+        state = _restore(out, model, optimizer, scheduler, info) if resume else None
+        if state is not None:
+            data_gen.set_state(state["data_rng"])
+            if len(state["rng"]) != info.world:
+                raise ValueError(f"the checkpoint was written by {len(state['rng'])} processes, this run has {info.world}")
+            torch.set_rng_state(state["rng"][info.rank]["cpu"])
+            if info.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"][info.rank]["cuda"], info.device)
+            step, window, elapsed = state["step"], list(state["loss_window"]), state["elapsed_s"]
+            guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
+        ddp = model
+        if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                                      find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
+        amp = autocast_dtype(train_cfg, info.device)
+        metrics = _Metrics(out, info.is_main, step if state is not None else None)
+        tokens_per_step = train_cfg.batch_size * model_cfg.context
+        max_norm = train_cfg.grad_clip if train_cfg.grad_clip > 0 else math.inf  # inf: measure the norm only
+        last: Dict[str, float] = {}
+        bar = tqdm(total=train_cfg.steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True, unit="step")
+        t_log, tok_log = time.perf_counter(), 0
+        model.train()
+        try:
+            while step < train_cfg.steps:
+                t_step = time.perf_counter()
+                loss_sum = torch.zeros((), device=info.device)
+                for i in range(train_cfg.grad_accum):
+                    batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
+                    batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
+                    sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
+                    with sync:
+                        with autocast_context(info.device, amp):
+                            _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
+                        (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
+                    loss_sum += loss.detach().float()
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # [], the same on every process
                 if info.world > 1:
-                    rngs = [None] * info.world
-                    dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
-                if info.is_main:
-                    _save_checkpoint(out, model, {
-                        "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "data_rng": data_gen.get_state(), "rng": rngs, "loss_window": window, "elapsed_s": elapsed,
-                    }, step)
-                if info.world > 1:
-                    dist.barrier()
-    finally:
-        bar.close()
-        metrics.close()
+                    dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+                loss_total, norm = torch.stack([loss_sum, grad_norm.to(loss_sum)]).tolist()  # one device sync
+                step_loss = loss_total / (train_cfg.grad_accum * info.world)
+                lr = optimizer.param_groups[0]["lr"]
+                if guard.allows_update(step + 1, step_loss, norm, warn=info.is_main):
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window = [window[0] + step_loss, window[1] + 1]
+                elapsed += time.perf_counter() - t_step
+                tok_log += tokens_per_step
+                bar.update(1)
+                val_loss = None
+                if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+                    t_eval = time.perf_counter()
+                    val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
+                                        train_cfg.eval_batches * micro, info, amp)
+                    t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
+                if step % train_cfg.log_every == 0 or val_loss is not None:
+                    now = time.perf_counter()
+                    tps = tok_log / max(now - t_log, 1e-9)
+                    last = {"step": step, "train_loss": window[0] / window[1], "val_loss": val_loss, "tokens_per_s": tps}
+                    metrics.log(step, lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
+                    postfix = {"loss": f"{last['train_loss']:.4f}", "tok/s": f"{tps:,.0f}"}
+                    if val_loss is not None:
+                        postfix["val"] = f"{val_loss:.4f}"
+                    bar.set_postfix(postfix, refresh=False)
+                    window, t_log, tok_log = [0.0, 0], now, 0
+                if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
+                    guard.check_finite(step, itertools.chain(model.named_parameters(),
+                                                             named_tensors(optimizer.state_dict()["state"], "optimizer")))
+                    _checkpoint(out, model, optimizer, scheduler, data_gen, info,
+                                {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps})
+                    guard.last_good = step
+        finally:
+            bar.close()
+            metrics.close()
     return last
 
 
-def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, corpus: Corpus, resume: bool,
-                     info: DistInfo) -> Optional[Path]:
-    """Create the run directory (or check it for a resume); returns the checkpoint to resume from."""
-    has_run = (out / "config.json").is_file()
+class _NonFiniteGuard:
+    """The non-finite policy: a step whose loss or gradient norm is NaN or infinite makes no update, up
+    to ``max_bad_steps`` in a row (a warning each); one more, or non-finite weights or optimizer state
+    at a checkpoint, raise :class:`NonFiniteError` naming the step and ``last_good``, the newest checkpoint."""
+
+    def __init__(self, out: Path, max_bad_steps: int) -> None:
+        self.out, self.max_bad_steps = out, max_bad_steps
+        self.bad_steps = 0  # in a row, up to now
+        self.last_good: Optional[int] = None
+
+    def allows_update(self, step: int, loss: float, grad_norm: float, warn: bool) -> bool:
+        """Whether step ``step`` (1-based) may update the weights; raises when it is one bad step too many.
+        Every process passes the same loss and norm, so all skip or stop together."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.bad_steps = 0
+            return True
+        self.bad_steps += 1
+        what = (f"non-finite loss at step {step} (loss {loss})" if not math.isfinite(loss) else
+                f"non-finite gradient norm at step {step} (loss {loss:.4f}, gradient norm {grad_norm})")
+        if self.bad_steps > self.max_bad_steps:
+            skipped = (f" after {self.max_bad_steps} skipped step(s) in a row (max_bad_steps={self.max_bad_steps})"
+                       if self.max_bad_steps else "")
+            raise NonFiniteError(what + skipped + self._last_good())
+        if warn:
+            log.warning("%s: update skipped (%d of max_bad_steps=%d in a row)", what, self.bad_steps, self.max_bad_steps)
+        return False
+
+    def check_finite(self, step: int, named: Iterable[Tuple[str, Tensor]]) -> None:
+        """Raise unless every tensor about to be checkpointed after ``step`` is finite."""
+        bad = nonfinite(named)
+        if bad:
+            raise NonFiniteError(f"non-finite values after step {step} in {', '.join(bad[:3])}; not checkpointed" + self._last_good())
+
+    def _last_good(self) -> str:
+        if self.last_good is None:
+            return f"; no checkpoint was written to {self.out} yet"
+        return f"; the last good checkpoint is step {self.last_good} in {self.out}"
+
+
+def _checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data_gen: torch.Generator,
+                info: DistInfo, progress: Dict[str, Any]) -> None:
+    """Write a checkpoint (main process) of the model, the optimizer, the scheduler, the data sampler,
+    every process's RNG states and ``progress`` (step, loss window, elapsed time, bad steps)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if info.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(info.device)
+    rngs = [rng]
+    if info.world > 1:
+        rngs = [None] * info.world
+        dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data_rng": data_gen.get_state(),
+             "rng": rngs, **progress}
+    _on_main(info, lambda: save_checkpoint(out, model, state, progress["step"]))
+
+
+def _on_main(info: DistInfo, fn: Callable[[], T]) -> Optional[T]:
+    """``fn()`` on the main process only, as a collective: a ``ValueError`` or ``OSError`` it raises is
+    raised on every process (the others would wait for the main one forever). ``None`` on the others."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            error = e
+    if info.world > 1:
+        message = [None if error is None else describe_os_error(error) if isinstance(error, OSError) else str(error)]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None and not info.is_main:
+            raise ValueError(message[0])
+    if error is not None:
+        raise error
+    return result
+
+
+def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, corpus: Corpus, resume: bool) -> None:
+    """Under the run lock: check the run directory for a resume, or start a new run in it (the
+    tokenizer, then ``config.json``, which marks a run); remove the temporaries a killed run left."""
+    has_run = (out / CONFIG_FILE).is_file()
     if resume:
         if not has_run:
-            raise FileNotFoundError(f"--resume: {out} holds no run (no config.json)")
+            raise FileNotFoundError(f"--resume: {out} holds no run (no {CONFIG_FILE})")
         saved = read_config(out)
-        for name, cfg, key in (("model", model_cfg, "model"), ("training", train_cfg, "train")):
-            if saved.get(key) != cfg.to_dict():
-                diff = {k: (saved.get(key, {}).get(k), v) for k, v in cfg.to_dict().items() if saved.get(key, {}).get(k) != v}
+        for name, cls, cfg, key in (("model", LMConfig, model_cfg, "model"), ("training", TrainConfig, train_cfg, "train")):
+            try:  # the saved config as this version reads it: fields added since take their defaults
+                saved_cfg = cls.from_dict(saved.get(key, {}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"--resume: the {name} config saved in {out} is not valid: {e}") from None
+            if saved_cfg != cfg:
+                old, new = saved_cfg.to_dict(), cfg.to_dict()
+                diff = {k: (old[k], v) for k, v in new.items() if old[k] != v}
                 raise ValueError(f"--resume: the {name} config differs from the saved run in {out} (saved, given): {diff}")
         check_same_tokenizer(corpus.tokenizer, out)
-        return latest_checkpoint(out)
-    if has_run:
+    elif has_run:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, RUN_FILES)  # only ours: --out may be a directory that holds other files
+    if (out / CHECKPOINTS_DIR).is_dir():
+        remove_temporaries(out / CHECKPOINTS_DIR)
+    if not resume:
         save_tokenizer(corpus.tokenizer, out)
         write_config(out, model_cfg, tokenizer={"kind": corpus.tokenizer.kind, "vocab_size": corpus.tokenizer.vocab_size},
                      data=corpus.info, train=train_cfg.to_dict())
-    if info.world > 1:
-        dist.barrier()
+
+
+def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             info: DistInfo) -> Optional[Dict[str, Any]]:
+    """Load the newest checkpoint that verifies into ``model``, ``optimizer`` and ``scheduler`` and
+    return its trainer state (``None`` when the run has none yet).
+
+    A checkpoint that fails (see :func:`~fastweights.checkpoints.load_checkpoint`, and the optimizer
+    state must fit this optimizer) is reported with a warning and the previous one is tried; once
+    every process has chosen, the main one moves the failed ones aside and republishes the chosen
+    weights as the model directory's. Every process reads the same files, so all choose alike.
+    """
+    candidates = list_checkpoints(out)
+    rejected: List[Path] = []
+    for ckpt in reversed(candidates):
+        try:
+            state = load_checkpoint(ckpt, model, info.device)
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {ckpt} is unusable: its optimizer state does not fit this model: {e}") from e
+        except CheckpointError as e:
+            if info.is_main:
+                log.warning("%s; trying the previous checkpoint", e)
+            rejected.append(ckpt)
+            continue
+        if rejected:
+            _on_main(info, lambda: _set_aside(out, rejected, ckpt))
+        return state
+    if candidates:
+        raise CheckpointError(f"--resume: no usable checkpoint in {out / CHECKPOINTS_DIR} (see the warnings above); "
+                              f"move them away to restart the run from step 0")
     return None
+
+
+def _set_aside(out: Path, rejected: List[Path], chosen: Path) -> None:
+    """Move the rejected checkpoints aside and make the chosen one's weights the model directory's."""
+    moved = [reject_checkpoint(p) for p in rejected]
+    publish_weights(out, chosen)
+    log.warning("resuming from step %d (%s); moved the unusable checkpoints aside: %s",
+                checkpoint_step(chosen), chosen, ", ".join(str(p) for p in moved))

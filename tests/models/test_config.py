@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fastweights.models import (AttentionSpec, LMConfig, TrainConfig, get_preset, get_run_preset, list_attentions,
@@ -75,6 +77,60 @@ def test_overrides() -> None:
         ["steps=10", "model.d_model=64", "train.lr=3e-4", "attention=dpfp-2+delta", "adaptive_cutoffs=null", "tie_embeddings=false"])
     assert (run.train.steps, run.model.d_model, run.train.lr, run.model.attention, run.model.tie_embeddings) == (10, 64, 3e-4, "dpfp-2+delta", False)
     for bad, msg in [("steps", "key=value"), ("=3", "key=value"), ("nope=1", "unknown setting"), ("train.d_model=4", "unknown setting"),
-                     ("steps=0", "positive int"), ("attention=foo", "unknown attention")]:
+                     ("steps=0", "positive int"), ("attention=foo", "unknown attention"), ("lr=abc", "TrainConfig.lr must be")]:
         with pytest.raises(ValueError, match=msg):
             get_run_preset("shakespeare-char").with_overrides([bad])
+
+
+def test_set_values_are_read_as_the_field_type() -> None:
+    for text, value in [("true", True), ("False", False), ("YES", True), ("no", False), ("1", True), ("0", False)]:
+        assert LMConfig.parse_field("tie_embeddings", text) is value
+    assert LMConfig.parse_field("d_head", "null") is None and LMConfig.parse_field("d_head", "None") is None
+    assert LMConfig.parse_field("d_head", "32") == 32
+    assert LMConfig.parse_field("adaptive_cutoffs", "[20000, 40000]") == [20000, 40000] == LMConfig.parse_field("adaptive_cutoffs", "20000,40000")
+    assert TrainConfig.parse_field("lr", "3e-4") == 3e-4 and TrainConfig.parse_field("steps", "10") == 10
+    assert LMConfig.parse_field("attention", "dpfp-2+delta") == "dpfp-2+delta"
+    run = get_run_preset("shakespeare-char").with_overrides(["tie_embeddings=False", "bias=no", "train.lr=5e-4"])
+    assert run.model.tie_embeddings is False and run.model.bias is False and run.train.lr == 5e-4
+
+
+@pytest.mark.parametrize("cls, name, text, message", [
+    (TrainConfig, "lr", "abc", "TrainConfig.lr must be a finite number, got 'abc'"),
+    (TrainConfig, "lr", "inf", "TrainConfig.lr must be a finite number, got inf"),
+    (TrainConfig, "grad_clip", "NaN", "TrainConfig.grad_clip must be a finite number, got nan"),
+    (TrainConfig, "warmup", "1.5", "TrainConfig.warmup must be an int, got '1.5'"),
+    (LMConfig, "bias", "False!", "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False!'"),
+    (LMConfig, "adaptive_cutoffs", "[20000, 4e4]", "LMConfig.adaptive_cutoffs[1] must be an int, got '40000.0'"),
+    (LMConfig, "adaptive_cutoffs", "[20000,", "LMConfig.adaptive_cutoffs must be a list of ints (JSON or comma-separated), got '[20000,'"),
+    (LMConfig, "adaptive_cutoffs", "20000;40000", "LMConfig.adaptive_cutoffs[0] must be an int, got '20000;40000'"),
+])
+def test_set_values_of_the_wrong_type_are_errors(cls, name: str, text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cls.parse_field(name, text)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(beta1=2.0), "TrainConfig.beta1 must be in [0, 1), got 2.0"),
+    (lambda: TrainConfig(beta2=1.0), "TrainConfig.beta2 must be in [0, 1), got 1.0"),
+    (lambda: TrainConfig(lr=1e-3, min_lr=1e-2), "TrainConfig.min_lr must be in [0, lr=0.001], got 0.01"),
+    (lambda: TrainConfig(weight_decay=-1), "TrainConfig.weight_decay must be in [0, inf), got -1.0"),
+    (lambda: TrainConfig(grad_clip=-0.5), "TrainConfig.grad_clip must be in [0, inf), got -0.5"),
+    (lambda: TrainConfig(seed=-1), "TrainConfig.seed must be an int in [0, 2**63), got -1"),
+    (lambda: TrainConfig(seed=2 ** 63), "TrainConfig.seed must be an int in [0, 2**63)"),
+    (lambda: TrainConfig(max_bad_steps=-1), "TrainConfig.max_bad_steps must be an int >= 0, got -1"),
+    (lambda: TrainConfig(lr=float("inf")), "TrainConfig.lr must be a finite number, got inf"),
+    (lambda: TrainConfig(lr="abc"), "TrainConfig.lr must be a finite number, got 'abc'"),
+    (lambda: TrainConfig(steps=True), "TrainConfig.steps must be an int, got True"),
+    (lambda: LMConfig(vocab_size=10, bias="False"), "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False'"),
+    (lambda: LMConfig(vocab_size=10, d_head=0), "LMConfig.d_head must be a positive int or null, got 0"),
+    (lambda: LMConfig(vocab_size=10, dropout=-0.1), "LMConfig.dropout must be in [0, 1), got -0.1"),
+    (lambda: LMConfig(vocab_size=10, adaptive_div_value=0), "LMConfig.adaptive_div_value must be in (0, inf), got 0.0"),
+])
+def test_ranges_name_the_field_the_range_and_the_value(make, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_saved_configs_read_with_the_fields_added_since() -> None:
+    cfg = TrainConfig.from_dict({"lr": 1, "steps": 10})  # a config.json written before max_bad_steps existed
+    assert cfg.max_bad_steps == 0 and cfg.lr == 1.0 and isinstance(cfg.lr, float)

@@ -8,15 +8,27 @@ Examples:
 
 The run directory gets config.json, tokenizer.json, model.safetensors (what `fastweights eval` and
 `generate` read), metrics.csv and checkpoints/.
+
+Everything (settings, data, tokenizer) is checked before --out is touched; one run at a time may
+write a --out (a second one is refused at once). A NaN or infinite loss or gradient norm stops the
+run (--set max_bad_steps=N first skips up to N such steps in a row, with a warning each) and no
+checkpoint with non-finite weights is ever written; --resume verifies the newest checkpoint and
+falls back to the one before it with a warning. Exit status: 0 done; 2 an error (a bad setting or
+file, a locked --out, a diverged run, a full disk), reported in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch.distributed as dist
 
 from ..models import get_run_preset, list_presets
+from ..models.config import parse_overrides
 from ..variants import describe_attentions
 from ..tasks.text import load_corpus
 from ..train import main_first, setup_distributed, train
@@ -31,7 +43,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a text file (split 90/10 into train/val) or a directory with wiki.{train,valid,test}.tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model or training setting, e.g. --set steps=500 --set d_model=256 (repeatable)")
+                   help="override a model or training setting, read as its type, e.g. --set steps=500 --set lr=3e-4 "
+                        "--set tie_embeddings=false --set max_bad_steps=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--tokenizer", default="auto", choices=["auto", "char", "word", "bpe"],
                    help="tokenization (default auto: word for a directory, char for a file)")
@@ -43,25 +56,38 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """Print the trainer's warnings (skipped steps, checkpoint fall-backs) as ``fastweights train: warning: ...``."""
+    logger = logging.getLogger("fastweights")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fastweights train: warning: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 def main(args: argparse.Namespace) -> int:
+    if "vocab_size" in parse_overrides(args.set)["model"]:  # types checked before the data is read
+        raise ValueError("vocab_size comes from the data's tokenizer and cannot be --set")
     info = setup_distributed(args.device)
     try:
         corpus = main_first(info, lambda: load_corpus(
             args.data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
             val_fraction=args.val_fraction, cache_dir=args.cache_dir,
         ))
-        preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size)
-        if any(a.split("=", 1)[0].rpartition(".")[2] == "vocab_size" for a in args.set):
-            raise ValueError("vocab_size comes from the data's tokenizer and cannot be --set")
-        preset = preset.with_overrides(args.set)
+        preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size).with_overrides(args.set)
         if info.is_main:
             tokens = corpus.info["tokens"]
             print(f"data: {args.data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
                   f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}")
             print(f"model: {preset.model}")
             print(f"train: {preset.train}")
-        result = train(preset.model, preset.train, corpus, args.out, resume=args.resume, device=args.device,
-                       progress=not args.no_progress)
+        with _warnings_to_stderr():
+            result = train(preset.model, preset.train, corpus, args.out, resume=args.resume, device=args.device,
+                           progress=not args.no_progress)
         if info.is_main and result:
             print(f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
                   f"{result['tokens_per_s']:,.0f} tokens/s -> {args.out}")

@@ -17,16 +17,25 @@ Attention variant names:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ..ops import check_impl
 from ..variants import parse_attention
 
+#: the words ``--set`` reads as booleans (any case)
+BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+#: the words ``--set`` reads as ``None`` for an optional field (any case)
+NONE_WORDS = ("null", "none")
+
 
 class _DictConfig:
-    """``to_dict`` / ``from_dict`` for the config dataclasses (JSON in ``config.json``)."""
+    """``to_dict`` / ``from_dict`` for the config dataclasses (JSON in ``config.json``), and the checks
+    their ``__post_init__`` runs: every field of its annotated type, then in its range."""
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
@@ -34,8 +43,27 @@ class _DictConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]):
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error."""
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, missing ones take their defaults."""
         return cls(**_checked_fields(cls, d))
+
+    @classmethod
+    def parse_field(cls, name: str, text: str) -> Any:
+        """The value of field ``name`` written as ``text`` (what ``--set name=text`` gives), read as the
+        field's annotated type: an int, a finite float, a bool (true/false, yes/no, 1/0), a string,
+        ``null``/``none`` for an optional field, a list of ints as JSON (``[20000, 40000]``) or
+        comma-separated (``20000,40000``). Ranges are checked when the config is built."""
+        return _from_text(f"{cls.__name__}.{name}", _field_types(cls)[name], text)
+
+    def _check_types(self) -> None:
+        """Replace every field by its value checked against the annotation (an int field takes no bool
+        or float, a float field takes a finite int or float and stores a float, a list becomes a list)."""
+        for name, tp in _field_types(type(self)).items():
+            setattr(self, name, _typed(f"{type(self).__name__}.{name}", tp, getattr(self, name)))
+
+    def _require(self, name: str, ok: bool, expected: str) -> None:
+        """``ValueError`` ``<Config>.<name> must be <expected>, got <value>`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"{type(self).__name__}.{name} must be {expected}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -85,18 +113,16 @@ class LMConfig(_DictConfig):
     decode_impl: str = "recurrent"
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "context", "chunk_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LMConfig.{name} must be a positive int, got {v!r}")
+            self._require(name, getattr(self, name) >= 1, "a positive int")
+        self._require("d_head", self.d_head is None or self.d_head >= 1, "a positive int or null")
         if self.d_head is None and self.d_model % self.n_heads:
             raise ValueError(f"LMConfig.d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set d_head")
-        if self.norm not in ("pre", "post"):
-            raise ValueError(f"LMConfig.norm must be 'pre' or 'post', got {self.norm!r}")
-        if self.pos_emb not in ("learned", "none"):
-            raise ValueError(f"LMConfig.pos_emb must be 'learned' or 'none', got {self.pos_emb!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LMConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        self._require("norm", self.norm in ("pre", "post"), "'pre' or 'post'")
+        self._require("pos_emb", self.pos_emb in ("learned", "none"), "'learned' or 'none'")
+        self._require("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        self._require("adaptive_div_value", self.adaptive_div_value > 0.0, "in (0, inf)")
         spec = parse_attention(self.attention)
         if spec.rule is not None:
             for name in ("impl", "decode_impl"):
@@ -105,12 +131,9 @@ class LMConfig(_DictConfig):
                 except ValueError as e:
                     raise ValueError(f"LMConfig.{name}: {e}") from None
         if self.adaptive_cutoffs is not None:
-            c = list(self.adaptive_cutoffs)
-            if not c or c != sorted(set(c)) or c[0] < 1 or c[-1] >= self.vocab_size:
-                raise ValueError(
-                    f"LMConfig.adaptive_cutoffs must be increasing ints in [1, vocab_size={self.vocab_size}), got {c}"
-                )
-            self.adaptive_cutoffs = c
+            c = self.adaptive_cutoffs
+            self._require("adaptive_cutoffs", bool(c) and c == sorted(set(c)) and c[0] >= 1 and c[-1] < self.vocab_size,
+                          f"increasing ints in [1, vocab_size={self.vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -135,9 +158,14 @@ class TrainConfig(_DictConfig):
         eval_every: evaluate every N steps (and at the end); ``eval_batches``: batches per evaluation.
         ckpt_every: checkpoint every N steps (and at the end).
         log_every: append a metrics row every N steps.
-        seed: seeds model initialisation, data order and dropout.
+        seed: seeds model initialisation, data order and dropout, in [0, 2**63).
         dtype: ``'auto'`` (bf16 autocast where the device supports it well, i.e. CUDA with bf16,
             else float32), ``'float32'`` or ``'bfloat16'``.
+        max_bad_steps: optimiser steps in a row whose loss or gradient norm is not finite that are
+            skipped (no update, a warning each) before the run stops with an error; 0: stop at the first.
+
+    Every float must be finite; ``lr`` in (0, inf), ``min_lr`` in [0, lr], ``beta1``, ``beta2`` in
+    [0, 1), ``weight_decay`` and ``grad_clip`` in [0, inf), ``warmup`` and ``max_bad_steps`` >= 0.
     """
 
     batch_size: int = 12
@@ -156,20 +184,24 @@ class TrainConfig(_DictConfig):
     log_every: int = 10
     seed: int = 1337
     dtype: str = "auto"
+    max_bad_steps: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("batch_size", "steps", "grad_accum", "eval_every", "eval_batches", "ckpt_every", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+            self._require(name, getattr(self, name) >= 1, "a positive int")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"TrainConfig.dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"TrainConfig needs lr > 0 and 0 <= min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
-        if self.warmup < 0 or self.grad_clip < 0:
-            raise ValueError(f"TrainConfig.warmup and grad_clip must be >= 0, got {self.warmup!r}, {self.grad_clip!r}")
+        self._require("dtype", self.dtype in ("auto", "float32", "bfloat16"), "'auto', 'float32' or 'bfloat16'")
+        self._require("lr", self.lr > 0.0, "in (0, inf)")
+        self._require("min_lr", 0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr!r}]")
+        for name in ("beta1", "beta2"):
+            self._require(name, 0.0 <= getattr(self, name) < 1.0, "in [0, 1)")
+        for name in ("weight_decay", "grad_clip"):
+            self._require(name, getattr(self, name) >= 0.0, "in [0, inf)")
+        for name in ("warmup", "max_bad_steps"):
+            self._require(name, getattr(self, name) >= 0, "an int >= 0")
+        self._require("seed", 0 <= self.seed < 2 ** 63, "an int in [0, 2**63)")
 
 
 
@@ -181,28 +213,35 @@ class Preset:
     train: TrainConfig
 
     def with_overrides(self, assignments: Iterable[str]) -> "Preset":
-        """A copy with ``key=value`` assignments applied (``--set`` on the command line).
-
-        ``key`` is a field of :class:`LMConfig` or :class:`TrainConfig`, optionally written
-        ``model.key`` / ``train.key``; ``value`` is read as JSON when it parses (``64``, ``1e-3``,
-        ``true``, ``null``, ``[20000, 40000]``) and as a string otherwise (``dpfp-2+delta``).
-        """
-        updates: Dict[str, Dict[str, Any]] = {"model": {}, "train": {}}
-        names = {"model": {f.name for f in dataclasses.fields(LMConfig)}, "train": {f.name for f in dataclasses.fields(TrainConfig)}}
-        for a in assignments:
-            key, sep, raw = a.partition("=")
-            if not sep or not key:
-                raise ValueError(f"an override must look like key=value, got {a!r}")
-            part, _, name = key.rpartition(".")
-            parts = [part] if part else [p for p in ("model", "train") if name in names[p]]
-            if part not in ("", "model", "train") or not parts or name not in names[parts[0]]:
-                raise ValueError(f"unknown setting {key!r}; model: {sorted(names['model'])}; train: {sorted(names['train'])}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            updates[parts[0]][name] = value
+        """A copy with ``key=value`` assignments applied (``--set`` on the command line); see
+        :func:`parse_overrides`. Out-of-range values raise ``ValueError`` naming the field."""
+        updates = parse_overrides(assignments)
         return Preset(dataclasses.replace(self.model, **updates["model"]), dataclasses.replace(self.train, **updates["train"]))
+
+
+_SECTIONS: Dict[str, type] = {"model": LMConfig, "train": TrainConfig}
+
+
+def parse_overrides(assignments: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+    """``{"model": {field: value}, "train": {field: value}}`` from ``key=value`` strings.
+
+    ``key`` is a field of :class:`LMConfig` or :class:`TrainConfig`, optionally written
+    ``model.key`` / ``train.key``; ``value`` is read as that field's type (see
+    :meth:`LMConfig.parse_field`): ``tie_embeddings=no`` is ``False``, ``lr=abc`` or ``lr=inf`` a
+    ``ValueError``. Only types are checked here; ranges are checked when the configs are built.
+    """
+    updates: Dict[str, Dict[str, Any]] = {part: {} for part in _SECTIONS}
+    names = {part: [f.name for f in dataclasses.fields(cls)] for part, cls in _SECTIONS.items()}
+    for a in assignments:
+        key, sep, raw = a.partition("=")
+        if not sep or not key:
+            raise ValueError(f"an override must look like key=value, got {a!r}")
+        part, _, name = key.rpartition(".")
+        parts = [part] if part else [p for p in _SECTIONS if name in names[p]]
+        if part not in ("", *_SECTIONS) or not parts or name not in names[parts[0]]:
+            raise ValueError(f"unknown setting {key!r}; model: {sorted(names['model'])}; train: {sorted(names['train'])}")
+        updates[parts[0]][name] = _SECTIONS[parts[0]].parse_field(name, raw)
+    return updates
 
 
 def _checked_fields(cls: type, d: Dict[str, Any]) -> Dict[str, Any]:
@@ -213,6 +252,78 @@ def _checked_fields(cls: type, d: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; expected some of {sorted(names)}")
     return d
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> Dict[str, Any]:
+    """The resolved annotation of every field of a config dataclass (``int``, ``Optional[List[int]]``, ...)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _optional_of(tp: Any) -> Optional[Any]:
+    """``T`` for ``Optional[T]``, else ``None``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and type(None) in args:
+        return next(a for a in args if a is not type(None))
+    return None
+
+
+def _expected(tp: Any) -> str:
+    """How an error message names the values of annotation ``tp``."""
+    if _optional_of(tp) is not None:
+        return f"{_expected(_optional_of(tp))} or null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}s"
+    return {int: "an int", float: "a finite number", bool: "a bool (true/false, yes/no, 1/0)", str: "a string"}[tp]
+
+
+def _typed(label: str, tp: Any, value: Any) -> Any:
+    """``value`` checked against annotation ``tp`` (``ValueError`` naming ``label`` otherwise); a float
+    field's int becomes a float, a list field's tuple a list."""
+    inner = _optional_of(tp)
+    if inner is not None:
+        return None if value is None else _typed(label, inner, value)
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{label} must be {_expected(tp)}, got {value!r}")
+        return [_typed(f"{label}[{i}]", typing.get_args(tp)[0], v) for i, v in enumerate(value)]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ValueError(f"{label} must be {_expected(tp)}, got {value!r}")
+    return float(value) if tp is float else value
+
+
+def _from_text(label: str, tp: Any, text: str) -> Any:
+    """The value of annotation ``tp`` written as ``text`` (see :meth:`_DictConfig.parse_field`)."""
+    inner = _optional_of(tp)
+    if inner is not None:
+        return None if text.strip().lower() in NONE_WORDS else _from_text(label, inner, text)
+    if typing.get_origin(tp) is list:
+        stripped = text.strip()
+        try:
+            items = json.loads(stripped) if stripped.startswith("[") else stripped.split(",")
+        except json.JSONDecodeError:
+            items = None
+        if not isinstance(items, list):
+            raise ValueError(f"{label} must be {_expected(tp)} (JSON or comma-separated), got {text!r}")
+        return [_from_text(f"{label}[{i}]", typing.get_args(tp)[0], str(v)) for i, v in enumerate(items)]
+    if tp is bool:
+        if text.strip().lower() not in BOOL_WORDS:
+            raise ValueError(f"{label} must be {_expected(tp)}, got {text!r}")
+        return BOOL_WORDS[text.strip().lower()]
+    if tp is str:
+        return text
+    try:
+        value = tp(text)
+    except ValueError:
+        raise ValueError(f"{label} must be {_expected(tp)}, got {text!r}") from None
+    return _typed(label, tp, value)
 
 
 def _default_pos_emb(attention: str) -> str:

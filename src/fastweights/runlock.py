@@ -1,0 +1,77 @@
+"""One writer per directory: an exclusive lock that a run holds on its output directory while it runs.
+
+    with run_lock("runs/x", "fastweights train"):   # creates runs/x and locks runs/x/.lock
+        ...                                         # another process entering run_lock("runs/x") fails at once
+
+The lock is ``fcntl.flock`` on ``<dir>/.lock`` (POSIX): the kernel releases it when its holder exits
+in any way, SIGKILL included, so a lock never outlives its process and needs no stale-lock
+clean-up. The file itself stays (deleting it would let two processes lock two different files of
+the same name); its content names the holder (PID, host, command, start time) for the refusal
+message. Locks are per open file, so a second :func:`run_lock` on the same directory in the same
+process is refused too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from .errors import UsageError
+
+PathLike = Union[str, "os.PathLike[str]"]
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(UsageError):
+    """The directory is locked by another run (the message names it)."""
+
+
+def describe_holder(lock_path: PathLike) -> str:
+    """``pid 123 on host (fastweights train, since 2024-05-01 12:00:00)``, from a lock file's content
+    (``another process`` when it cannot be read: the holder may not have written it yet)."""
+    try:
+        info = json.loads(Path(lock_path).read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']} ({info['command']}, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextmanager
+def run_lock(directory: PathLike, command: str) -> Iterator[Path]:
+    """Hold the exclusive lock of ``directory`` (created if missing) for the duration of the block.
+
+    Args:
+        directory: the output directory (``--out``) that only one process may write.
+        command: what holds it, for the message another process gets (e.g. ``"fastweights train"``).
+
+    Yields:
+        the lock file ``<directory>/.lock``.
+
+    Raises:
+        RunLockedError: another process (or another :func:`run_lock` of this one) holds the lock.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(
+                f"--out {directory} is in use by {describe_holder(path)}: one directory has one writer; "
+                f"wait for that run to end or choose another --out"
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the last descriptor of the open file releases the lock

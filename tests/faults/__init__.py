@@ -1,0 +1,1 @@
+"""Fault injection: kills, corrupted files, full disks, concurrent writers, NaNs and bad input."""
