@@ -13,7 +13,8 @@ Three tokenizations, one interface (``encode(str) -> list[int]``, ``decode(list[
 :func:`load_corpus` reads a directory of ``wiki.{train,valid,test}.tokens`` (WikiText-2/-103) or a
 single text file (split deterministically: the first ``1 - val_fraction`` of the characters train,
 the rest validate), tokenizes it once and caches the ids as flat ``uint16``/``uint32`` files that
-later runs open as ``numpy.memmap`` at once.
+later runs open as ``numpy.memmap`` at once. The cache is keyed by the files' contents (SHA-256), so
+a file rewritten in place, even with its old size and modification time, is tokenized afresh.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..atomic import atomic_write_text, fsync_dir
+from ..atomic import atomic_write_text, file_sha256, fsync_dir, make_temp_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 TOKENIZER_FILE = "tokenizer.json"
@@ -288,7 +288,7 @@ def load_corpus(
     key = {
         "version": _CACHE_VERSION, "kind": kind, "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
         "val_fraction": val_fraction if src.is_file() else None,
-        "files": {s: [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for s, f in files.items()},
+        "files": {s: file_sha256(f) for s, f in files.items()},
         "tokenizer": hashlib.sha256(tok_text.encode()).hexdigest() if tok_text is not None else None,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -361,7 +361,7 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
         tokenizer = BPETokenizer.train(split_lines["train"](), bpe_vocab_size)
 
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    tmp = make_temp_dir(cache.parent, cache.name)
     try:
         dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
         lengths = {s: _write_ids(tmp / f"{s}.bin", _encode_lines(tokenizer, lines()), dtype) for s, lines in split_lines.items()}
