@@ -1,4 +1,5 @@
-"""`fastweights capacity`: files written, resume after an interruption, argument errors, presets."""
+"""`fastweights capacity`: files written, resume after an interruption, the cells a rerun reuses, presets
+(argument errors: tests/test_cli_errors.py)."""
 
 from __future__ import annotations
 
@@ -66,38 +67,30 @@ def test_cli_rerun_skips_done_cells_and_adds_new_ones(tmp_path, capsys):
     assert after[0] == before[0] and [r.n_keys for r in after] == [3, 5]
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--methods", "dpfp-2+hebb"], "unknown method 'dpfp-2\\+hebb'; valid methods: softmax, linear"),
-        (["--keys", "20:10:5"], "keys must be START:STOP:STEP"),
-        (["--keys", "a,b"], "keys must be START:STOP:STEP"),
-        (["--keys", "1,4"], "S values >= 2"),
-        (["--queries", "some"], "--queries must be a positive int or 'all'"),
-        (["--queries", "0"], "queries must be a positive int"),
-        (["--max-steps", "0"], "max_steps must be a positive int"),
-        (["--preset", "paper-setting1", "--setting", "2"], "preset 'paper-setting1' has no such setting"),
-        (["--device", "nonsense"], "--device"),
-        (["--threads", "0"], "--threads must be >= 1"),
-    ],
-)
-def test_bad_arguments_give_clear_errors(tmp_path, args, message):
-    with pytest.raises(SystemExit, match=message):
-        main(["capacity", *args, "--out", str(tmp_path)])
-    assert not (tmp_path / "results.json").exists()
+def test_a_cell_trained_under_another_training_rule_is_trained_again(tmp_path):
+    """A cell's result is reused only under the same whole TrainConfig (window, patience, ...), not
+    just the same step cap: switching preset must not pick up cells trained under other settings."""
+    grid = (Grid(1, ("linear",), (3,)),)
+    trained = []
+    for patience in (1, 2, 2):
+        config = SweepConfig(grid, TrainConfig(max_steps=4, window=2, patience=patience, eval_batches=1), queries=1, d=4)
+        run_sweep(config, tmp_path, on_start=lambda i, n, cell: trained.append(patience))
+    assert trained == [1, 2]  # the third run found its cell done
+    rows = load_results(tmp_path)
+    assert [(r.patience, r.window, r.lr) for r in rows] == [(1, 2, 1e-3), (2, 2, 1e-3)]
 
 
-def test_argparse_rejects_unknown_preset_and_setting(capsys):
-    for args in (["--preset", "huge"], ["--setting", "4"]):
-        with pytest.raises(SystemExit):
-            main(["capacity", *args])
-        assert "invalid choice" in capsys.readouterr().err
-
-
-def test_results_of_another_experiment_are_not_overwritten(tmp_path):
-    (tmp_path / "results.json").write_text('{"rows": []}')
-    with pytest.raises(SystemExit, match="not a results file"):
-        main(["capacity", *TINY, "--out", str(tmp_path)])
+def test_results_of_an_older_version_are_refused(tmp_path):
+    """Rows without the training rule cannot be matched to a cell: a clear error, not a silent reuse."""
+    config = SweepConfig((Grid(1, ("linear",), (3,)),), TrainConfig(max_steps=2, eval_batches=1), queries=1, d=4)
+    run_sweep(config, tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    for row in doc["cells"]:
+        del row["window"], row["patience"]
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="is not a results file of this experiment \\(its cells lack window, patience: "
+                                         "written by an older version\\); use another --out"):
+        run_sweep(config, tmp_path)
 
 
 def test_keys_and_presets():

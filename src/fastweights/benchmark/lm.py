@@ -39,8 +39,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..arguments import check_device, check_output_path
 from ..models import LanguageModel
 from ..models.config import LMConfig, TrainConfig
+from ..ops import list_backends
 from ..train import autocast_context, autocast_dtype, make_optimizer
 from ..variants import parse_attention
 from .ops import peak_rss_mb, return_freed_memory
@@ -257,16 +259,35 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="where to write the results; '' for nowhere (default: benchmarks/results/lm_<device>.json)")
 
 
+def check_config(cfg: LMBenchConfig) -> None:
+    """A ``ValueError`` naming the option, before any work, for what is wrong whatever the cell: an
+    unknown attention or impl, a width the heads do not divide, a ``--json`` that cannot be
+    written. (An impl that one variant's rule lacks, such as ``parallel`` for delta, is that
+    variant's failing row.)"""
+    check_device(cfg.device)
+    for attention in cfg.attentions:
+        try:
+            parse_attention(attention)
+        except ValueError as e:
+            raise ValueError(f"--attentions {attention}: {e}") from None
+    impls = sorted({b.name for b in list_backends(available=False)})
+    if cfg.impl != "auto" and cfg.impl not in impls:
+        raise ValueError(f"--impl must be 'auto' or one of {impls}, got {cfg.impl!r}")
+    if cfg.d_model % cfg.heads:
+        raise ValueError(f"--d-model ({cfg.d_model}) must be divisible by --heads ({cfg.heads})")
+    if cfg.json:
+        check_output_path(cfg.json, "--json")
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run :func:`run` from parsed arguments; print the table and the ratios to softmax."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fastweights bench: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
-        return 2
+    """Run :func:`run` from parsed arguments (checked by :func:`check_config`); print the table and
+    the ratios to softmax."""
     given = {k: getattr(args, k) for k in DEVICE_DEFAULTS[args.device]}
     sized = {k: DEVICE_DEFAULTS[args.device][k] if v is None else v for k, v in given.items()}
     cfg = LMBenchConfig(device=args.device, attentions=args.attentions, vocab=args.vocab, impl=args.impl, steps=args.steps,
                         warmup=args.warmup, dtype=args.dtype,
                         json=f"benchmarks/results/lm_{args.device}.json" if args.json is None else args.json, **sized)
+    check_config(cfg)
     result = run(cfg, log=print)
     if result["ratios"]:
         print(f"\ntokens/s relative to {BASELINE}:\n{format_ratios(result)}")

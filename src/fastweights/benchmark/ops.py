@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -63,6 +62,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..arguments import check_device, check_output_path
 from ..ops import Backend, get_op, get_rule, list_backends, list_rules
 from . import peers as peer_impls
 
@@ -641,12 +641,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run :func:`run` from parsed arguments; print the table. Exit code 2 for ``--device cuda`` without CUDA."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fastweights bench: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
-        return 2
+    """Run :func:`run` from parsed arguments; print the table. A ``ValueError`` (before any work) for
+    ``--device cuda`` without CUDA, a ``--max-seconds`` <= 0 or a ``--json`` that cannot be written."""
+    check_device(args.device)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise ValueError(f"--max-seconds must be > 0, got {args.max_seconds}")
     names = {f.name for f in fields(BenchConfig)} - {"device"}
     cfg = configured(args.device, **{n: getattr(args, n) for n in names if hasattr(args, n)})
+    if cfg.json:
+        check_output_path(cfg.json, "--json")
     result = run(cfg, log=print)
     print("\nResults:\n")
     print(format_table(result))

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..arguments import check_device, check_output_path
 from ..tasks.capacity import METHOD_HELP
 from ..tasks.capacity_report import format_table, plot_results
-from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, parse_keys, run_sweep
+from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
 from ..tasks.retrieval import SETTINGS
 
 
@@ -64,25 +65,13 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(grids, train, queries, args.d if args.d is not None else config.d, args.seed)
 
 
-def check_device(name: str) -> torch.device:
-    """``torch.device(name)``, checked to exist on this machine."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device: {e}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
-    return device
-
-
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = build_config(args)
-        device = check_device(args.device)
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    except ValueError as e:
-        raise SystemExit(f"fastweights capacity: error: {e}")
+    config = build_config(args)
+    device = check_device(args.device)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_output_path(args.out, "--out", folder=True)
+    load_results(args.out)  # results of another experiment there: refused before the progress bar
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -115,8 +104,6 @@ def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) ->
     start = time.perf_counter()
     try:
         rows = run_sweep(config, out, device, on_start=on_start, on_step=on_step, on_result=on_result)
-    except ValueError as e:
-        raise SystemExit(f"fastweights capacity: error: {e}")
     finally:
         bar.close()
     print("\n" + format_table(rows))

@@ -29,12 +29,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def build_layer(args: argparse.Namespace) -> FastWeightAttention:
+    """The demo's layer, its arguments checked first (a ``ValueError`` naming the option)."""
+    for name in ("length", "d_model", "heads", "nu"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.d_model % args.heads:
+        raise ValueError(f"--d-model ({args.d_model}) must be divisible by --heads ({args.heads})")
+    kwargs = {"nu": args.nu} if args.feature_map == "dpfp" else {}
+    try:
+        return FastWeightAttention(args.d_model, args.heads, rule=args.rule, feature_map=args.feature_map,
+                                   feature_map_kwargs=kwargs, impl=args.impl).eval()
+    except ValueError as e:
+        raise ValueError(f"--rule {args.rule} --impl {args.impl} --feature-map {args.feature_map}: {e}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    kwargs = {"nu": args.nu} if args.feature_map == "dpfp" else {}
-    layer = FastWeightAttention(args.d_model, args.heads, rule=args.rule, feature_map=args.feature_map,
-                                feature_map_kwargs=kwargs, impl=args.impl).eval()
-    print(layer)
+    layer = build_layer(args)
     x = torch.randn(1, args.length, args.d_model)
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -46,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
             y_t, s = layer.step(x[:, t], s)
             ys.append(y_t)
         t_step = time.perf_counter() - t0
+    print(layer)
     diff = (torch.stack(ys, 1) - y).abs().max().item()
     n_state = sum(v.numel() for v in state.values())
     print(f"tokens: {args.length}   parallel forward: {t_par * 1e3:.1f} ms   "

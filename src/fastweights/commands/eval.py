@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-
+from ..arguments import check_device, check_output_path
 from ..evaluate import PROTOCOLS, evaluate
 from ..models import load_model, read_config
 from ..tasks.text import TOKENIZER_FILE, load_corpus
@@ -45,20 +44,30 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The options that need no model or data, checked before any work (a ``ValueError`` naming the option)."""
+    for name, least in (("stride", 1), ("segment", 1), ("max_tokens", 2), ("batch_size", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    check_device(args.device)
+    if args.json is not None:
+        check_output_path(args.json, "--json")
+
+
 def main(args: argparse.Namespace) -> int:
-    try:
-        model, cfg = load_model(args.checkpoint, args.device)
-        val_fraction = args.val_fraction or (read_config(args.checkpoint).get("data") or {}).get("val_fraction", 0.1)
-        corpus = load_corpus(args.data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction)
-        if args.split not in corpus.splits:
-            raise ValueError(f"--data {args.data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
-        protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-        results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
-                           segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                           progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fastweights eval: error: {e}", file=sys.stderr)
-        return 2
+    check_args(args)
+    model, cfg = load_model(args.checkpoint, args.device)
+    val_fraction = args.val_fraction or (read_config(args.checkpoint).get("data") or {}).get("val_fraction", 0.1)
+    corpus = load_corpus(args.data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction)
+    if args.split not in corpus.splits:
+        raise ValueError(f"--data {args.data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
+                       segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                       progress=not args.no_progress)
 
     unit = "char" if corpus.tokenizer.kind == "char" else "token"
     print(f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {args.data}")
@@ -71,5 +80,6 @@ def main(args: argparse.Namespace) -> int:
     if args.json is not None:
         doc = {"checkpoint": str(args.checkpoint), "attention": cfg.attention, "data": str(args.data), "split": args.split,
                "stride": args.stride, "max_tokens": args.max_tokens, "results": [r.to_dict() for r in results]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

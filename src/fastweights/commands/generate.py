@@ -12,13 +12,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Any, Dict
 
 import torch
+from torch import Tensor
 
+from ..arguments import check_output_path
+from ..errors import UsageError
 from ..generate import generate
-from ..models import load_model
+from ..models import LanguageModel, load_model
 from ..state import load_state, save_state
 from ..tasks.text import load_tokenizer
 
@@ -35,18 +38,43 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-state", type=Path, default=None, help="write the final state here (safetensors)")
 
 
+def _leaves(node: Any, name: str = "") -> Dict[str, Any]:
+    """The leaves of a nested state (dicts and lists) by dotted name: ``{"layers.0.S": tensor, "pos": 5}``."""
+    if not isinstance(node, (dict, list)):
+        return {name: node}
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    return {leaf: x for key, child in items for leaf, x in _leaves(child, f"{name}.{key}" if name else str(key)).items()}
+
+
+def check_loaded_state(state: Any, model: LanguageModel, path: Path) -> None:
+    """``state`` (read from ``--load-state path``) must be one of ``model``'s: the entries of its empty
+    state, each tensor of the same widths (the batch and a growing cache dimension aside)."""
+    got, want = _leaves(state), _leaves(model.init_state(1))
+    if set(got) != set(want):
+        raise UsageError(f"--load-state {path} is not a state of this model ({model.cfg.attention}): it has "
+                         f"{sorted(set(got) - set(want))[:4]}, the model's state has {sorted(set(want) - set(got))[:4]}")
+    for name, empty in want.items():
+        loaded = got[name]
+        if isinstance(empty, Tensor) and not (
+                isinstance(loaded, Tensor) and loaded.dim() == empty.dim()
+                and all(w in (0, g) for g, w in zip(loaded.shape[1:], empty.shape[1:]))):
+            shape = list(loaded.shape) if isinstance(loaded, Tensor) else type(loaded).__name__
+            raise UsageError(f"--load-state {path} is not a state of this model ({model.cfg.attention}): its {name} "
+                             f"is {shape}, the model's [B, {', '.join(map(str, empty.shape[1:]))}]")
+
+
 def main(args: argparse.Namespace) -> int:
-    try:
-        model, _ = load_model(args.checkpoint, args.device)
-        tokenizer = load_tokenizer(args.checkpoint)
-        prompt = tokenizer.encode(args.prompt)
-        state = load_state(args.load_state, args.device) if args.load_state is not None else None
-        generator = torch.Generator(args.device).manual_seed(args.seed)
-        new, state = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              generator=generator, state=state)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fastweights generate: error: {e}", file=sys.stderr)
-        return 2
+    if args.save_state is not None:
+        check_output_path(args.save_state, "--save-state")
+    model, _ = load_model(args.checkpoint, args.device)
+    tokenizer = load_tokenizer(args.checkpoint)
+    prompt = tokenizer.encode(args.prompt)
+    state = load_state(args.load_state, args.device) if args.load_state is not None else None
+    if state is not None:
+        check_loaded_state(state, model, args.load_state)
+    generator = torch.Generator(args.device).manual_seed(args.seed)
+    new, state = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          generator=generator, state=state)
     print(args.prompt + tokenizer.decode(new))
     if args.save_state is not None:
         save_state(args.save_state, state)

@@ -36,6 +36,7 @@ then sequential: one step of the rule's one-token form per pair.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -226,7 +227,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CellResult:
-    """One trained (setting, method, S) cell: what the CSV and JSON rows hold."""
+    """One trained (setting, method, S) cell: what the CSV and JSON rows hold, the whole
+    :class:`TrainConfig` it was trained under included (``max_steps`` to ``eval_batches``)."""
 
     setting: int
     method: str
@@ -238,6 +240,13 @@ class CellResult:
     d: int
     seed: int
     max_steps: int
+    lr: float
+    batch_size: int
+    target_loss: float
+    window: int
+    patience: int
+    min_improvement: float
+    eval_batches: int
     final_loss: float
     steps: int
     seconds: float
@@ -297,7 +306,7 @@ def train_cell(
     final = evaluate(model, RetrievalTask(setting, n_keys, queries, seed=seed + 1), config, device)
     return CellResult(
         setting=setting, method=method.name, feature_map=method.feature_map or "softmax", rule=method.rule,
-        d_dot=method.d_dot(d), n_keys=n_keys, queries=queries, d=d, seed=seed, max_steps=config.max_steps,
+        d_dot=method.d_dot(d), n_keys=n_keys, queries=queries, d=d, seed=seed, **dataclasses.asdict(config),
         final_loss=final, steps=step, seconds=round(time.perf_counter() - start, 2), stopped=stopped,
     )
 

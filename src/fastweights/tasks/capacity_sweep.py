@@ -2,7 +2,9 @@
 
 Each finished cell is appended to ``results.json`` and ``results.csv`` in the output folder at
 once, so an interrupted sweep restarted with the same folder skips the cells already there (a
-cell is the same when its setting, method, S, queries, width d, seed and step cap agree).
+cell is the same when its setting, method, S, queries, width d, seed and whole training rule,
+:class:`~fastweights.tasks.capacity.TrainConfig`, agree: a preset with another window or patience
+trains its own cells).
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
+from ..arguments import check_output_path
 from .capacity import CellResult, TrainConfig, parse_method, train_cell
 from .retrieval import check_setting, queryable
 
 Queries = Union[int, str]
-CellKey = Tuple[int, str, int, int, int, int, int]
+CellKey = Tuple[Union[int, float, str], ...]
 CSV_NAME, JSON_NAME = "results.csv", "results.json"
 FIELDS = [f.name for f in dataclasses.fields(CellResult)]
+#: What identifies a cell's result: the cell and the training rule that produced it.
+KEY_FIELDS = ("setting", "method", "n_keys", "queries", "d", "seed") + tuple(f.name for f in dataclasses.fields(TrainConfig))
+#: The largest S: a sequence holds up to 2S pairs, each with a one-hot value of width S (the paper goes to 600).
+MAX_KEYS = 2048
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,8 @@ class Grid:
             raise ValueError("methods must name at least one method")
         for name in self.methods:
             parse_method(name)
-        if not self.keys or any(not isinstance(s, int) or s < 2 for s in self.keys):
-            raise ValueError(f"keys (S values) must be ints >= 2, got {list(self.keys)}")
+        if not self.keys or any(not isinstance(s, int) or not 2 <= s <= MAX_KEYS for s in self.keys):
+            raise ValueError(f"keys (S values) must be ints in [2, {MAX_KEYS}], got {list(self.keys)}")
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,12 @@ class SweepConfig:
                     yield grid.setting, method, s, w if self.queries == "all" else min(self.queries, w)
 
     def cell_key(self, setting: int, method: str, n_keys: int, queries: int) -> CellKey:
-        """What identifies a cell's result in the results files."""
-        return (setting, method, n_keys, queries, self.d, self.seed, self.train.max_steps)
+        """What identifies a cell's result in the results files (the values of :data:`KEY_FIELDS`)."""
+        return (setting, method, n_keys, queries, self.d, self.seed) + dataclasses.astuple(self.train)
 
 
 def _key(row: CellResult) -> CellKey:
-    return (row.setting, row.method, row.n_keys, row.queries, row.d, row.seed, row.max_steps)
+    return tuple(getattr(row, name) for name in KEY_FIELDS)
 
 
 # ---------------------------------------------------------------------------------- presets
@@ -152,20 +159,25 @@ def get_preset(name: str) -> SweepConfig:
 
 
 def parse_keys(text: str) -> Tuple[int, ...]:
-    """``'20:600:20'`` (start:stop:step, stop included) or ``'8,16,32'`` -> a tuple of S values."""
+    """``'20:600:20'`` (start:stop:step, stop included) or ``'8,16,32'`` -> a tuple of S values in
+    ``[2, MAX_KEYS]`` (checked before a range is expanded)."""
     try:
         if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            if len(parts) != 3 or parts[2] < 1 or parts[1] < parts[0]:
+            start, stop, step = (int(p) for p in text.split(":"))
+            if step < 1 or stop < start:
                 raise ValueError
-            keys = tuple(range(parts[0], parts[1] + 1, parts[2]))
+            smallest, largest = start, stop
         else:
             keys = tuple(int(p) for p in text.split(",") if p.strip())
+            smallest, largest = min(keys), max(keys)
     except ValueError:
         raise ValueError(f"keys must be START:STOP:STEP (e.g. 20:600:20) or a comma list (e.g. 8,16,32), got {text!r}") from None
-    if not keys or min(keys) < 2:
+    if smallest < 2:
         raise ValueError(f"keys must give S values >= 2, got {text!r}")
-    return keys
+    if largest > MAX_KEYS:
+        raise ValueError(f"keys must give S values <= {MAX_KEYS} (a sequence holds up to 2S pairs with one-hot values "
+                         f"of width S), got {text!r}")
+    return tuple(range(start, stop + 1, step)) if ":" in text else keys
 
 
 # ---------------------------------------------------------------------------------- results files
@@ -176,6 +188,9 @@ def load_results(out: Union[str, Path]) -> List[CellResult]:
         return []
     try:
         rows = json.loads(path.read_text())["cells"]
+        missing = sorted({name for row in rows for name in FIELDS if name not in row}, key=FIELDS.index)
+        if missing:
+            raise ValueError(f"its cells lack {', '.join(missing)}: written by an older version")
         return [CellResult(**row) for row in rows]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a results file of this experiment ({e}); use another --out") from None
@@ -217,6 +232,7 @@ def run_sweep(
     ``on_step(step, loss)`` after every training step (see :func:`train_cell`) and
     ``on_result(i, n, result, skipped)`` once a cell is trained or found done before.
     """
+    check_output_path(out, "--out", folder=True)  # before any cell is trained, not at its first write
     rows = load_results(out)
     done = {_key(r): r for r in rows}
     cells = list(config.cells())
