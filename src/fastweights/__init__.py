@@ -4,12 +4,14 @@ Schlag, Irie & Schmidhuber (ICML 2021), "Linear Transformers Are Secretly Fast W
 """
 
 from .feature_maps import FeatureMap, get_feature_map, list_feature_maps, register_feature_map
+from .generate import generate
 from .layers import FastWeightAttention, SoftmaxAttention
+from .models import LanguageModel, load_model
 from .ops import get_op, list_ops
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FastWeightAttention", "SoftmaxAttention", "FeatureMap",
-    "get_feature_map", "list_feature_maps", "register_feature_map", "get_op", "list_ops",
+    "FastWeightAttention", "SoftmaxAttention", "FeatureMap", "LanguageModel",
+    "generate", "get_feature_map", "list_feature_maps", "load_model", "register_feature_map", "get_op", "list_ops",
 ]

@@ -149,3 +149,51 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="neither a fastweights nor a `tokenizers` tokenizer"):
         load_tokenizer(tmp_path / "tok.json")
     assert not list(tmp_path.glob(".*")), "a failed build left temporary files"
+
+
+# ---------------------------------------------------------------------------- tokenizer.json as `tokenizers` JSON
+TRICKY = ["", "\n", "the cat\nsat", "\n the  cat \t\n\n<eos> x<eos>y dog\r\n", "a\x1cb\u3000c\u2028d\xa0e", "ünï cödé ☃\n\n"]
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_tokenizer_json_is_a_tokenizers_json_with_our_ids(tmp_path: Path, kind: str) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    text = "".join(TRICKY) + sample_text(30)
+    ours = CharTokenizer.from_text(text) if kind == "char" else WordTokenizer.from_lines(text.splitlines())
+    save_tokenizer(ours, tmp_path)
+    theirs = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert theirs.get_vocab_size() == ours.vocab_size
+    for s in TRICKY + [sample_text(5, seed=1), "the zebra\n" if kind == "word" else "cat"]:
+        ids = ours.encode(s)
+        assert theirs.encode(s).ids == ids
+        assert theirs.decode(ids) == ours.decode(ids)
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is type(ours) and loaded.vocab == ours.vocab
+
+
+def test_whitespace_is_pythons() -> None:
+    import re
+    import sys
+
+    python = {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+    matched = {c for c in map(chr, range(sys.maxunicode + 1)) if re.fullmatch(f"[{text.WHITESPACE}]", c)}
+    assert matched == python
+
+
+@pytest.mark.parametrize("tok", [CharTokenizer(list("abc \n")), WordTokenizer(["<eos>", "<unk>", "hi", "there"])])
+def test_earlier_tokenizer_files_are_still_read(tmp_path: Path, tok) -> None:
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"fastweights_tokenizer": tok.kind, "vocab": tok.vocab}))
+    loaded = load_tokenizer(tmp_path)
+    assert type(loaded) is type(tok) and loaded.vocab == tok.vocab
+    check_same_tokenizer(tok, tmp_path)
+
+
+def test_other_word_level_tokenizers_stay_generic(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_str(WordTokenizer(["<eos>", "<unk>", "hi"]).to_json())
+    tok.add_special_tokens(["<pad>"])  # not what WordTokenizer writes: read as a plain `tokenizers` tokenizer
+    (tmp_path / "tokenizer.json").write_text(tok.to_str())
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, BPETokenizer) and loaded.vocab_size == 4

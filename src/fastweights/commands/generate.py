@@ -2,28 +2,30 @@
 
 The prompt is read by one parallel forward that hands its final state to decoding; each new token
 is one `step`: fast-weight models update a fixed-size matrix per layer, the softmax baseline
-appends to its KV cache. --save-state writes the state after the prompt and the generated text
+appends to its KV cache. The text is printed as it is generated. --stop ends the text at a token
+(e.g. a newline); --save-state writes the state after the prompt and the generated text
 (safetensors) and --load-state continues from such a file, so a stream can be paused and resumed.
 
 Example:
-  fastweights generate --checkpoint runs/shakespeare-delta --prompt "ROMEO:" --max-new-tokens 300
+  fastweights generate --checkpoint runs/shakespeare-delta --prompt "ROMEO:" --max-new-tokens 300 --top-p 0.9
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, TextIO
 
 import torch
 from torch import Tensor
 
 from ..arguments import check_output_path
 from ..errors import UsageError
-from ..generate import generate
+from ..generate import check_sampling, generate
 from ..models import LanguageModel, load_model
 from ..state import load_state, save_state
-from ..tasks.text import load_tokenizer
+from ..tasks.text import Tokenizer, load_tokenizer
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -32,10 +34,46 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample among the most likely tokens holding probability p, in (0, 1] (default: all)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop after generating this token (text of exactly one token, e.g. a newline); repeatable")
     p.add_argument("--seed", type=int, default=1337, help="sampler seed (default: 1337)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--load-state", type=Path, default=None, help="continue from a state saved by --save-state")
     p.add_argument("--save-state", type=Path, default=None, help="write the final state here (safetensors)")
+
+
+class TextStream:
+    """Prints the text of tokens as they arrive, after a prompt.
+
+    The continuation is the decoded prompt-plus-tokens minus the decoded prompt, so word-level text
+    gets its separating space (``"the"`` + ``"come"`` -> ``"the come"``); text ending in an
+    incomplete character (a byte-level BPE token cut inside a UTF-8 sequence) waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: List[int], out: TextIO) -> None:
+        self.tokenizer, self.ids, self.out = tokenizer, list(prompt_ids), out
+        self.shown = len(tokenizer.decode(self.ids))
+
+    def __call__(self, row: int, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            self.out.write(text[self.shown:])
+            self.out.flush()
+            self.shown = len(text)
+
+
+def stop_ids(tokenizer: Tokenizer, texts: List[str]) -> List[int]:
+    """The token id of each ``--stop`` text (a ``UsageError`` unless it is exactly one token)."""
+    ids = []
+    for text in texts:
+        encoded = tokenizer.encode(text)
+        if len(encoded) != 1:
+            raise UsageError(f"--stop must be the text of one token, got {text!r} ({len(encoded)} tokens: {encoded})")
+        ids.append(encoded[0])
+    return ids
 
 
 def _leaves(node: Any, name: str = "") -> Dict[str, Any]:
@@ -69,13 +107,18 @@ def main(args: argparse.Namespace) -> int:
     model, _ = load_model(args.checkpoint, args.device)
     tokenizer = load_tokenizer(args.checkpoint)
     prompt = tokenizer.encode(args.prompt)
+    stop = stop_ids(tokenizer, args.stop)
     state = load_state(args.load_state, args.device) if args.load_state is not None else None
     if state is not None:
         check_loaded_state(state, model, args.load_state)
+    check_sampling(args.temperature, args.top_k, args.top_p)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    new, state = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          generator=generator, state=state)
-    print(args.prompt + tokenizer.decode(new))
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    _, state = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        generator=generator, state=state, top_p=args.top_p, stop_tokens=stop,
+                        on_token=TextStream(tokenizer, prompt, sys.stdout))
+    print()
     if args.save_state is not None:
         save_state(args.save_state, state)
     return 0

@@ -2,8 +2,10 @@
 attention factory -> feed-forward -> block -> adaptive input -> the model.
 
 ``LMState = {"pos": int, "layers": [layer_state, ...]}``: ``pos`` counts the tokens consumed so
-far (a forward with a state starts at position ``pos``); each layer state is that attention
-layer's own (fast weights ``{"S", ...}`` of constant size, or the softmax KV cache ``{"k", "v"}``).
+far (a forward with a state starts at position ``pos``), or is a ``[B]`` tensor of per-row counts
+when the rows read prompts of different lengths (a batch of prompts, see
+:func:`fastweights.generate.prefill`); each layer state is that attention layer's own (fast weights
+``{"S", ...}`` of constant size, or the softmax KV cache ``{"k", "v", ...}``).
 """
 
 from __future__ import annotations
@@ -193,16 +195,20 @@ class LanguageModel(nn.Module):
         B, T = idx.shape
         if state is not None and (not isinstance(state, dict) or set(state) != {"pos", "layers"} or len(state["layers"]) != len(self.blocks)):
             raise ValueError(f"state must be an LMState {{'pos': int, 'layers': [{len(self.blocks)} layer states]}}")
-        pos0 = 0 if state is None else int(state["pos"])
+        pos0 = 0 if state is None else state["pos"]  # int, or [B] per-row positions
+        if isinstance(pos0, Tensor) and pos0.shape != (B,):
+            raise ValueError(f"state['pos'] must be an int or a [B={B}] tensor, got shape {list(pos0.shape)}")
         layer_states: List[Optional[dict]] = [None] * len(self.blocks) if state is None else list(state["layers"])
         x = self.wte(idx) if self.wte is not None else adaptive_input(idx, self.head)  # [B, T, d_model]
         if self.wpe is not None:
-            if pos0 + T > self.cfg.context:
+            last = int(pos0.max()) if isinstance(pos0, Tensor) else int(pos0)
+            if last + T > self.cfg.context:
                 raise ValueError(
-                    f"learned positions cover {self.cfg.context} tokens, asked for positions {pos0}..{pos0 + T - 1}; "
+                    f"learned positions cover {self.cfg.context} tokens, asked for positions up to {last + T - 1}; "
                     "use a sliding window (or pos_emb='none')"
                 )
-            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # [B, T, d_model]
+            pos = torch.as_tensor(pos0, device=idx.device)[..., None] + torch.arange(T, device=idx.device)  # [T] or [B, T]
+            x = x + self.wpe(pos)  # [B, T, d_model]
         x = self.drop(x)
         for i, blk in enumerate(self.blocks):
             x, layer_states[i] = blk(x, layer_states[i], recurrent=recurrent)

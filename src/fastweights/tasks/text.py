@@ -10,6 +10,11 @@ Three tokenizations, one interface (``encode(str) -> list[int]``, ``decode(list[
 - ``'bpe'``: byte-level BPE from the ``tokenizers`` library, trained on the training split or
   loaded from a ``tokenizer.json``.
 
+Every ``tokenizer.json`` is a ``tokenizers`` JSON (char and word as WordLevel models whose
+pre-tokenizer and decoder reproduce the rules above), so ``tokenizers.Tokenizer.from_file`` and
+``transformers.PreTrainedTokenizerFast(tokenizer_file=...)`` read it with the same ids; the earlier
+``{"fastweights_tokenizer": kind, "vocab": [...]}`` files are still read.
+
 :func:`load_corpus` reads a directory of ``wiki.{train,valid,test}.tokens`` (WikiText-2/-103) or a
 single text file (split deterministically: the first ``1 - val_fraction`` of the characters train,
 the rest validate), tokenizes it once and caches the ids as flat ``uint16``/``uint32`` files that
@@ -34,6 +39,8 @@ from ..atomic import atomic_write_text, file_sha256, fsync_dir, make_temp_dir
 
 PathLike = Union[str, "os.PathLike[str]"]
 TOKENIZER_FILE = "tokenizer.json"
+#: the characters ``str.split()`` splits words at (Python's whitespace), as the body of a regex class
+WHITESPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 WIKITEXT_SPLITS = {"train": "wiki.train.tokens", "val": "wiki.valid.tokens", "test": "wiki.test.tokens"}
 _CACHE_VERSION = 1
 _LINES_PER_CHUNK = 20000
@@ -69,7 +76,12 @@ class CharTokenizer:
         return "".join(self.vocab[i] for i in ids)
 
     def to_json(self) -> str:
-        return json.dumps({"fastweights_tokenizer": self.kind, "vocab": self.vocab}, ensure_ascii=False)
+        """``tokenizers`` JSON: WordLevel over the characters, text split into single characters, ids
+        decoded by concatenation."""
+        from tokenizers import Regex, decoders, pre_tokenizers
+
+        return _word_level_json(self.vocab, None, pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"),
+                                decoders.Fuse())
 
 
 class WordTokenizer:
@@ -127,7 +139,21 @@ class WordTokenizer:
         return "\n".join(lines + [" ".join(words)])
 
     def to_json(self) -> str:
-        return json.dumps({"fastweights_tokenizer": self.kind, "vocab": self.vocab}, ensure_ascii=False)
+        """``tokenizers`` JSON: WordLevel over the words; a newline becomes a ``<eos>`` word, words split
+        at whitespace; decoding joins words with spaces and turns ``<eos>`` into a newline without
+        spaces around it."""
+        from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+
+        decoder = decoders.Sequence([
+            decoders.Replace(Regex(f"^{self.eos}$"), " \n"),  # " "-prefixed: glued to the word before
+            decoders.WordPiece(prefix=" ", cleanup=False),  # the other words get a space before them
+            decoders.Fuse(),
+            decoders.Replace("\n ", "\n"),  # no space after a newline
+            decoders.Strip(" ", 1, 0),  # nor before a leading one
+        ])
+        return _word_level_json(self.vocab, normalizers.Replace("\n", f" {self.eos} "),
+                                pre_tokenizers.Split(Regex(f"[{WHITESPACE}]+"), behavior="removed"), decoder,
+                                unk=self.unk)
 
 
 class BPETokenizer:
@@ -172,8 +198,39 @@ class BPETokenizer:
 Tokenizer = Union[CharTokenizer, WordTokenizer, BPETokenizer]
 
 
+def _word_level_json(vocab: List[str], normalizer: object, pre_tokenizer: object, decoder: object,
+                     unk: str = "<unk>") -> str:
+    """The ``tokenizers`` JSON of a WordLevel model (id i = ``vocab[i]``) with these parts."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    tok = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=unk))
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoder
+    return tok.to_str()
+
+
+def _as_word_level(canonical: dict) -> Optional[Tokenizer]:
+    """The char or word tokenizer whose :meth:`to_json` is ``canonical`` (a parsed ``tokenizers``
+    JSON, as the installed ``tokenizers`` writes it), or ``None``."""
+    model = canonical.get("model") or {}
+    if model.get("type") != "WordLevel":
+        return None
+    vocab = sorted(model["vocab"], key=model["vocab"].__getitem__)
+    for cls in (CharTokenizer, WordTokenizer):
+        try:
+            tok = cls(vocab)
+        except ValueError:
+            continue
+        if json.loads(tok.to_json()) == canonical:
+            return tok
+    return None
+
+
 def tokenizer_from_json(text: str, source: str = "tokenizer") -> Tokenizer:
-    """Rebuild a tokenizer from :meth:`to_json` output (ours) or a ``tokenizers`` JSON (BPE)."""
+    """Rebuild a tokenizer from :meth:`to_json` output, the earlier fastweights format, or any
+    ``tokenizers`` JSON (as :class:`BPETokenizer`)."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -186,9 +243,10 @@ def tokenizer_from_json(text: str, source: str = "tokenizer") -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     try:
-        return BPETokenizer(HFTokenizer.from_str(text))
+        tok = HFTokenizer.from_str(text)
     except Exception as e:  # tokenizers raises its own exception types
         raise ValueError(f"{source} is neither a fastweights nor a `tokenizers` tokenizer: {e}") from None
+    return _as_word_level(json.loads(tok.to_str())) or BPETokenizer(tok)
 
 
 def load_tokenizer(path: PathLike) -> Tokenizer:
