@@ -1,18 +1,21 @@
 """Hugging Face ``transformers`` integration (``pip install fastweights[hf]``).
 
 Importing this package registers the model type ``"fastweights"`` with ``AutoConfig``,
-``AutoModelForCausalLM`` and ``AutoTokenizer`` (the fast tokenizer reads ``tokenizer.json``)::
+``AutoModelForCausalLM`` and ``AutoTokenizer`` (whose fast tokenizer reads ``tokenizer.json``)::
 
     import fastweights.hf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
+    from fastweights.hf import FastWeightsForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained("runs/shakespeare-delta")
-    tok = AutoTokenizer.from_pretrained("runs/shakespeare-delta")
-    out = model.generate(**tok(["ROMEO:", "JULIET: O"], return_tensors="pt", padding=True),
-                         max_new_tokens=50, do_sample=True, top_p=0.9)
+    model = FastWeightsForCausalLM.from_pretrained("runs/shakespeare-delta")  # or AutoModelForCausalLM
+    tok = PreTrainedTokenizerFast(tokenizer_file="runs/shakespeare-delta/tokenizer.json", padding_side="left")
+    tok.pad_token = " "  # any token: padded positions are masked out
+    batch = tok(["ROMEO:\n", "JULIET:\nO "], return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=40, do_sample=True, top_p=0.9, pad_token_id=tok.pad_token_id)
 
-Every attention variant works; the state is a :class:`FastWeightCache`. The core library never
-imports ``transformers``.
+Every attention variant works; the state is a :class:`FastWeightCache`. ``AutoModelForCausalLM``
+needs ``"model_type": "fastweights"`` in ``config.json`` (``save_pretrained`` writes it). The core
+library never imports ``transformers``.
 """
 
 from __future__ import annotations
