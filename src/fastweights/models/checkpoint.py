@@ -27,8 +27,11 @@ FORMAT = "fastweights-lm"
 
 
 def write_config(directory: Union[str, Path], cfg: LMConfig, **extra: Any) -> None:
-    """Atomically write ``config.json`` with the model config and ``extra`` sections (tokenizer, data, train)."""
-    doc: Dict[str, Any] = {"format": FORMAT, "version": 1, "model": cfg.to_dict(), **extra}
+    """Atomically write ``config.json`` with the model config and ``extra`` sections (tokenizer, data, train).
+
+    ``model_type`` lets ``transformers.AutoModelForCausalLM.from_pretrained`` load the directory
+    (after ``import fastweights.hf``)."""
+    doc: Dict[str, Any] = {"format": FORMAT, "version": 1, "model_type": "fastweights", "model": cfg.to_dict(), **extra}
     atomic_write_text(Path(directory) / CONFIG_FILE, json.dumps(doc, indent=2) + "\n")
 
 
