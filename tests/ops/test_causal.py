@@ -8,7 +8,7 @@ bad query: its own output only), and so is the final state of a sequence with a 
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
 from typing import Dict, Optional, Sequence
 
 import pytest
@@ -148,7 +148,8 @@ def test_a_finite_value_outside_a_rules_bounds_is_an_error():
     """A rule's ``bounds`` (here the delta rule's rate in [0, 2]): a finite value outside is a
     ValueError naming the input, the interval and the values; values inside, and non-finite values
     (handled causally), pass."""
-    op = Op(replace(get_rule("delta"), bounds={"beta": (0.0, 2.0)}), get_op("delta", "chunk").backend)
+    assert get_rule("delta").bounds == {"beta": (0.0, 2.0)}
+    op = get_op("delta", "chunk")
     x = {n: t.detach() if t is not None else None for n, t in make_inputs(1, T, H, D, D).items()}
     for beta in (2.0, 0.0):
         _run(op, {**x, "beta": torch.full_like(x["beta"], beta)})
@@ -158,3 +159,11 @@ def test_a_finite_value_outside_a_rules_bounds_is_an_error():
         with pytest.raises(ValueError, match=rf"beta must lie in \[0, 2\] for rule 'delta', got 1 value\(s\) outside, "
                                              rf"from {beta:g} to {beta:g}"):
             _run(op, _poisoned(x, "beta", [(0, 4, 0, beta)]))
+
+
+def test_the_gated_delta_rules_decay_is_bounded():
+    """Its log decay g = log(alpha) must be <= 0 (alpha <= 1): a growing memory is refused."""
+    assert get_rule("gated_delta").bounds == {"beta": (0.0, 2.0), "g": (-math.inf, 0.0)}
+    x = {n: t.detach() if t is not None else None for n, t in make_inputs(1, T, H, D, D, rule="gated_delta").items()}
+    with pytest.raises(ValueError, match=r"g must lie in \[-inf, 0\] for rule 'gated_delta'"):
+        _run(get_op("gated_delta", "chunk"), {**x, "g": x["g"].abs() + 0.1})

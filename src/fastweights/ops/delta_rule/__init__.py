@@ -68,6 +68,7 @@ RULE = RuleSpec(
     apply=apply,
     key_norm=True,
     learned_rate=True,
+    bounds={"beta": (0.0, 2.0)},  # I - beta k k^T contracts for unit keys only while 0 <= beta <= 2
     forms=(
         torch_form("delta", "naive", naive_core),
         torch_form("delta", "chunk", chunk_core, priority=10),

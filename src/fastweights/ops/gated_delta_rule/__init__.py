@@ -8,6 +8,7 @@ that forgets over a few hundred tokens until trained otherwise).
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ RULE = RuleSpec(
     normalize=False,
     key_norm=True,
     learned_rate=True,
+    bounds={"beta": (0.0, 2.0), "g": (-math.inf, 0.0)},  # as the delta rule's; a decay alpha = e^g <= 1
     forms=(
         torch_form("gated_delta", "naive", naive_core),
         torch_form("gated_delta", "chunk", chunk_core, priority=10),
