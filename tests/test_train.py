@@ -151,10 +151,12 @@ def test_sigkill_then_resume_equals_uninterrupted(text_file: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_processes_match_one(text_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("carry", ["false", "true"])
+def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str) -> None:
+    """DDP on 2 processes equals 1 process, windowed or streamed (each process its own streams and states)."""
     args = ["train", "--preset", "shakespeare-char", "--attention", "dpfp-2+delta", "--data", str(text_file),
             "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=5", "--set", "eval_every=5", "--set", "ckpt_every=5",
-            "--device", "cpu"]
+            "--set", f"carry_state={carry}", "--device", "cpu"]
     one = run_cli(["-m", "fastweights.cli", *args, "--out", str(tmp_path / "one")])
     assert one.wait(timeout=300) == 0, one.stdout.read()
     two = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", *args,

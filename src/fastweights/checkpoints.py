@@ -4,6 +4,8 @@ before a resume, the newest two kept.
     <out>/checkpoints/step-00000100/model.safetensors   the weights
                                     trainer.pt          optimizer, scheduler, RNG and sampler states, step
                                                         (torch.save; read with weights_only=True)
+                                    carry.safetensors   streamed training only: the carried states of every
+                                                        process (fastweights.state, safetensors)
                                     manifest.json       {"step": 100, "sha256": {"model.safetensors": ..., "trainer.pt": ...}}
     <out>/checkpoints/rejected-step-00000200/           one that failed verification, moved aside by a resume
 
@@ -29,10 +31,12 @@ from torch import Tensor, nn
 
 from .atomic import atomic_write, atomic_write_text, file_sha256, fsync_dir, make_temp_dir
 from .models.checkpoint import WEIGHTS_FILE, load_weights, save_weights
+from .state import load_state, save_state
 
 PathLike = Union[str, "os.PathLike[str]"]
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_FILE = "trainer.pt"
+CARRY_FILE = "carry.safetensors"
 MANIFEST_FILE = "manifest.json"
 REJECTED_PREFIX = "rejected-"
 KEEP_CHECKPOINTS = 2
@@ -83,9 +87,11 @@ def _torch_save(obj: Any, path: str) -> None:
         torch.save(obj, f)
 
 
-def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str, Any], step: int) -> Path:
-    """Write ``checkpoints/step-<step>`` (weights, trainer state, manifest), copy its weights to
-    ``<out>/model.safetensors`` and delete all but the newest :data:`KEEP_CHECKPOINTS` checkpoints.
+def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str, Any], step: int,
+                    carry: Optional[Any] = None) -> Path:
+    """Write ``checkpoints/step-<step>`` (weights, trainer state, the ``carry`` states of streamed
+    training if any, manifest), copy its weights to ``<out>/model.safetensors`` and delete all but
+    the newest :data:`KEEP_CHECKPOINTS` checkpoints.
 
     The caller checks the weights are finite first (:func:`nonfinite`): a checkpoint is a point a
     run may go back to. Returns the checkpoint directory.
@@ -98,7 +104,11 @@ def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str
     try:
         save_weights(model, tmp / WEIGHTS_FILE)
         atomic_write(tmp / TRAINER_FILE, lambda p: _torch_save(trainer_state, p))
-        manifest = {"step": step, "sha256": {name: file_sha256(tmp / name) for name in (WEIGHTS_FILE, TRAINER_FILE)}}
+        files = [WEIGHTS_FILE, TRAINER_FILE]
+        if carry is not None:
+            save_state(tmp / CARRY_FILE, carry)
+            files.append(CARRY_FILE)
+        manifest = {"step": step, "sha256": {name: file_sha256(tmp / name) for name in files}}
         atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
         fsync_dir(tmp)
         if final.exists():
@@ -124,7 +134,8 @@ def publish_weights(out_dir: PathLike, ckpt: PathLike) -> None:
 
 
 def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.device]) -> Dict[str, Any]:
-    """Verify a checkpoint and load its weights into ``model``; returns its trainer state (on the CPU).
+    """Verify a checkpoint and load its weights into ``model``; returns its trainer state (on the CPU),
+    with the carried states of streamed training under ``"carry"`` when the checkpoint has them.
 
     Verified: the files' SHA-256 against the manifest (checkpoints written before manifests existed
     have none and skip this), the weights load into ``model`` with every tensor matching and are
@@ -143,6 +154,8 @@ def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.d
         state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("step") != checkpoint_step(ckpt):
             raise CheckpointError(f"{TRAINER_FILE} is not the trainer state of step {checkpoint_step(ckpt)}")
+        if (ckpt / CARRY_FILE).exists():
+            state["carry"] = load_state(ckpt / CARRY_FILE)
         bad = nonfinite(named_tensors(state))
         if bad:
             raise CheckpointError(f"non-finite trainer state in {', '.join(bad[:3])}")

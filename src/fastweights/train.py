@@ -5,7 +5,8 @@ Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.Langu
 :class:`~fastweights.tasks.text.Corpus` and writes to ``out_dir``:
 
     config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.checkpoint)
-    metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s
+    metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s,
+                                                     val_protocol (windows, or carried-state with carry_state)
     checkpoints/step-XXXXXXXX/                       weights, trainer state (optimizer, scheduler, RNG states,
                                                      data-sampler state, step), manifest; the last two kept
                                                      (see fastweights.checkpoints)
@@ -15,7 +16,17 @@ Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.Langu
 Each optimiser step draws ``batch_size`` windows of ``context + 1`` tokens at random from the
 training ids with a dedicated generator (identical on every process; process r of W takes its
 slice), so the data position is that generator's state and a run on W processes sees the same
-global batch as a run on one. Checkpoints are written into a temporary directory, fsynced and
+global batch as a run on one.
+
+With ``carry_state`` (fast-weight models) the step instead reads the next ``context`` tokens of
+``batch_size`` contiguous streams (:class:`~fastweights.streams.TokenStreams`; micro-batch i of an
+accumulated step takes rows ``[i m, (i + 1) m)``, process r its slice of those), each row starting
+from the state its stream ended the previous step with, detached: truncated back-propagation
+through time. The states are reset to empty at the start of each pass over the data, and a
+checkpoint holds the stream position and every process's states, so a resume is exact. Validation
+then scores the validation split with the carried-state protocol
+(:func:`fastweights.evaluate.carried_state_loss`: one stream, segments of ``context`` tokens), the
+headline number of such a model and what ``fastweights eval --protocol carried-state`` reports. Checkpoints are written into a temporary directory, fsynced and
 renamed, and loaded with ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects).
 
 Failures:
@@ -58,13 +69,16 @@ from .atomic import atomic_write_text, naming_os_errors, remove_temporaries
 from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
                           load_checkpoint, named_tensors, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
 from .errors import describe_os_error
+from .evaluate import carried_state_loss, is_fast_weight_model
 from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from .runlock import run_lock
+from .streams import TokenStreams, detach_state
 from .tasks.text import TOKENIZER_FILE, Corpus, check_same_tokenizer, save_tokenizer
 
 METRICS_FILE = "metrics.csv"
-METRICS_FIELDS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s"]
+METRICS_FIELDS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_protocol"]
+_ADDED_FIELDS = ("val_protocol",)  # absent from the metrics of runs written before it
 RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE)  # what the run directory's top level holds
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -227,9 +241,9 @@ class _Metrics:
             return
         rows = read_metrics(out_dir) if resume_step is not None else []
         # drop rows a killed run wrote past its checkpoint, and a row it was killed (or ran out of disk) writing
-        rows = [r for r in rows if all(r.get(k) is not None for k in METRICS_FIELDS) and r["step"].isdigit()
-                and int(r["step"]) <= (resume_step or 0)]
-        lines = [",".join(METRICS_FIELDS)] + [",".join(r[k] for k in METRICS_FIELDS) for r in rows]
+        rows = [r for r in rows if all(r.get(k) is not None for k in METRICS_FIELDS if k not in _ADDED_FIELDS)
+                and r["step"].isdigit() and int(r["step"]) <= (resume_step or 0)]
+        lines = [",".join(METRICS_FIELDS)] + [",".join(r.get(k) or "" for k in METRICS_FIELDS) for r in rows]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -237,10 +251,11 @@ class _Metrics:
             return
         self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
 
-    def log(self, step: int, **values: Optional[float]) -> None:
+    def log(self, step: int, val_protocol: Optional[str] = None, **values: Optional[float]) -> None:
         if not self.enabled:
             return
-        row = [str(step)] + ["" if values.get(k) is None else repr(float(values[k])) for k in METRICS_FIELDS[1:]]
+        row = [str(step)] + ["" if values.get(k) is None else repr(float(values[k])) for k in METRICS_FIELDS[1:-1]]
+        row.append(val_protocol or "")
         with naming_os_errors(self.path), open(self.path, "a") as f:
             f.write(",".join(row) + "\n")
         if self.tb is not None:
@@ -300,6 +315,8 @@ def train(
 
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg).to(info.device)
+    streams = _streams(model, corpus, model_cfg, train_cfg)
+    carried: List[Optional[Dict[str, Any]]] = [None] * train_cfg.grad_accum  # per micro-batch: this process's rows
     optimizer = make_optimizer(model, train_cfg, info.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_cfg) / train_cfg.lr)
     data_gen = torch.Generator().manual_seed(train_cfg.seed)
@@ -318,6 +335,9 @@ def train(
             if info.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"][info.rank]["cuda"], info.device)
             step, window, elapsed = state["step"], list(state["loss_window"]), state["elapsed_s"]
+            if streams is not None:
+                streams.load_state_dict(state["streams"])
+                carried = _to_device(state["carry"]["ranks"][info.rank], info.device)
             guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
         ddp = model
         if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
@@ -335,14 +355,23 @@ def train(
             while step < train_cfg.steps:
                 t_step = time.perf_counter()
                 loss_sum = torch.zeros((), device=info.device)
+                if streams is not None:
+                    segments, reset = streams.next()  # [batch_size, context + 1]
+                    if reset:  # a new pass over the data: every stream starts from an empty state
+                        carried = [None] * train_cfg.grad_accum
                 for i in range(train_cfg.grad_accum):
-                    batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
+                    if streams is None:
+                        batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
+                    else:
+                        batch = segments[i * micro : (i + 1) * micro]  # [micro, context + 1]: micro-batch i's streams
                     batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
                     sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
                     with sync:
                         with autocast_context(info.device, amp):
-                            _, loss, _ = ddp(batch[:, :-1], batch[:, 1:], return_logits=False)
+                            _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False)
                         (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
+                    if streams is not None:  # truncated BPTT: the state carries on, its graph does not
+                        carried[i] = {"pos": 0, "layers": detach_state(new_state["layers"])}
                     loss_sum += loss.detach().float()
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # [], the same on every process
                 if info.world > 1:
@@ -362,14 +391,19 @@ def train(
                 val_loss = None
                 if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
                     t_eval = time.perf_counter()
-                    val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
-                                        train_cfg.eval_batches * micro, info, amp)
+                    if streams is None:
+                        val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
+                                            train_cfg.eval_batches * micro, info, amp)
+                    else:
+                        val_loss = evaluate_carried(model, corpus.val, model_cfg.context,
+                                                    train_cfg.eval_batches * micro * model_cfg.context)  # the windows' tokens
                     t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
                 if step % train_cfg.log_every == 0 or val_loss is not None:
                     now = time.perf_counter()
                     tps = tok_log / max(now - t_log, 1e-9)
                     last = {"step": step, "train_loss": window[0] / window[1], "val_loss": val_loss, "tokens_per_s": tps}
-                    metrics.log(step, lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
+                    metrics.log(step, val_protocol=None if val_loss is None else "windows" if streams is None else "carried-state",
+                                lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
                     postfix = {"loss": f"{last['train_loss']:.4f}", "tok/s": f"{tps:,.0f}"}
                     if val_loss is not None:
                         postfix["val"] = f"{val_loss:.4f}"
@@ -378,8 +412,11 @@ def train(
                 if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                     guard.check_finite(step, itertools.chain(model.named_parameters(),
                                                              named_tensors(optimizer.state_dict()["state"], "optimizer")))
-                    _checkpoint(out, model, optimizer, scheduler, data_gen, info,
-                                {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps})
+                    progress_state = {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps}
+                    if streams is not None:
+                        progress_state["streams"] = streams.state_dict()
+                    _checkpoint(out, model, optimizer, scheduler, data_gen, info, progress_state,
+                                carried if streams is not None else None)
                     guard.last_good = step
         finally:
             bar.close()
@@ -427,19 +464,53 @@ class _NonFiniteGuard:
 
 
 def _checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data_gen: torch.Generator,
-                info: DistInfo, progress: Dict[str, Any]) -> None:
+                info: DistInfo, progress: Dict[str, Any], carried: Optional[List[Any]] = None) -> None:
     """Write a checkpoint (main process) of the model, the optimizer, the scheduler, the data sampler,
-    every process's RNG states and ``progress`` (step, loss window, elapsed time, bad steps)."""
+    every process's RNG states, ``progress`` (step, loss window, elapsed time, bad steps, stream
+    position) and, in streamed training, every process's ``carried`` states (one per micro-batch)."""
     rng = {"cpu": torch.get_rng_state()}
     if info.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(info.device)
-    rngs = [rng]
+    rngs, carries = [rng], [_to_device(carried, torch.device("cpu"))]
     if info.world > 1:
-        rngs = [None] * info.world
+        rngs, carries = [None] * info.world, [None] * info.world
         dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
+        dist.all_gather_object(carries, carries[0])
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data_rng": data_gen.get_state(),
              "rng": rngs, **progress}
-    _on_main(info, lambda: save_checkpoint(out, model, state, progress["step"]))
+    carry = {"ranks": carries} if carried is not None else None
+    _on_main(info, lambda: save_checkpoint(out, model, state, progress["step"], carry))
+
+
+def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: TrainConfig) -> Optional[TokenStreams]:
+    """The training streams of a ``carry_state`` run (``None`` otherwise), checked before anything is written."""
+    if not train_cfg.carry_state:
+        return None
+    if not is_fast_weight_model(model):
+        raise ValueError(f"carry_state=true needs fast-weight attention, got attention={model_cfg.attention!r}: softmax "
+                         f"attention's state (its KV cache) grows with the text; train it on windows (carry_state=false)")
+    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context)
+
+
+def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int) -> float:
+    """Validation loss of a streamed run: the carried-state protocol over the first ``max_tokens + 1``
+    ids of ``data`` (all of it when shorter), as ``fastweights eval --protocol carried-state
+    --max-tokens`` computes it. Every process computes the same number."""
+    was_training = model.training
+    loss = carried_state_loss(model, torch.from_numpy(np.asarray(data[: max_tokens + 1], dtype=np.int64)), context).nats
+    model.train(was_training)
+    return loss
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    """Every tensor of a nesting of dicts and lists moved to ``device``."""
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_to_device(v, device) for v in tree]
+    return tree
 
 
 def _on_main(info: DistInfo, fn: Callable[[], T]) -> Optional[T]:

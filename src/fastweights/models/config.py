@@ -163,6 +163,10 @@ class TrainConfig(_DictConfig):
             else float32), ``'float32'`` or ``'bfloat16'``.
         max_bad_steps: optimiser steps in a row whose loss or gradient norm is not finite that are
             skipped (no update, a warning each) before the run stops with an error; 0: stop at the first.
+        carry_state: streamed training (fast-weight models only): the training split is read as
+            ``batch_size`` contiguous streams, each step starting from the state the previous one
+            ended with, detached (truncated BPTT, see :mod:`fastweights.streams`); validation then
+            uses the carried-state protocol. ``False``: independent random windows from an empty state.
 
     Every float must be finite; ``lr`` in (0, inf), ``min_lr`` in [0, lr], ``beta1``, ``beta2`` in
     [0, 1), ``weight_decay`` and ``grad_clip`` in [0, inf), ``warmup`` and ``max_bad_steps`` >= 0.
@@ -185,6 +189,7 @@ class TrainConfig(_DictConfig):
     seed: int = 1337
     dtype: str = "auto"
     max_bad_steps: int = 0
+    carry_state: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
