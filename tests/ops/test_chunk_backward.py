@@ -1,4 +1,6 @@
-"""The hand-derived backward of the chunk forms: gradcheck, the batched inverse, and what is saved."""
+"""The hand-derived backward of the chunk forms: gradcheck, the batched inverse, and what is saved
+(gradchecks of every form with all its inputs, the gated delta rule's log decays included, are in
+test_state_and_varlen.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from torch.autograd import gradcheck
 
 from fastweights.ops._chunked import from_chunks, to_chunks, unit_lower_inverse
 from fastweights.ops.delta_rule.chunk import chunk_core as delta_chunk_core
+from fastweights.ops.gated_delta_rule.chunk import chunk_core as gated_chunk_core
 from fastweights.ops.sum_rule.chunk import chunk_core as sum_chunk_core
 
 
@@ -35,13 +38,30 @@ def test_delta_rule_backward_gradcheck_without_rates() -> None:
     assert gradcheck(lambda q, k, v, s: delta_chunk_core(q, k, v, None, s, 4), (q, k, v, s0))
 
 
+def _log_decays(like: torch.Tensor) -> torch.Tensor:
+    """Log decays ``logsigmoid(randn)`` shaped like the rates ``[B, H, T]``."""
+    return F.logsigmoid(torch.randn(like.shape, generator=torch.Generator().manual_seed(1), dtype=like.dtype))
+
+
+def _gated_chunk_core(q, k, v, beta, s0, chunk_size: int):
+    """The gated delta chunk form with log decays that require grad."""
+    return gated_chunk_core(q, k, v, beta, s0, chunk_size, g=_log_decays(beta).requires_grad_())
+
+
+def test_gated_delta_rule_backward_gradcheck_with_a_constant_decay() -> None:
+    """Log decays that need no gradient (the backward skips dg) still decay every other gradient."""
+    q, k, v, beta, s0 = _inputs(7, 3, 2)
+    g = _log_decays(beta)
+    assert gradcheck(lambda q, k, v, b, s: gated_chunk_core(q, k, v, b, s, 4, g=g), (q, k, v, beta, s0))
+
+
 @pytest.mark.parametrize("T, chunk_size", [(8, 4), (7, 4), (5, 3), (2, 4)])
 def test_sum_rule_backward_gradcheck(T: int, chunk_size: int) -> None:
     q, k, v, _, s0 = _inputs(T, 3, 2)
     assert gradcheck(lambda q, k, v, s: sum_chunk_core(q, k, v, None, s, chunk_size), (q, k, v, s0))
 
 
-@pytest.mark.parametrize("core", [sum_chunk_core, delta_chunk_core], ids=["sum", "delta"])
+@pytest.mark.parametrize("core", [sum_chunk_core, delta_chunk_core, _gated_chunk_core], ids=["sum", "delta", "gated"])
 def test_backward_with_only_one_output_used(core) -> None:
     """A loss on o alone or on S_T alone (the other output's gradient is None) backpropagates."""
     q, k, v, beta, s0 = _inputs(9, 3, 2)
@@ -67,7 +87,7 @@ def test_chunk_layout_round_trip(T: int, C: int) -> None:
     torch.testing.assert_close(from_chunks(xc, 2, 3, T), x, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("core", [sum_chunk_core, delta_chunk_core], ids=["sum", "delta"])
+@pytest.mark.parametrize("core", [sum_chunk_core, delta_chunk_core, _gated_chunk_core], ids=["sum", "delta", "gated"])
 def test_saved_for_backward_is_linear_in_T(core) -> None:
     """Only O(T (C + d)) values and the chunk-boundary states are kept, never a state per token."""
     T, d, C = 256, 16, 16

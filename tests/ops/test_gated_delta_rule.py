@@ -8,7 +8,7 @@ import torch
 from fastweights.layers import FastWeightAttention
 from fastweights.ops import get_op
 
-from .helpers import assert_close, make_inputs
+from .helpers import assert_close, assert_rel_close, make_inputs, run_with_grads
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunk"])
@@ -46,6 +46,18 @@ def test_strong_decay_forgets() -> None:
     o, _ = get_op("gated_delta")(x["q"], x["k"], x["v"], x["beta"], g=g)
     o_tail, _ = get_op("gated_delta")(x["q"][:, 10:], x["k"][:, 10:], x["v"][:, 10:], x["beta"][:, 10:])
     assert_close(o[:, 10:], o_tail, "output after the reset", rtol=1e-12, atol=1e-12)
+
+
+def test_chunk_backward_survives_a_decay_beyond_float32() -> None:
+    """A chunk that forgets e^-120 (1 / Gamma would overflow float32) backpropagates like the float64 definition."""
+    x = make_inputs(1, 40, 2, 8, 8, rule="gated_delta")
+    g = x["g"].detach().clone()
+    g[:, 3:7] = -30.0  # [B, T, H]: inside the first chunk of 16
+    ref = run_with_grads(get_op("gated_delta", "naive"), {**x, "g": g.requires_grad_()})
+    x32 = {n: t.detach().float().requires_grad_() for n, t in {**x, "g": g}.items()}
+    o, s, grads = run_with_grads(get_op("gated_delta", "chunk"), x32, chunk_size=16)
+    for name, a, e in [("o", o, ref[0]), ("state", s, ref[1])] + [(f"grad of {n}", grads[n], ref[2][n]) for n in grads]:
+        assert_rel_close(a, e, name, 1e-4)
 
 
 def test_layer_learns_a_decay_near_one() -> None:

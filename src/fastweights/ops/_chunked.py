@@ -1,4 +1,5 @@
-"""Building blocks of the hand-differentiated chunk forms (``sum_rule/chunk.py``, ``delta_rule/chunk.py``).
+"""Building blocks of the hand-differentiated chunk forms (``sum_rule/chunk.py``, ``delta_rule/chunk.py``,
+which the gated delta rule shares).
 
 Layout: the chunk forms work on *chunk-major* tensors ``[N, B*H, C, D]`` (N chunks of C tokens).
 Chunk ``n`` of every head is then one contiguous ``[B*H, C, D]`` block, so the scan over chunks
@@ -99,21 +100,63 @@ def unit_lower_inverse(m: Tensor) -> Tensor:
     return m
 
 
-class UnitLowerInverse(torch.autograd.Function):
-    """``L^-1`` of unit lower-triangular ``L`` (:func:`unit_lower_inverse`) with its gradient for
-    autograd-differentiated forms: ``dL = -strict_lower(L^-T dX L^-T)`` (the diagonal is fixed)."""
+class Decay:
+    """No decay inside the chunks (the delta rule): every method is the identity and costs nothing.
 
-    @staticmethod
-    def forward(ctx, m: Tensor) -> Tensor:
-        inv = unit_lower_inverse(m.detach().clone())  # [..., C, C]
-        ctx.save_for_backward(inv)
-        return inv
+    :class:`CumulativeDecay` is the same interface for per-token decays; the hand-written chunk
+    backward of the delta rule is written once against it, for both rules.
+    """
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (inv,) = ctx.saved_tensors
-        inv_t = inv.transpose(-1, -2)
-        return -(inv_t @ grad @ inv_t).tril_(-1)
+    def mask_(self, m: Tensor) -> Tensor:
+        """``m * D`` in place (``m: [n, BH, C, C]``)."""
+        return m
+
+    def head(self, x: Tensor) -> Tensor:
+        """``diag(Gamma) x`` (``x: [n, BH, C, D]``)."""
+        return x
+
+    def tail(self, x: Tensor) -> Tensor:
+        """``diag(Gamma_C / Gamma) x`` (``x: [n, BH, C, D]``)."""
+        return x
+
+    def columns(self, m: Tensor) -> Tensor:
+        """``m diag(Gamma)`` (``m: [n, BH, C, C]``)."""
+        return m
+
+    def carry(self, i: int, state: Tensor) -> Tensor:
+        """``Gamma_C state`` for the segment's i-th chunk (``state: [BH, d_k, d_v]``)."""
+        return state
+
+
+class CumulativeDecay(Decay):
+    """The decays of one segment of chunks, from the in-chunk cumulative log decays
+    ``gam: [n, BH, C, 1]`` (``gam_i = sum_{s <= i} g_s``, ``Gamma_i = exp(gam_i)``).
+
+    ``D_ij = exp(gam_i - gam_j)`` for ``j <= i`` and 0 above (from differences of logs, never
+    ``Gamma_i / Gamma_j``, which overflows once a chunk has forgotten enough); ``Gamma_C / Gamma_i``
+    likewise.
+    """
+
+    def __init__(self, gam: Tensor) -> None:
+        self.gamma = gam.exp()  # [n, BH, C, 1]: Gamma_i
+        self.ratio = (gam[..., -1:, :] - gam).exp_()  # [n, BH, C, 1]: Gamma_C / Gamma_i
+        self.last = self.gamma[..., -1:, :]  # [n, BH, 1, 1]: Gamma_C
+        self.d = (gam - gam.transpose(-1, -2)).exp_().tril_()  # [n, BH, C, C]: D (the upper inf become 0)
+
+    def mask_(self, m: Tensor) -> Tensor:
+        return m.mul_(self.d)
+
+    def head(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+    def tail(self, x: Tensor) -> Tensor:
+        return x * self.ratio
+
+    def columns(self, m: Tensor) -> Tensor:
+        return m * self.gamma.transpose(-1, -2)
+
+    def carry(self, i: int, state: Tensor) -> Tensor:
+        return state * self.last[i]
 
 
 #: elements per tensor in one segment of chunks, by device type (absent: all chunks at once)
