@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from fastweights import cli
-from fastweights.models import LMConfig, TrainConfig, get_run_preset, load_model
+from fastweights.models import LMConfig, TrainConfig, get_run_preset, load_model, read_config
 from fastweights.ops import list_rules
 from fastweights.tasks.text import load_corpus, load_tokenizer
 from fastweights.checkpoints import latest_checkpoint
@@ -194,3 +194,13 @@ def test_cli_errors(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert err.startswith("fastweights train: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     assert get_run_preset("shakespeare-char").train.steps == 2000  # overrides never leak into presets
+
+
+def test_a_preset_trains_on_its_own_corpus_without_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """shakespeare-char names tiny Shakespeare, which ships with fastweights: no --data needed."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--preset", "shakespeare-char", "--attention", "linear", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=2", "--set", "eval_batches=1"]) == 0
+    data = read_config(out)["data"]
+    assert data["path"].endswith("tinyshakespeare.txt") and data["tokens"]["train"] > 1_000_000
+    assert "tinyshakespeare.txt (char, vocabulary 65" in capsys.readouterr().out

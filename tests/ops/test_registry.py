@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
 
 from fastweights.layers import FastWeightAttention
 from fastweights.ops import (
-    Backend, RuleSpec, get_op, get_rule, list_backends, list_ops, list_rules, register_backend, register_rule,
+    Backend, Op, RuleSpec, get_op, get_rule, list_backends, list_ops, list_rules, register_backend, register_rule,
 )
 from fastweights.ops import registry
 from fastweights.ops.backends import fla
@@ -130,8 +131,10 @@ def _fake_fla(monkeypatch, calls: list) -> None:
     def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
         assert k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0, "FLA's backward needs even widths"
         calls.append(("delta", cu_seqlens is not None))
-        return get_op("delta", "naive")(q, k, v, beta, scale=scale_of(q, scale), initial_state=initial_state,
-                                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        # FLA takes any rate: the attention-normalised variant hands it beta / (z . k), which may pass 2
+        unbounded = Op(replace(get_rule("delta"), bounds={}), get_op("delta", "naive").backend)
+        return unbounded(q, k, v, beta, scale=scale_of(q, scale), initial_state=initial_state,
+                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
     def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
                           cu_seqlens=None):

@@ -1,10 +1,18 @@
 """Train a language model on a text corpus (one process, or many under torchrun).
 
+Each preset names the corpus it is made for, read when --data is not given: tiny Shakespeare
+(shipped with fastweights) for shakespeare-char*, WikiText-2 / -103 for wt2-small / wt103-*
+(downloaded once with `fastweights data wikitext-2`).
+
 Examples:
-  fastweights train --preset shakespeare-char --attention dpfp-2+delta --data input.txt --out runs/shakespeare-dpfp
+  fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp
   fastweights train ... --out runs/shakespeare-dpfp --resume        # continue after a stop or crash
-  torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --data DIR --out runs/wt103
-      (DIR holds wiki.{train,valid,test}.tokens; the same command on 1 process, 1 GPU or many machines)
+  fastweights train --preset shakespeare-char-carried --attention delta --out runs/shakespeare-delta-carried
+      (carried fast weights: the model reads the whole text through its state, see carry_state)
+  fastweights train --preset shakespeare-char --attention delta --data my.txt --out runs/mine
+  torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --out runs/wt103
+      (the same command on 1 process, 1 GPU or many machines; --data DIR: a directory with
+      wiki.{train,valid,test}.tokens)
 
 The run directory gets config.json, tokenizer.json, model.safetensors (what `fastweights eval` and
 `generate` read), metrics.csv and checkpoints/.
@@ -27,6 +35,7 @@ from typing import Iterator
 
 import torch.distributed as dist
 
+from ..corpora import SOURCES, resolve
 from ..models import get_run_preset, list_presets
 from ..models.config import parse_overrides
 from ..variants import describe_attentions
@@ -39,8 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="softmax", metavar="VARIANT",
                    help="attention variant (default: softmax): " + describe_attentions()
                    + " (<nu>, <m>: positive integers, e.g. dpfp-2+delta, favor-64)")
-    p.add_argument("--data", required=True, metavar="PATH",
-                   help="a text file (split 90/10 into train/val) or a directory with wiki.{train,valid,test}.tokens")
+    p.add_argument("--data", metavar="PATH|NAME",
+                   help="a text file (split 90/10 into train/val), a directory with wiki.{train,valid,test}.tokens, or a "
+                        f"corpus name ({', '.join(SOURCES)}; default: the preset's)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model or training setting, read as its type, e.g. --set steps=500 --set lr=3e-4 "
@@ -72,16 +82,17 @@ def _warnings_to_stderr() -> Iterator[None]:
 def main(args: argparse.Namespace) -> int:
     if "vocab_size" in parse_overrides(args.set)["model"]:  # types checked before the data is read
         raise ValueError("vocab_size comes from the data's tokenizer and cannot be --set")
+    data = resolve(args.data if args.data is not None else get_run_preset(args.preset, args.attention).data)
     info = setup_distributed(args.device)
     try:
         corpus = main_first(info, lambda: load_corpus(
-            args.data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
+            data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
             val_fraction=args.val_fraction, cache_dir=args.cache_dir,
         ))
         preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size).with_overrides(args.set)
         if info.is_main:
             tokens = corpus.info["tokens"]
-            print(f"data: {args.data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
+            print(f"data: {data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
                   f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}")
             print(f"model: {preset.model}")
             print(f"train: {preset.train}")
