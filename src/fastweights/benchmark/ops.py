@@ -227,7 +227,9 @@ def cuda_peak_mb(fn: Callable[[], object]) -> float:
 
 def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     """Random inputs of ``cell`` on its device (leaf tensors that require grad) and an output gradient:
-    q, k ``[B, T, H, d_k]``, v, do ``[B, T, H, d_v]``, beta ``[B, T, H]`` (for rules that learn a rate, else None)."""
+    q, k ``[B, T, H, d_k]``, v, do ``[B, T, H, d_v]``, beta ``[B, T, H]`` (for rules that learn a rate, else None)
+    and the rule's other learned per-token inputs ``[B, T, H]`` as a layer makes them (e.g. the gated
+    delta rule's log decay ``g = logsigmoid(randn + 5)``)."""
     g = torch.Generator(cell.device).manual_seed(seed)
     dtype = getattr(torch, cell.dtype)
     shape_k, shape_v = (cell.B, cell.T, cell.H, cell.d_k), (cell.B, cell.T, cell.H, cell.d_v)
@@ -240,8 +242,10 @@ def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     v = randn(shape_v)
     learned_rate = cell.rule in list_rules() and get_rule(cell.rule).learned_rate
     beta = torch.rand(shape_k[:3], generator=g, device=cell.device) if learned_rate else None
+    learned = get_rule(cell.rule).learned if cell.rule in list_rules() else {}
+    extra = {name: x.activation(randn(shape_k[:3]) + x.bias) for name, x in learned.items()}  # [B, T, H]
     do = randn(shape_v)
-    out = dict(q=q, k=k, v=v, beta=beta)
+    out = dict(q=q, k=k, v=v, beta=beta, **extra)
     out = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in out.items()}
     out["do"] = do.to(dtype)
     return out
@@ -254,16 +258,17 @@ def _clear_grads(inp: Dict[str, Optional[Tensor]]) -> None:
 
 
 def _runners(fn: Callable, inp: Dict[str, Optional[Tensor]]) -> Tuple[Callable[[], None], Callable[[], None]]:
-    """``(forward, forward_backward)`` closures around ``fn(q, k, v, beta) -> o``."""
+    """``(forward, forward_backward)`` closures around ``fn(q, k, v, beta, **extra) -> o``."""
     args = [inp[n] for n in ("q", "k", "v", "beta")]
+    extra = {n: t for n, t in inp.items() if n not in ("q", "k", "v", "beta", "do")}
 
     def forward() -> None:
         with torch.no_grad():
-            fn(*args)
+            fn(*args, **extra)
 
     def forward_backward() -> None:
         _clear_grads(inp)
-        fn(*args).backward(inp["do"])
+        fn(*args, **extra).backward(inp["do"])
 
     return forward, forward_backward
 
@@ -277,13 +282,13 @@ def measure(fn: Callable, inp: Dict[str, Optional[Tensor]], repeat: int, device:
 
 
 def make_fn(rule: str, form: str, chunk_size: int) -> Callable:
-    """``(q, k, v, beta) -> o`` (``[B, T, H, D]``) for a registered backend, the softmax yardstick
-    or, by its name, an installed CPU peer."""
+    """``(q, k, v, beta, **extra) -> o`` (``[B, T, H, D]``; ``extra``: the rule's other per-token
+    inputs) for a registered backend, the softmax yardstick or, by its name, an installed CPU peer."""
     if (rule, form) == SOFTMAX:
         return peer_impls.sdpa_causal
     if form in {b.name for b in list_backends(rule, available=False)}:
         op = get_op(rule, form)
-        return lambda q, k, v, beta: op(q, k, v, beta, chunk_size=chunk_size)[0]
+        return lambda q, k, v, beta, **extra: op(q, k, v, beta, chunk_size=chunk_size, **extra)[0]
     return next(fn for name, fn, _ in peer_impls.available(rule) if name == form)
 
 
