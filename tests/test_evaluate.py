@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastweights.cli import main as cli_main
-from fastweights.evaluate import carried_state_loss, evaluate, sliding_window_loss, window_starts
+from fastweights.evaluate import carried_state_loss, evaluate, position_profile, sliding_window_loss, window_starts
 from fastweights.models import load_model
 from fastweights.tasks.text import WordTokenizer, load_corpus
 
@@ -142,3 +142,38 @@ def test_eval_command_on_a_word_level_corpus_reports_perplexity(tmp_path, monkey
     assert "nats/token" in capsys.readouterr().out
     n_test = len(tokenizer.encode("\n".join(lines[65:]) + "\n"))
     assert [r["tokens"] for r in json.loads(out_json.read_text())["results"]] == [n_test - 1] * 2
+
+
+@pytest.mark.parametrize("attention", ["delta", "linear", "rdn"])
+def test_position_profile_averages_the_carried_loss_of_each_stream(attention: str) -> None:
+    """Streams read side by side give, segment by segment, the carried-state loss each stream gets alone."""
+    model = tiny_model(attention)
+    ids = torch.randint(0, 23, (3 * 100 + 7,))
+    profile = position_profile(model, ids, segment=16, stream_length=100)
+    assert profile.streams == 3 and profile.start == list(range(0, 100, 16))
+    tokens = [min(16, 100 - s) for s in profile.start]
+    total = sum(n * t for n, t in zip(profile.nats, tokens)) / sum(tokens)
+    alone = [carried_state_loss(model, ids[i * 100 : i * 100 + 101], 16).nats for i in range(3)]
+    assert total == pytest.approx(sum(alone) / 3, rel=1e-5)
+    assert all(n > 0 for n in profile.state_norm)
+    assert [b[0] for b in profile.buckets((32, 64))] == ["0-32", "32-64", "64+"]
+
+
+def test_position_profile_needs_fast_weights() -> None:
+    with pytest.raises(ValueError, match="needs a fast-weight model"):
+        position_profile(tiny_model("softmax"), torch.randint(0, 23, (200,)), 16)
+
+
+def test_eval_by_position_prints_the_table_and_plots(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FASTWEIGHTS_CACHE", str(tmp_path / "cache"))
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT * 4)
+    write_model_dir(tmp_path / "delta", "delta")
+    png = tmp_path / "plots" / "position.png"
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--protocol", "carried-state",
+                     "--by-position", "--stream-length", "200", "--plot", str(png), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| position | nats/char | mean ‖S‖_F |" in out and "| 0-64 |" in out and "| 64-256 |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--plot", str(png)]) == 2
+    assert "--plot draws the --by-position profile" in capsys.readouterr().err

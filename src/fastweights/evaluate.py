@@ -162,6 +162,68 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
     return EvalResult("carried-state", segment, len(ids) - 1, total / (len(ids) - 1))
 
 
+@dataclass
+class PositionProfile:
+    """Loss and fast-weight size against the position in a stream, under the carried-state protocol.
+
+    ``nats[i]`` is the mean loss of the tokens at positions ``[start[i], start[i] + segment)`` of every
+    stream (segment i), ``state_norm[i]`` the mean Frobenius norm ``||S||_F`` of the fast weights
+    (per layer and head) after that segment; :meth:`buckets` groups the segments by position.
+    """
+
+    segment: int
+    streams: int
+    start: List[int]
+    nats: List[float]
+    state_norm: List[float]
+
+    def buckets(self, edges: Sequence[int] = (64, 256, 1024, 4096)) -> List[Tuple[str, float, float]]:
+        """``(label, mean nats, mean ||S||_F)`` per position range ``[0, e_1), [e_1, e_2), ..., [e_n, end)``
+        (a segment counts where it starts); ranges no segment starts in are left out."""
+        bounds = [0, *edges, math.inf]
+        out = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            idx = [i for i, s in enumerate(self.start) if lo <= s < hi]
+            if idx:
+                label = f"{_short(lo)}-{_short(hi)}" if hi != math.inf else f"{_short(lo)}+"
+                out.append((label, sum(self.nats[i] for i in idx) / len(idx), sum(self.state_norm[i] for i in idx) / len(idx)))
+        return out
+
+
+@torch.no_grad()
+def position_profile(model: nn.Module, ids: Tensor, segment: int, stream_length: int = 8192,
+                     progress: bool = False) -> PositionProfile:
+    """:class:`PositionProfile` of a fast-weight model: ``ids`` cut into ``len(ids) // stream_length``
+    streams (at least one, of the whole split when it is shorter), read side by side in segments of
+    ``segment`` tokens with the state carried (as :func:`carried_state_loss` reads one stream), the
+    loss averaged over the streams position by position."""
+    ids = _check_ids(ids)
+    _check_positive(segment=segment, stream_length=stream_length)
+    if not is_fast_weight_model(model):
+        raise ValueError("a position profile needs a fast-weight model; this one has softmax attention")
+    n = max(1, (len(ids) - 1) // stream_length)
+    L = min(stream_length, len(ids) - 1)
+    if L < 1:
+        raise ValueError(f"need at least 2 tokens, got {len(ids)}")
+    streams = torch.stack([ids[i * L : i * L + L + 1] for i in range(n)])  # [n, L + 1]
+    model.eval()
+    device = _device(model)
+    state, start, nats, norms = None, [], [], []
+    for a in tqdm(range(0, L, segment), unit="segment", desc="position profile", disable=not progress):
+        chunk = streams[:, a : a + segment + 1].to(device)  # [n, T + 1]
+        if state is not None:
+            state = {**state, "pos": 0}
+        logits, _, state = model(chunk[:, :-1], state=state)  # [n, T, V]
+        start.append(a)
+        nats.append(_nll_sum(logits, chunk[:, 1:]) / chunk[:, 1:].numel())
+        norms.append(torch.stack([layer["S"].float().flatten(-2).norm(dim=-1).mean() for layer in state["layers"]]).mean().item())
+    return PositionProfile(segment, n, start, nats, norms)
+
+
+def _short(n: float) -> str:
+    return f"{n // 1024:g}k" if n >= 1024 and n % 1024 == 0 else f"{n:g}"
+
+
 PROTOCOLS = ("sliding-window", "carried-state")
 
 
