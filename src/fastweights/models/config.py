@@ -356,8 +356,10 @@ def shakespeare_char(attention: str = "softmax", vocab_size: int = 65, carry_sta
 def shakespeare_char_carried(attention: str = "delta", vocab_size: int = 65) -> Preset:
     """``shakespeare-char`` trained with carried fast weights (``carry_state``: 12 contiguous streams,
     truncated BPTT every 64 characters), so the model reads the whole text through its state; for
-    fast-weight attention only."""
-    return shakespeare_char(attention, vocab_size, carry_state=True)
+    fast-weight attention only. Validation reads the first 15,360 characters of the split as one
+    carried stream (``eval_batches`` 20)."""
+    preset = shakespeare_char(attention, vocab_size, carry_state=True)
+    return dataclasses.replace(preset, train=dataclasses.replace(preset.train, eval_batches=20))
 
 
 def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
@@ -373,7 +375,7 @@ def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
         adaptive_cutoffs=[c for c in (2000, 10000) if c < vocab_size] or None, adaptive_div_value=4.0,
     )
     train = TrainConfig(batch_size=16, steps=1500, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1, beta2=0.99,
-                        grad_clip=1.0, eval_every=250, eval_batches=50, ckpt_every=250, carry_state=fwp)
+                        grad_clip=1.0, eval_every=250, eval_batches=10, ckpt_every=250, carry_state=fwp)
     return Preset(model, train, "wikitext-2")
 
 
