@@ -9,6 +9,7 @@ import json
 import pytest
 
 from fastweights.cli import main
+from fastweights.runlock import run_lock
 from fastweights.tasks.capacity import TrainConfig
 from fastweights.tasks.capacity_sweep import Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
 
@@ -102,3 +103,12 @@ def test_keys_and_presets():
     quick = get_preset("quick")
     assert {g.setting for g in quick.grids} == {1, 2}
     assert any("+delta" in m for g in quick.grids for m in g.methods)
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_at_once(tmp_path, capsys):
+    out = tmp_path / "out"
+    with run_lock(out, "fastweights capacity"):
+        assert main(["capacity", "--methods", "linear", "--keys", "4", "--max-steps", "5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastweights capacity: error: ") and "in use by pid" in err and "\n" not in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing trained, nothing written

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(p)
-        p.set_defaults(_main=module.main)
+        p.set_defaults(_main=module.main, _prog=p.prog)
     return parser
 
 
@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = str(e)
     except OSError as e:
         message = describe_os_error(e)
-    print(f"fastweights {args.command}: error: {message}", file=sys.stderr)
+    print(f"{args._prog}: error: {message}", file=sys.stderr)  # the (sub-)command's name, as argparse says it
     return 2
 
 

@@ -74,7 +74,7 @@ def test_cuda_without_cuda_is_an_error(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "lm.json"
     assert main(["bench", "lm", "--device", "cuda", "--json", str(out)]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "fastweights bench: error: --device cuda: CUDA is not available on this machine\n"
+    assert captured.err == "fastweights bench lm: error: --device cuda: CUDA is not available on this machine\n"
     assert captured.out == "" and not out.exists()
 
 

@@ -134,7 +134,7 @@ def test_help_lists_the_new_options(capsys: pytest.CaptureFixture) -> None:
 def test_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "ops", "--device", "cuda", "--json", str(tmp_path / "x.json")]) == 2
     captured = capsys.readouterr()
-    assert captured.err == "fastweights bench: error: --device cuda: CUDA is not available on this machine\n"
+    assert captured.err == "fastweights bench ops: error: --device cuda: CUDA is not available on this machine\n"
     assert captured.out == "" and not (tmp_path / "x.json").exists()
 
 

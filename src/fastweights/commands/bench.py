@@ -24,6 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         doc = (module.__doc__ or "").strip()
         q = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure(q)
+        q.set_defaults(_prog=q.prog)  # errors name the benchmark: "fastweights bench ops: error: ..."
 
 
 def main(args: argparse.Namespace) -> int:

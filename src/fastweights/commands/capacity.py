@@ -21,10 +21,14 @@ import torch
 from tqdm import tqdm
 
 from ..arguments import check_device, check_output_path
+from ..atomic import remove_temporaries
+from ..runlock import run_lock
 from ..tasks.capacity import METHOD_HELP
 from ..tasks.capacity_report import format_table, plot_results
 from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
 from ..tasks.retrieval import SETTINGS
+
+RESULT_FILES = ("results.csv", "results.json", "capacity.png")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -75,7 +79,9 @@ def main(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(config, device, args)
+        with run_lock(Path(args.out), "fastweights capacity"):  # one sweep per --out: a second is refused at once
+            remove_temporaries(args.out, RESULT_FILES)  # what a killed sweep left half-written
+            return _run(config, device, args)
     finally:
         torch.set_num_threads(threads)
 
