@@ -204,3 +204,50 @@ def test_a_preset_trains_on_its_own_corpus_without_data(tmp_path: Path, capsys: 
     data = read_config(out)["data"]
     assert data["path"].endswith("tinyshakespeare.txt") and data["tokens"]["train"] > 1_000_000
     assert "tinyshakespeare.txt (char, vocabulary 65" in capsys.readouterr().out
+
+
+def test_resume_may_extend_steps_and_the_run_ends_with_a_loss_plot(text_file: Path, tmp_path: Path) -> None:
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=6)
+    out = tmp_path / "run"
+    train(model_cfg, train_cfg, corpus, out, progress=False)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    longer = TrainConfig(**{**train_cfg.to_dict(), "steps": 9})
+    result = train(model_cfg, longer, corpus, out, resume=True, progress=False)
+    assert result["step"] == 9 and [r[0] for r in losses(out)] == list(range(1, 10))
+    assert read_config(out)["train"]["steps"] == 9
+    with pytest.raises(ValueError, match=r"differs from the saved run .*'steps': \(9, 7\)"):
+        train(model_cfg, TrainConfig(**{**train_cfg.to_dict(), "steps": 7}), corpus, out, resume=True, progress=False)
+
+
+def test_tensorboard_gets_the_metrics_when_installed(text_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=3)
+    train(model_cfg, train_cfg, corpus, tmp_path / "run", progress=False)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
+
+
+def test_d_ff_follows_d_model_and_warmup_past_steps_warns(text_file: Path, tmp_path: Path, caplog) -> None:
+    preset = get_run_preset("shakespeare-char", "delta").with_overrides(["d_model=64"])
+    assert (preset.model.d_model, preset.model.d_ff) == (64, 256)
+    assert get_run_preset("shakespeare-char", "delta").with_overrides(["d_model=64", "d_ff=100"]).model.d_ff == 100
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=2, warmup=5)
+    with caplog.at_level("WARNING", logger="fastweights.train"):
+        train(model_cfg, train_cfg, corpus, tmp_path / "run", progress=False)
+    assert "warmup (5) >= steps (2)" in caplog.text
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(text_file: Path, tmp_path: Path) -> None:
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    for compile_ in (False, True):
+        model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=3, compile=compile_)
+        train(model_cfg, train_cfg, corpus, tmp_path / str(compile_), progress=False)
+    a, b = losses(tmp_path / "False"), losses(tmp_path / "True")
+    np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], rtol=1e-4)

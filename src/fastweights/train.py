@@ -5,6 +5,7 @@ Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.Langu
 :class:`~fastweights.tasks.text.Corpus` and writes to ``out_dir``:
 
     config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.checkpoint)
+    loss.png                                         the training and validation loss curves, at the end
     metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s,
                                                      val_protocol (windows, or carried-state with carry_state)
     checkpoints/step-XXXXXXXX/                       weights, trainer state (optimizer, scheduler, RNG states,
@@ -65,7 +66,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_text, naming_os_errors, remove_temporaries
+from .atomic import atomic_write, atomic_write_text, naming_os_errors, remove_temporaries
 from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
                           load_checkpoint, named_tensors, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
 from .errors import describe_os_error
@@ -77,9 +78,11 @@ from .streams import TokenStreams, detach_state
 from .tasks.text import TOKENIZER_FILE, Corpus, check_same_tokenizer, save_tokenizer
 
 METRICS_FILE = "metrics.csv"
+LOSS_PLOT = "loss.png"
 METRICS_FIELDS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_protocol"]
 _ADDED_FIELDS = ("val_protocol",)  # absent from the metrics of runs written before it
-RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE)  # what the run directory's top level holds
+RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE, LOSS_PLOT)
+RESUMABLE_CHANGES = ("steps", "compile")  #: training settings a --resume may change (steps: only more)  # what the run directory's top level holds
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -230,6 +233,28 @@ def read_metrics(out_dir: Union[str, Path]) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def plot_losses(rows: List[Dict[str, str]], path: Path) -> Path:
+    """The training and validation loss of ``metrics.csv`` rows against the step, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([int(r["step"]) for r in rows], [float(r["train_loss"]) for r in rows], lw=1, label="train (mean since the last row)")
+    val = [r for r in rows if r.get("val_loss")]
+    protocol = next((r.get("val_protocol") for r in val if r.get("val_protocol")), "")
+    ax.plot([int(r["step"]) for r in val], [float(r["val_loss"]) for r in val], "o-", label=f"validation {protocol}".strip())
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
 class _Metrics:
     """Appends rows to ``metrics.csv`` (and TensorBoard when installed) on the main process."""
 
@@ -313,6 +338,9 @@ def train(
     if resume and not (out / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (no {CONFIG_FILE})")
 
+    if train_cfg.warmup >= train_cfg.steps and info.is_main:
+        log.warning("warmup (%d) >= steps (%d): the learning rate never reaches lr = %g", train_cfg.warmup,
+                    train_cfg.steps, train_cfg.lr)
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg).to(info.device)
     streams = _streams(model, corpus, model_cfg, train_cfg)
@@ -339,9 +367,9 @@ def train(
                 streams.load_state_dict(state["streams"])
                 carried = _to_device(state["carry"]["ranks"][info.rank], info.device)
             guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
-        ddp = model
+        ddp = torch.compile(model) if train_cfg.compile else model
         if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
-            ddp = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            ddp = nn.parallel.DistributedDataParallel(ddp, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                                       find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
         amp = autocast_dtype(train_cfg, info.device)
         metrics = _Metrics(out, info.is_main, step if state is not None else None)
@@ -421,6 +449,8 @@ def train(
         finally:
             bar.close()
             metrics.close()
+        if info.is_main:
+            plot_losses(read_metrics(out), out / LOSS_PLOT)
     return last
 
 
@@ -545,11 +575,15 @@ def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, cor
                 saved_cfg = cls.from_dict(saved.get(key, {}))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"--resume: the {name} config saved in {out} is not valid: {e}") from None
-            if saved_cfg != cfg:
-                old, new = saved_cfg.to_dict(), cfg.to_dict()
-                diff = {k: (old[k], v) for k, v in new.items() if old[k] != v}
+            old, new = saved_cfg.to_dict(), cfg.to_dict()
+            diff = {k: (old[k], v) for k, v in new.items()
+                    if old[k] != v and not (cls is TrainConfig and k in RESUMABLE_CHANGES and (k != "steps" or v > old[k]))}
+            if diff:
                 raise ValueError(f"--resume: the {name} config differs from the saved run in {out} (saved, given): {diff}")
         check_same_tokenizer(corpus.tokenizer, out)
+        if saved.get("train") != train_cfg.to_dict():  # e.g. more steps: the run directory says what it now is
+            write_config(out, model_cfg, **{**{k: v for k, v in saved.items() if k not in ("format", "version", "model_type", "model")},
+                                            "train": train_cfg.to_dict()})
     elif has_run:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     remove_temporaries(out, RUN_FILES)  # only ours: --out may be a directory that holds other files

@@ -15,7 +15,10 @@ Examples:
       wiki.{train,valid,test}.tokens)
 
 The run directory gets config.json, tokenizer.json, model.safetensors (what `fastweights eval` and
-`generate` read), metrics.csv and checkpoints/.
+`generate` read, and transformers' AutoModelForCausalLM after `import fastweights.hf`),
+metrics.csv, loss.png (at the end), checkpoints/, and tensorboard/ when TensorBoard is installed
+(pip install "fastweights[tensorboard]"). --resume continues a run; it may raise the number of
+steps (--set steps=N). --set compile=true trains through torch.compile.
 
 Everything (settings, data, tokenizer) is checked before --out is touched; one run at a time may
 write a --out (a second one is refused at once). A NaN or infinite loss or gradient norm stops the

@@ -163,6 +163,7 @@ class TrainConfig(_DictConfig):
             else float32), ``'float32'`` or ``'bfloat16'``.
         max_bad_steps: optimiser steps in a row whose loss or gradient norm is not finite that are
             skipped (no update, a warning each) before the run stops with an error; 0: stop at the first.
+        compile: run the model through ``torch.compile`` for training (the first steps compile).
         carry_state: streamed training (fast-weight models only): the training split is read as
             ``batch_size`` contiguous streams, each step starting from the state the previous one
             ended with, detached (truncated BPTT, see :mod:`fastweights.streams`); validation then
@@ -190,6 +191,7 @@ class TrainConfig(_DictConfig):
     dtype: str = "auto"
     max_bad_steps: int = 0
     carry_state: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -221,8 +223,13 @@ class Preset:
 
     def with_overrides(self, assignments: Iterable[str]) -> "Preset":
         """A copy with ``key=value`` assignments applied (``--set`` on the command line); see
-        :func:`parse_overrides`. Out-of-range values raise ``ValueError`` naming the field."""
+        :func:`parse_overrides`. Out-of-range values raise ``ValueError`` naming the field.
+
+        A new ``d_model`` without a ``d_ff`` keeps the preset's ratio ``d_ff / d_model`` (4 in
+        shakespeare-char): ``--set d_model=256`` gives ``d_ff = 1024``."""
         updates = parse_overrides(assignments)
+        if "d_model" in updates["model"] and "d_ff" not in updates["model"]:
+            updates["model"]["d_ff"] = max(1, round(updates["model"]["d_model"] * self.model.d_ff / self.model.d_model))
         return Preset(dataclasses.replace(self.model, **updates["model"]), dataclasses.replace(self.train, **updates["train"]),
                       self.data)
 
