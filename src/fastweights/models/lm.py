@@ -35,7 +35,7 @@ def build_attention(cfg: LMConfig) -> nn.Module:
     return layer(
         cfg.d_model, cfg.n_heads, cfg.d_head, rule=spec.rule, feature_map=spec.feature_map,
         feature_map_kwargs=kwargs, dropout=cfg.dropout, bias=cfg.bias, chunk_size=cfg.chunk_size,
-        impl=cfg.impl, decode_impl=cfg.decode_impl,
+        impl=cfg.impl, decode_impl=cfg.decode_impl, qk_norm=None if cfg.qk_norm == "none" else cfg.qk_norm,
     )
 
 
