@@ -39,7 +39,7 @@ def test_every_listed_attention_parses() -> None:
 
 
 def test_presets() -> None:
-    assert list_presets() == ["shakespeare-char", "wt103-medium", "wt103-small"]
+    assert list_presets() == ["shakespeare-char", "shakespeare-char-carried", "wt103-medium", "wt103-small", "wt2-small"]
     run = get_run_preset("shakespeare-char", "dpfp-2+delta")
     m, t = run.model, run.train
     assert (m.n_layers, m.n_heads, m.d_model, m.context, m.dropout, m.attention) == (4, 4, 128, 64, 0.0, "dpfp-2+delta")
@@ -51,6 +51,13 @@ def test_presets() -> None:
     # a smaller vocabulary keeps only the cutoffs below it
     assert get_preset("wt103-small", vocab_size=33278).adaptive_cutoffs == [20000]
     assert get_preset("wt103-small", vocab_size=5000).adaptive_cutoffs is None
+    # the carried presets: streams, and unit keys for the delta rules (a bounded carried state)
+    carried = get_run_preset("shakespeare-char-carried", "delta")
+    assert carried.train.carry_state and carried.model.qk_norm == "l2" and carried.data == "tinyshakespeare"
+    assert get_run_preset("shakespeare-char-carried", "linear").model.qk_norm == "auto"
+    wt2 = {a: get_run_preset("wt2-small", a) for a in ("softmax", "delta")}
+    assert not wt2["softmax"].train.carry_state and wt2["delta"].train.carry_state
+    assert wt2["softmax"].model.pos_emb == "learned" and wt2["delta"].model.adaptive_cutoffs == [2000, 10000]
     with pytest.raises(ValueError, match="unknown preset 'tiny'"):
         get_preset("tiny")
     with pytest.raises(ValueError, match="unknown attention"):
