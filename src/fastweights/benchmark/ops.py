@@ -549,9 +549,7 @@ def setup_line(meta: Dict) -> str:
     if meta["device"] == "cuda":
         where = f"cuda: {meta['device_name']}, torch {meta['torch']} (CUDA {meta['cuda']}, TF32 matmul {meta['tf32']})"
     else:
-        load = " -> ".join(f"{a[0]:.1f}" for a in (meta["loadavg_start"], meta.get("loadavg_end")) if a)
-        where = (f"cpu: torch {meta['torch']}, {meta['threads']} threads on {meta['cpu_count']} CPUs, "
-                 f"load average {load}")
+        where = f"cpu: torch {meta['torch']}, {meta['threads']} threads on {meta['cpu_count']} CPUs"
     size = f"B*T = {cfg['tokens']}" if cfg["tokens"] else f"B = {cfg['batch']}"
     n = meta["matmul_size"]
     peaks = ", ".join(f"{dt} " + " / ".join(f"{p:.0f}" for p in ps) for dt, ps in meta["matmul_peak_gflops"].items())
