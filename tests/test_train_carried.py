@@ -3,17 +3,22 @@ accumulation, the carried validation protocol agreeing with ``fastweights eval``
 
 from __future__ import annotations
 
+import math
+import random
 import shutil
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from fastweights.checkpoints import CARRY_FILE, list_checkpoints
 from fastweights.evaluate import evaluate
-from fastweights.models import LMConfig, load_model
+from fastweights.models import LMConfig, TrainConfig, load_model
 from fastweights.state import load_state
 from fastweights.tasks.text import load_corpus
 from fastweights.train import read_metrics, train
@@ -97,3 +102,98 @@ def test_validation_uses_the_carried_protocol_as_eval_does(text_file: Path, tmp_
                          protocols=("carried-state",), max_tokens=max_tokens)
     assert float(rows[-1]["val_loss"]) == pytest.approx(result.nats, rel=1e-6)
     assert result.tokens == min(max_tokens, len(corpus.val) - 1)
+
+
+RECALL_LETTERS = "ABCDEFGH"  #: the letters a recall document is about (chance: ln 8 nats)
+
+
+def recall_text(n_docs: int, max_gap: int, max_queries: int, seed: int) -> str:
+    """``n_docs`` documents ``X (.{g} ? X){k}``: a letter ``X`` of :data:`RECALL_LETTERS`, then ``k``
+    in ``[1, max_queries]`` queries ``?``, each after ``g`` in ``[0, max_gap]`` dots and answered by
+    ``X``. The token after a ``?`` is the most recent letter; once that letter lies before the
+    current segment of ``L`` tokens, only a state carried into the segment can know it."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        x = rng.choice(RECALL_LETTERS)
+        docs.append(x + "".join("." * rng.randint(0, max_gap) + "?" + x for _ in range(rng.randint(1, max_queries))))
+    return "".join(docs)
+
+
+@torch.no_grad()
+def segment_nll(model: nn.Module, ids: torch.Tensor, segment: int, carry: bool) -> torch.Tensor:
+    """``-log p(ids[:, t + 1] | ...)`` for every ``t``, ``[S, N - 1]``: the ``S`` streams ``ids``
+    ``[S, N]`` read side by side in segments of ``segment`` tokens, each from the state the previous
+    one ended with (``carry``, the carried-state protocol) or from an empty state (the windows a
+    windowed model is trained on)."""
+    model.eval()
+    state, nll = None, []
+    for a in range(0, ids.shape[1] - 1, segment):
+        chunk = ids[:, a : a + segment + 1]  # [S, T + 1]
+        state = {**state, "pos": 0} if carry and state is not None else None  # positions restart in every segment
+        logits, _, state = model(chunk[:, :-1], state=state)  # [S, T, V]
+        nll.append(F.cross_entropy(logits.float().transpose(1, 2), chunk[:, 1:], reduction="none"))  # [S, T]
+    return torch.cat(nll, dim=1)
+
+
+def recall_targets(ids: np.ndarray, letters: List[int], query: int, segment: int) -> np.ndarray:
+    """Mask ``[S, N - 1]`` over the predictions ``t -> ids[:, t + 1]`` of the streams ``ids`` ``[S, N]``
+    that answer a query (``ids[:, t] == query``) whose letter lies before the segment of ``t``: only
+    a carried state can know it (queries before any letter of their stream are left out)."""
+    t = np.arange(ids.shape[1] - 1)  # [N - 1]
+    at_letters = np.where(np.isin(ids, letters), np.arange(ids.shape[1]), -1)  # [S, N]: t at a letter, else -1
+    last = np.maximum.accumulate(at_letters, axis=1)[:, :-1]  # [S, N - 1]: the last letter <= t
+    return (ids[:, :-1] == query) & (0 <= last) & (last < t // segment * segment)  # [S, N - 1]
+
+
+def recall_losses(tmp_path: Path, seed: int, data_seed: int) -> Tuple[Dict[Tuple[bool, str], float], float]:
+    """Train a one-layer DeltaNet on :func:`recall_text` with ``carry_state`` and without (seed
+    ``seed``) and score each model as it was trained (carried states, or windows from an empty
+    state) on the validation split cut into streams of 512 tokens, shorter than the training streams.
+
+    Returns:
+        ``(losses, share)``: ``losses[carry, "train"]`` the training loss of the last 100 steps,
+        ``losses[carry, "recall"]`` the mean nats of the answers only a carried state can know (see
+        :func:`recall_targets`); ``share`` the fraction of the scored predictions that are such answers.
+    """
+    path = tmp_path / "recall.txt"
+    path.write_text(recall_text(n_docs=3000, max_gap=8, max_queries=4, seed=data_seed))
+    corpus = load_corpus(path, cache_dir=tmp_path / "cache")
+    letters, (query,) = corpus.tokenizer.encode(RECALL_LETTERS), corpus.tokenizer.encode("?")
+    context, steps, n = 8, 1500, 512
+    model_cfg = LMConfig(vocab_size=corpus.tokenizer.vocab_size, d_model=64, n_layers=1, n_heads=4, d_ff=128,
+                         context=context, attention="identity+delta", pos_emb="none", chunk_size=context)
+    starts = range(0, len(corpus.val) - n - 1, n)
+    ids = np.stack([np.asarray(corpus.val[a : a + n + 1], dtype=np.int64) for a in starts])  # [S, n + 1]
+    recall = recall_targets(ids, letters, query, context)  # [S, n]
+    assert recall.sum() > 100
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses = {}
+        for carry in (True, False):
+            run = tmp_path / f"carry-{carry}"
+            train(model_cfg, TrainConfig(batch_size=16, steps=steps, lr=3e-2, min_lr=3e-3, warmup=20, eval_every=steps,
+                                         eval_batches=1, ckpt_every=steps, log_every=100, seed=seed, carry_state=carry),
+                  corpus, run, progress=False)
+            model, _ = load_model(run)
+            nll = segment_nll(model, torch.from_numpy(ids), context, carry=carry).numpy()  # [S, n]
+            losses[carry, "train"] = float(read_metrics(run)[-1]["train_loss"])
+            losses[carry, "recall"] = float(nll[recall].mean())
+    finally:
+        torch.set_num_threads(threads)
+    return losses, float(recall.mean())
+
+
+def test_a_carried_state_recalls_what_no_window_holds(tmp_path: Path) -> None:
+    """Recall across segments (see :func:`recall_text`). Trained on carried streams, a one-layer
+    DeltaNet answers the queries whose letter lies before the current segment far below chance
+    (ln 8) under the carried-state protocol, and its training loss is lower by about what those
+    answers are worth (the states flowed in training); trained on windows, the same model is at
+    chance on them. With truncated BPTT the recall is learned from the queries inside a segment
+    and used across segments."""
+    losses, share = recall_losses(tmp_path, seed=1, data_seed=0)
+    chance = math.log(len(RECALL_LETTERS))
+    assert losses[True, "recall"] < 0.1 * chance
+    assert losses[False, "recall"] > 0.9 * chance
+    assert losses[False, "train"] - losses[True, "train"] > 0.5 * share * chance
