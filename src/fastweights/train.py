@@ -338,9 +338,6 @@ def train(
     if resume and not (out / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (no {CONFIG_FILE})")
 
-    if train_cfg.warmup >= train_cfg.steps and info.is_main:
-        log.warning("warmup (%d) >= steps (%d): the learning rate never reaches lr = %g", train_cfg.warmup,
-                    train_cfg.steps, train_cfg.lr)
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg).to(info.device)
     streams = _streams(model, corpus, model_cfg, train_cfg)
@@ -354,6 +351,9 @@ def train(
     with ExitStack() as held:
         _on_main(info, lambda: held.enter_context(run_lock(out, "fastweights train")))
         _on_main(info, lambda: _prepare_out_dir(out, model_cfg, train_cfg, corpus, resume))
+        if train_cfg.warmup >= train_cfg.steps and info.is_main:  # once the run is sure to start
+            log.warning("warmup (%d) >= steps (%d): the learning rate never reaches lr = %g", train_cfg.warmup,
+                        train_cfg.steps, train_cfg.lr)
         state = _restore(out, model, optimizer, scheduler, info) if resume else None
         if state is not None:
             data_gen.set_state(state["data_rng"])
