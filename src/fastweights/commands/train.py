@@ -7,8 +7,9 @@ Each preset names the corpus it is made for, read when --data is not given: tiny
 Examples:
   fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp
   fastweights train ... --out runs/shakespeare-dpfp --resume        # continue after a stop or crash
-  fastweights train --preset shakespeare-char-carried --attention delta --out runs/shakespeare-delta-carried
-      (carried fast weights: the model reads the whole text through its state, see carry_state)
+  fastweights train --preset shakespeare-char-carried --attention linear+gated_delta --out runs/shakespeare-gated-carried
+      (carried fast weights: each step starts from the state the last one ended with, see carry_state;
+      a rule that can forget, such as the gated delta rule, trains best this way)
   fastweights train --preset shakespeare-char --attention delta --data my.txt --out runs/mine
   torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --out runs/wt103
       (the same command on 1 process, 1 GPU or many machines; --data DIR: a directory with
