@@ -100,6 +100,7 @@ def check_cu_seqlens(cu_seqlens: Tensor, B: int, T: int) -> int:
     return len(cu) - 1
 
 
+@torch.no_grad()  # a check: nothing of it belongs in the autograd graph (isfinite would save its input)
 def check_bounds(rule: str, bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]) -> None:
     """Every finite value of a bounded per-token input (``bounds[name] = (lo, hi)``, a rule's
     :attr:`~fastweights.ops.RuleSpec.bounds`) must lie in ``[lo, hi]``; non-finite values are left to
