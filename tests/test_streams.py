@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastweights.streams import TokenStreams, detach_state
+from fastweights.state import map_tensors
+from fastweights.streams import TokenStreams
 
 
 def test_each_stream_continues_where_its_last_segment_ended() -> None:
@@ -41,9 +42,9 @@ def test_too_short_a_split_is_a_clear_error() -> None:
         TokenStreams(np.arange(100), n_streams=8, context=64)
 
 
-def test_detach_state_cuts_every_graph() -> None:
+def test_map_tensors_detaches_every_graph() -> None:
     w = torch.ones(2, requires_grad=True)
     state = {"pos": 3, "layers": [{"S": w * 2}, {"S": w * 3, "o": w + 1}]}
-    out = detach_state(state)
+    out = map_tensors(torch.Tensor.detach, state)
     assert out["pos"] == 3 and not any(t.requires_grad for layer in out["layers"] for t in layer.values())
     assert torch.equal(out["layers"][1]["S"], torch.full((2,), 3.0))

@@ -109,10 +109,13 @@ def test_train_end_to_end(text_file: Path, tmp_path: Path) -> None:
         train(LMConfig(**{**model_cfg.to_dict(), "vocab_size": 99}), train_cfg, corpus, tmp_path / "x", progress=False)
 
 
-def test_grad_accumulation_matches_full_batch(text_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("carry", [False, True])
+def test_grad_accumulation_matches_full_batch(text_file: Path, tmp_path: Path, carry: bool) -> None:
+    """Windowed, or streamed (micro-batch i takes streams [i m, (i + 1) m) with its own carried
+    states: the same streams and states as one batch of all of them)."""
     corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
     for accum in (1, 2):
-        model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, grad_accum=accum, steps=6)
+        model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, grad_accum=accum, steps=6, carry_state=carry)
         train(model_cfg, train_cfg, corpus, tmp_path / f"acc{accum}", progress=False)
     a, b = losses(tmp_path / "acc1"), losses(tmp_path / "acc2")
     np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], rtol=1e-5)

@@ -78,17 +78,6 @@ def test_carried_states_change_what_the_model_learns(text_file: Path, tmp_path: 
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_grad_accumulation_matches_the_full_batch(text_file: Path, tmp_path: Path) -> None:
-    """Micro-batch i takes streams [i m, (i + 1) m) with its own carried states: the same streams and
-    states as one batch of all of them."""
-    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
-    for accum in (1, 2):
-        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, grad_accum=accum, steps=6)
-        train(model_cfg, train_cfg, corpus, tmp_path / f"acc{accum}", progress=False)
-    a, b = losses(tmp_path / "acc1"), losses(tmp_path / "acc2")
-    np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], rtol=1e-5)
-
-
 def test_validation_uses_the_carried_protocol_as_eval_does(text_file: Path, tmp_path: Path) -> None:
     corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
     model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, steps=6, eval_every=6, eval_batches=3)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -68,6 +68,19 @@ def load_state(path: PathLike, device: Optional[Union[str, torch.device]] = None
                          f"(its metadata lacks {_STRUCTURE_KEY!r})")
     tensors = load_file(str(path), device=str(device) if device is not None else "cpu")
     return _unflatten(json.loads(metadata[_STRUCTURE_KEY]), tensors)
+
+
+def map_tensors(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
+    """``state`` (nested dicts and lists, e.g. an LM state) with ``fn`` applied to every tensor leaf:
+    ``map_tensors(Tensor.detach, state)`` cuts its graph (truncated BPTT), ``map_tensors(lambda t:
+    t.to(device), state)`` moves it."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_tensors(fn, v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [map_tensors(fn, v) for v in state]
+    return state
 
 
 def _flatten(node: Any, name: str, tensors: Dict[str, Tensor]) -> Any:

@@ -77,14 +77,3 @@ class TokenStreams:
                                  f"(a different training split, batch size or context)")
         self.position = int(state["position"])
 
-
-def detach_state(state):
-    """``state`` (nested dicts/lists of tensors, e.g. :class:`fastweights.models.LMState`) with every
-    tensor detached from its graph: the truncation of truncated BPTT."""
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(detach_state(v) for v in state)
-    return state

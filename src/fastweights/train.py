@@ -74,7 +74,8 @@ from .evaluate import carried_state_loss, is_fast_weight_model
 from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from .runlock import run_lock
-from .streams import TokenStreams, detach_state
+from .state import map_tensors
+from .streams import TokenStreams
 from .tasks.text import TOKENIZER_FILE, Corpus, check_same_tokenizer, save_tokenizer
 
 METRICS_FILE = "metrics.csv"
@@ -365,7 +366,7 @@ def train(
             step, window, elapsed = state["step"], list(state["loss_window"]), state["elapsed_s"]
             if streams is not None:
                 streams.load_state_dict(state["streams"])
-                carried = _to_device(state["carry"]["ranks"][info.rank], info.device)
+                carried = map_tensors(lambda t: t.to(info.device), state["carry"]["ranks"][info.rank])
             guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
         ddp = torch.compile(model) if train_cfg.compile else model
         if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
@@ -399,7 +400,7 @@ def train(
                             _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False)
                         (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
                     if streams is not None:  # truncated BPTT: the state carries on, its graph does not
-                        carried[i] = {"pos": 0, "layers": detach_state(new_state["layers"])}
+                        carried[i] = {"pos": 0, "layers": map_tensors(Tensor.detach, new_state["layers"])}
                     loss_sum += loss.detach().float()
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # [], the same on every process
                 if info.world > 1:
@@ -501,7 +502,7 @@ def _checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
     rng = {"cpu": torch.get_rng_state()}
     if info.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(info.device)
-    rngs, carries = [rng], [_to_device(carried, torch.device("cpu"))]
+    rngs, carries = [rng], [map_tensors(Tensor.cpu, carried)]
     if info.world > 1:
         rngs, carries = [None] * info.world, [None] * info.world
         dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
@@ -531,16 +532,6 @@ def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_token
     model.train(was_training)
     return loss
 
-
-def _to_device(tree: Any, device: torch.device) -> Any:
-    """Every tensor of a nesting of dicts and lists moved to ``device``."""
-    if isinstance(tree, Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_to_device(v, device) for v in tree]
-    return tree
 
 
 def _on_main(info: DistInfo, fn: Callable[[], T]) -> Optional[T]:
