@@ -62,6 +62,7 @@ class NonFinite:
 
 
 @torch.no_grad()
+@torch.no_grad()  # a check: its sums and masks need no autograd graph
 def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]],
                    cu: Optional[Sequence[int]]) -> Optional[NonFinite]:
     """Where the checked op inputs are not finite, or ``None`` when they all are (one host sync).
