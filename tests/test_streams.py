@@ -14,13 +14,13 @@ def test_each_stream_continues_where_its_last_segment_ended() -> None:
     data = np.arange(103)
     s = TokenStreams(data, n_streams=4, context=5)
     assert (s.stream_length, s.steps_per_pass) == (25, 5)
-    segments, resets = zip(*(s.next() for _ in range(5)))
-    assert resets == (True, False, False, False, False)
+    segments, resets, starts = zip(*(s.next() for _ in range(5)))
+    assert resets == (True, False, False, False, False) and starts == (None,) * 5
     for i in range(4):
         row = torch.cat([seg[i, :-1] for seg in segments])  # the inputs of stream i, in order
         assert row.tolist() == list(range(25 * i, 25 * i + 25))
         assert all(seg[i, -1] == seg[i, -2] + 1 for seg in segments)  # targets shifted by one
-    batch, reset = s.next()  # a new pass starts over, with empty states
+    batch, reset, _ = s.next()  # a new pass starts over, with empty states
     assert reset and torch.equal(batch, segments[0])
 
 
@@ -31,10 +31,21 @@ def test_resume_from_state_dict_gives_the_same_segments() -> None:
         a.next()
     b.load_state_dict(a.state_dict())
     for _ in range(30):  # across a pass boundary
-        (x, rx), (y, ry) = a.next(), b.next()
+        (x, rx, _), (y, ry, _) = a.next(), b.next()
         assert torch.equal(x, y) and rx == ry
     with pytest.raises(ValueError, match="n_streams = 3, these have 4"):
         TokenStreams(data, 4, 7).load_state_dict(a.state_dict())
+
+
+def test_document_starts_mark_the_inputs_at_the_given_offsets() -> None:
+    data = np.arange(103)
+    documents = np.array([0, 7, 30, 31, 49, 50, 99])
+    s = TokenStreams(data, n_streams=4, context=5, documents=documents)
+    for _ in range(2 * s.steps_per_pass):  # two passes
+        batch, _, starts = s.next()
+        assert starts.shape == (4, 5) and starts.dtype == torch.bool
+        assert torch.equal(starts, torch.from_numpy(np.isin(batch[:, :-1].numpy(), documents)))  # data[i] == i
+    assert s.next()[2][0, 0]  # offset 0 starts a document
 
 
 def test_too_short_a_split_is_a_clear_error() -> None:

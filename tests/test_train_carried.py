@@ -1,5 +1,5 @@
 """Streamed training with carried fast weights (``carry_state``): refused for softmax, exact resume,
-accumulation, the carried validation protocol agreeing with ``fastweights eval``."""
+accumulation, resets at document starts, the carried validation protocol agreeing with ``fastweights eval``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,50 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(text_file: Path, 
     assert losses(resumed) == losses(full)
     a, b = (safetensors.torch.load_file(d / "model.safetensors") for d in (full, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def wiki_dir(tmp_path: Path) -> Path:
+    """A WikiText-like directory: articles of 3-8 lines under `` = Title = `` lines."""
+    rng = np.random.default_rng(1)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then"]
+    docs = [f" = Article {d} = \n" + "".join(" " + " ".join(rng.choice(words, 8)) + " \n" for _ in range(rng.integers(3, 9)))
+            for d in range(30)]
+    root = tmp_path / "wiki"
+    root.mkdir()
+    (root / "wiki.train.tokens").write_text("".join(docs[:24]))
+    (root / "wiki.valid.tokens").write_text("".join(docs[24:]))
+    return root
+
+
+def test_resets_at_documents_resume_exactly_and_change_training(wiki_dir: Path, tmp_path: Path) -> None:
+    """With reset_documents (24 articles, several inside the segments of each step) the step-6
+    checkpoint resumes to the uninterrupted run bit for bit, and the run differs from one that reads
+    through the article boundaries."""
+    corpus = load_corpus(wiki_dir, cache_dir=tmp_path / "cache")
+    assert len(corpus.documents["train"]) == 24
+    runs = {}
+    for resets in (True, False):
+        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=resets, grad_accum=2)
+        runs[resets] = tmp_path / f"resets-{resets}"
+        train(model_cfg, train_cfg, corpus, runs[resets], progress=False)
+    assert losses(runs[True]) != losses(runs[False])
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs[True], resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000012")  # as if killed after step 6
+    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=True, grad_accum=2)
+    train(model_cfg, train_cfg, corpus, resumed, resume=True, progress=False)
+    assert losses(resumed) == losses(runs[True])
+
+
+def test_resets_at_documents_need_carried_state_and_marked_documents(text_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="TrainConfig.reset_documents must be false unless carry_state is true"):
+        TrainConfig(reset_documents=True)
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=True)
+    with pytest.raises(ValueError, match="reset_documents=true, but the training split marks no documents"):
+        train(model_cfg, train_cfg, corpus, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_carried_states_change_what_the_model_learns(text_file: Path, tmp_path: Path) -> None:

@@ -11,6 +11,10 @@ with, detached from its graph (gradients stop at the segment boundary). A pass h
 steps; at the start of each pass the states are reset to empty, and the tail ``m mod L`` of each
 stream is skipped.
 
+With ``documents`` (the offsets of the tokens that start a document), every segment also says
+which of its tokens start one, and training empties that stream's state there (the model's
+``resets``), so a document never reads its predecessor through the state.
+
 ::
 
     stream 0: |seg 0|seg 1|seg 2| ... |       the state flows left to right,
@@ -19,7 +23,7 @@ stream is skipped.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,16 +37,18 @@ class TokenStreams:
         data: the token ids ``[N]`` (e.g. a read-only memmap of the training split).
         n_streams: streams, one per row of every batch (the global batch size).
         context: tokens per stream and step (the training context ``L``).
+        documents: increasing offsets into ``data`` of the tokens that start a document, or ``None``.
 
-    >>> s = TokenStreams(np.arange(21), n_streams=2, context=3)
-    >>> batch, reset = s.next()
-    >>> batch.tolist(), reset
-    ([[0, 1, 2, 3], [10, 11, 12, 13]], True)
-    >>> s.next()[0].tolist()
-    [[3, 4, 5, 6], [13, 14, 15, 16]]
+    >>> s = TokenStreams(np.arange(21), n_streams=2, context=3, documents=np.array([4, 12]))
+    >>> batch, new_pass, starts = s.next()
+    >>> batch.tolist(), new_pass, starts.tolist()
+    ([[0, 1, 2, 3], [10, 11, 12, 13]], True, [[False, False, False], [False, False, True]])
+    >>> batch, new_pass, starts = s.next()
+    >>> batch.tolist(), starts.tolist()
+    ([[3, 4, 5, 6], [13, 14, 15, 16]], [[False, True, False], [False, False, False]])
     """
 
-    def __init__(self, data: np.ndarray, n_streams: int, context: int) -> None:
+    def __init__(self, data: np.ndarray, n_streams: int, context: int, documents: Optional[np.ndarray] = None) -> None:
         if n_streams < 1 or context < 1:
             raise ValueError(f"n_streams and context must be >= 1, got {n_streams} and {context}")
         self.data, self.n_streams, self.context = data, n_streams, context
@@ -52,16 +58,22 @@ class TokenStreams:
             raise ValueError(f"the training split has {len(data)} tokens: too few for {n_streams} streams of at least "
                              f"context = {context} tokens (needs {n_streams * context + 1}); lower batch_size or context")
         self.starts = np.arange(n_streams) * self.stream_length  # [n]
+        self.documents = documents
         self.position = 0  #: steps already taken in the current pass
 
-    def next(self) -> Tuple[Tensor, bool]:
+    def next(self) -> Tuple[Tensor, bool, Optional[Tensor]]:
         """The next segment of every stream, ``[n_streams, context + 1]`` int64 (inputs and the
-        targets shifted by one), and whether it starts a pass (the carried states must be reset)."""
+        targets shifted by one); whether it starts a pass (the carried states must be reset); and,
+        with ``documents``, which inputs start a document, ``[n_streams, context]`` bool (else ``None``)."""
         reset = self.position == 0
         offsets = self.starts + self.position * self.context  # [n]
         batch = np.stack([np.asarray(self.data[o : o + self.context + 1], dtype=np.int64) for o in offsets])
+        starts = None
+        if self.documents is not None:
+            positions = offsets[:, None] + np.arange(self.context)  # [n, L]: the inputs' offsets in data
+            starts = torch.from_numpy(np.isin(positions, self.documents))  # [n, L]
         self.position = (self.position + 1) % self.steps_per_pass
-        return torch.from_numpy(batch), reset
+        return torch.from_numpy(batch), reset, starts
 
     def state_dict(self) -> Dict[str, int]:
         """What a checkpoint keeps to resume the streams exactly."""

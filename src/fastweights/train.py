@@ -385,19 +385,24 @@ def train(
                 t_step = time.perf_counter()
                 loss_sum = torch.zeros((), device=info.device)
                 if streams is not None:
-                    segments, reset = streams.next()  # [batch_size, context + 1]
+                    segments, reset, doc_starts = streams.next()  # [batch_size, context + 1], _, [batch_size, context]
                     if reset:  # a new pass over the data: every stream starts from an empty state
                         carried = [None] * train_cfg.grad_accum
                 for i in range(train_cfg.grad_accum):
+                    resets = None
                     if streams is None:
                         batch = sample_batch(corpus.train, micro, model_cfg.context, data_gen)  # [micro, context + 1]
                     else:
                         batch = segments[i * micro : (i + 1) * micro]  # [micro, context + 1]: micro-batch i's streams
+                        if doc_starts is not None:
+                            mine = doc_starts[i * micro : (i + 1) * micro][info.rank * local : (info.rank + 1) * local]
+                            resets = mine.to(info.device)  # [local, context]
                     batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
                     sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
                     with sync:
                         with autocast_context(info.device, amp):
-                            _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False)
+                            _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False,
+                                                     resets=resets)
                         (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
                     if streams is not None:  # truncated BPTT: the state carries on, its graph does not
                         carried[i] = {"pos": 0, "layers": map_tensors(Tensor.detach, new_state["layers"])}
@@ -520,7 +525,13 @@ def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: T
     if not is_fast_weight_model(model):
         raise ValueError(f"carry_state=true needs fast-weight attention, got attention={model_cfg.attention!r}: softmax "
                          f"attention's state (its KV cache) grows with the text; train it on windows (carry_state=false)")
-    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context)
+    documents = None
+    if train_cfg.reset_documents:
+        documents = corpus.documents.get("train", np.zeros(0, dtype=np.int64))
+        if not len(documents):
+            raise ValueError("reset_documents=true, but the training split marks no documents (lines ' = Title = ', "
+                             "as WikiText marks its articles); set reset_documents=false")
+    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context, documents)
 
 
 def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int) -> float:

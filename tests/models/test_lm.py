@@ -59,6 +59,95 @@ def test_segments_with_state_equal_one_pass(attention: str) -> None:
     assert state["pos"] == 14
 
 
+@pytest.mark.parametrize("attention", ["delta", "linear+gated_delta", "rdn"])
+def test_resets_start_those_rows_from_the_empty_state(attention: str) -> None:
+    """Row 0 resets before tokens 3 and 7, row 1 never, row 2 at token 0: each row's logits, loss
+    and final state equal running its pieces on their own (a reset piece from no state), and the
+    gradients equal those of that piecewise computation."""
+    model = tiny(attention).double()
+    idx = torch.randint(0, 37, (3, 10))
+    _, _, state = model(torch.randint(0, 37, (3, 5)))  # a carried state
+    state = {"pos": 0, "layers": [{k: v.detach() for k, v in layer.items()} for layer in state["layers"]]}
+    resets = torch.zeros(3, 10, dtype=torch.bool)
+    resets[0, [3, 7]] = True
+    resets[2, 0] = True
+    logits, loss, final = model(idx, idx.roll(-1, 1), state=state, resets=resets)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+
+    def row_state(b: int) -> dict:
+        return {"pos": 0, "layers": [{k: v[b : b + 1] for k, v in layer.items()} for layer in state["layers"]]}
+
+    pieces = {0: [(0, 3, True), (3, 7, False), (7, 10, False)], 1: [(0, 10, True)], 2: [(0, 10, False)]}
+    total, expected_logits = 0.0, []
+    for b, spans in pieces.items():
+        st, outs = None, []
+        for a, e, carry in spans:
+            out, nll, st = model(idx[b : b + 1, a:e], idx.roll(-1, 1)[b : b + 1, a:e], state=row_state(b) if carry else None)
+            outs.append(out)
+            total = total + nll * (e - a)
+        expected_logits.append(torch.cat(outs, 1))
+        for got, want in zip(final["layers"], st["layers"]):
+            for k in want:
+                torch.testing.assert_close(got[k][b : b + 1], want[k])
+    torch.testing.assert_close(logits, torch.cat(expected_logits))
+    torch.testing.assert_close(loss, total / 30)
+    for g, w in zip(grads, torch.autograd.grad(total / 30, list(model.parameters()))):
+        torch.testing.assert_close(g, w)
+
+
+def test_resets_without_any_equal_no_resets_and_bad_resets_are_errors() -> None:
+    model = tiny("delta").eval()
+    idx = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, resets=torch.zeros(2, 9, dtype=torch.bool))[0], model(idx)[0])
+    with pytest.raises(ValueError, match=r"resets must be a bool tensor of the shape of idx \[2, 9\], got torch.int64 \[2, 9\]"):
+        model(idx, resets=torch.zeros(2, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="resets need fast-weight attention .* attention='softmax'"):
+        tiny("softmax")(idx, resets=torch.zeros(2, 9, dtype=torch.bool))
+
+
+def test_the_lm_keeps_the_rules_starting_values_of_learned_inputs() -> None:
+    """The LM re-initialises every Linear (biases to zero); the gated delta rule's decay bias must
+    come back to the rule's 5 (alpha ~ 0.993), not stay at 0 (alpha = 0.5: a two-token memory)."""
+    model = tiny("linear+gated_delta")
+    for blk in model.blocks:
+        assert torch.equal(blk.attn.input_projs["g"].bias, torch.full((2,), 5.0))
+
+
+def test_out_norm_makes_the_output_independent_of_the_states_scale() -> None:
+    """With ``out_norm``, values (hence fast weights and outputs) 100x larger leave the logits as they
+    were, and the heads reach ``out_proj`` with unit RMS; without it the logits change. Step equals
+    forward; softmax attention refuses the option."""
+    idx = torch.randint(0, 37, (2, 9))
+    for out_norm in (True, False):
+        model = tiny("delta", out_norm=out_norm).eval()
+        seen = []
+        model.blocks[0].attn.out_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.attn.qkv.weight[32:] *= 100.0  # the value rows of [q; k; v]: outputs well above eps
+            before = model(idx)[0]
+            for blk in model.blocks:
+                blk.attn.qkv.weight[32:] *= 100.0
+            after = model(idx)[0]
+        if out_norm:
+            torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+            rms = seen[-1].view(2, 9, 2, 8).pow(2).mean(-1)  # [B, T, H]
+            torch.testing.assert_close(rms, torch.ones(2, 9, 2), atol=1e-3, rtol=0)
+        else:
+            assert (after - before).abs().max() > 1e-2
+    model = tiny("delta", out_norm=True).eval()
+    with torch.no_grad():
+        logits, _, _ = model(idx)
+        state, steps = None, []
+        for t in range(9):
+            out, state = model.step(idx[:, t], state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, 1), logits, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="LMConfig.out_norm must be false for softmax attention"):
+        tiny("softmax", out_norm=True)
+
+
 def test_positions_start_at_state_pos() -> None:
     model = tiny("softmax", pos_emb="learned").eval()
     idx = torch.randint(0, 37, (1, 4))

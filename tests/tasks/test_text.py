@@ -60,6 +60,29 @@ def test_word_corpus_from_directory(tmp_path: Path) -> None:
     assert tok.encode("the dog\nthe") == [tok.vocab.index(w) for w in ["the", "dog", "<eos>", "the"]]
 
 
+@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+def test_documents_start_at_the_title_lines(tmp_path: Path, kind: str) -> None:
+    """A `` = Title = `` line starts a document (offset of its first token); section headings
+    (`` = = S = = ``), an ``=`` inside a line and text without titles do not."""
+    train = " = A = \n\n the cat = sat \n = = Section = = \n the dog \n = Bb cc = \n cat \n"
+    (tmp_path / "wiki.train.tokens").write_text(train)
+    (tmp_path / "wiki.valid.tokens").write_text(" the cow sat \n = = S = = \n")
+    corpus = load_corpus(tmp_path, kind=kind, cache_dir=tmp_path / "cache", bpe_vocab_size=300)
+    lines = train.splitlines(keepends=True)
+    starts = []
+    for i in (0, 5):  # the title lines
+        prefix = "".join(lines[:i])
+        if kind == "word":
+            starts.append(sum(len(line.split()) + 1 for line in lines[:i]))
+        elif kind == "char":
+            starts.append(len(prefix))
+        else:
+            starts.append(sum(len(corpus.tokenizer.encode(line)) for line in lines[:i]))
+    assert corpus.documents["train"].tolist() == starts and corpus.documents["train"].dtype == np.int64
+    assert corpus.documents["val"].tolist() == []
+    assert corpus.tokenizer.decode(corpus.train[starts[1] :].tolist()).lstrip().startswith("= Bb cc =")
+
+
 @pytest.mark.skipif(not WIKI_TEST.is_file(), reason="../shared/data/wikitext-2 not present")
 def test_word_corpus_on_real_wikitext(tmp_path: Path) -> None:
     lines = WIKI_TEST.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -70,6 +93,10 @@ def test_word_corpus_on_real_wikitext(tmp_path: Path) -> None:
     assert len(corpus.val) == sum(len(line.split()) + 1 for line in lines[3000:3400])
     tok = corpus.tokenizer
     assert tok.decode(corpus.train[: len(lines[1].split()) + 2].tolist()) == "\n" + " ".join(lines[1].split()) + "\n"
+    titles = [i for i, line in enumerate(lines[:3000]) if line.startswith(" = ") and not line.startswith(" = = ")]
+    assert len(titles) > 5 and len(corpus.documents["train"]) == len(titles)  # its articles
+    for offset in corpus.documents["train"]:
+        assert tok.decode(corpus.train[offset : offset + 1].tolist()) == "=" and corpus.train[offset - 1] == tok.eos_id
     # the real directory has only the test split: a clear error
     with pytest.raises(FileNotFoundError, match="wiki.train.tokens"):
         load_corpus(WIKI_TEST.parent, cache_dir=tmp_path / "cache")

@@ -56,6 +56,10 @@ class FastWeightAttention(nn.Module):
             that need normalised keys (delta) ``'sum'`` (``'l2'`` if phi can be negative), else ``None``.
         attn_norm: attention normalisation (see above); ``None``: the rule's default (on for the
             sum rule) when the feature map is non-negative, else off. It needs a non-negative map.
+        out_norm: RMS-normalise each head's output before ``out_proj``,
+            ``o_t <- g * o_t / sqrt(mean(o_t^2) + eps)`` with a learned gain ``g`` ``[d_head]`` shared by
+            the heads (as DeltaNet and Gated DeltaNet do): the output's scale no longer follows the
+            state's, which grows with the number of writes when a state is carried over a long text.
         beta: ``'learned'`` (sigmoid of a per-head projection), a fixed float, or ``'auto'``
             (``'learned'`` for rules that learn a rate (delta), else none). A fixed rate must be
             finite and within the rule's bounds (:attr:`~fastweights.ops.RuleSpec.bounds`; the
@@ -81,6 +85,7 @@ class FastWeightAttention(nn.Module):
         feature_map_kwargs: Optional[dict] = None,
         qk_norm: Optional[str] = "auto",
         attn_norm: Optional[bool] = None,
+        out_norm: bool = False,
         beta: Union[str, float] = "auto",
         dropout: float = 0.0,
         bias: bool = False,
@@ -143,9 +148,9 @@ class FastWeightAttention(nn.Module):
 
         self.learned = spec.learned  # the rule's other per-token inputs: activation(w_h . x + b_h)
         self.input_projs = nn.ModuleDict({name: nn.Linear(d_model, n_heads, bias=True) for name in spec.learned})
-        for name, proj in self.input_projs.items():
-            nn.init.constant_(proj.bias, spec.learned[name].bias)
+        self.init_learned_inputs()
         self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
+        self.out_norm: Optional[nn.RMSNorm] = nn.RMSNorm(d_head, eps=eps) if out_norm else None
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -177,6 +182,13 @@ class FastWeightAttention(nn.Module):
         device = device if device is not None else self.qkv.weight.device
         d_v = self.d_head + (1 if self.attn_norm else 0)
         return {"S": torch.zeros(batch_size, self.n_heads, self.d_key, d_v, device=device)}
+
+    def init_learned_inputs(self) -> None:
+        """Set the biases of the rule's learned inputs to the rule's starting values
+        (:attr:`~fastweights.ops.LearnedInput.bias`; the gated delta rule's decay: 5, ``alpha ~ 0.993``).
+        A model that re-initialises every ``nn.Linear`` calls this afterwards."""
+        for name, proj in self.input_projs.items():
+            nn.init.constant_(proj.bias, self.learned[name].bias)
 
     # ------------------------------------------------------------------ internals
     def _attend(self, x: Tensor, state: Optional[State], cu_seqlens: Optional[Tensor], op: Op) -> Tuple[Tensor, State]:
@@ -216,12 +228,14 @@ class FastWeightAttention(nn.Module):
                   initial_state=state["S"] if state is not None else None, output_final_state=True,
                   cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps,
                   **inputs)  # [B, T, H, D]
+        if self.out_norm is not None:
+            o = self.out_norm(o)  # [B, T, H, D]
         return o.reshape(B, T, H * D), S
 
     def extra_repr(self) -> str:
         return (
             f"rule={self.rule!r}, heads={self.n_heads}, d_head={self.d_head}, d_key={self.d_key}, "
-            f"qk_norm={self.qk_norm_name!r}, attn_norm={self.attn_norm}, "
+            f"qk_norm={self.qk_norm_name!r}, attn_norm={self.attn_norm}, out_norm={self.out_norm is not None}, "
             f"beta={'learned' if self.beta_proj is not None else self.fixed_beta}, impl={self.impl!r}, "
             f"decode_impl={self.decode_impl!r}"
         )

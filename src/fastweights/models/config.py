@@ -93,6 +93,7 @@ class LMConfig(_DictConfig):
         decode_impl: op backend of one-token decoding steps.
         qk_norm: normalisation of the fast-weight layers' phi(q), phi(k): ``'sum'``, ``'l2'``,
             ``'none'`` or ``'auto'`` (the rule's default, see :class:`~fastweights.layers.FastWeightAttention`).
+        out_norm: RMS-normalise each fast-weight head's output (the layer's ``out_norm``).
     """
 
     vocab_size: int
@@ -114,6 +115,7 @@ class LMConfig(_DictConfig):
     impl: str = "auto"
     decode_impl: str = "recurrent"
     qk_norm: str = "auto"
+    out_norm: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -128,6 +130,7 @@ class LMConfig(_DictConfig):
         self._require("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
         self._require("adaptive_div_value", self.adaptive_div_value > 0.0, "in (0, inf)")
         spec = parse_attention(self.attention)
+        self._require("out_norm", spec.rule is not None or not self.out_norm, "false for softmax attention")
         if spec.rule is not None:
             for name in ("impl", "decode_impl"):
                 try:
@@ -172,6 +175,9 @@ class TrainConfig(_DictConfig):
             ``batch_size`` contiguous streams, each step starting from the state the previous one
             ended with, detached (truncated BPTT, see :mod:`fastweights.streams`); validation then
             uses the carried-state protocol. ``False``: independent random windows from an empty state.
+        reset_documents: with ``carry_state``, a stream's state is also emptied where a document of
+            the training split starts (a line `` = Title = ``, as in WikiText; see
+            :attr:`fastweights.tasks.text.Corpus.documents`), so no document reads its predecessor.
 
     Every float must be finite; ``lr`` in (0, inf), ``min_lr`` in [0, lr], ``beta1``, ``beta2`` in
     [0, 1), ``weight_decay`` and ``grad_clip`` in [0, inf), ``warmup`` and ``max_bad_steps`` >= 0.
@@ -195,6 +201,7 @@ class TrainConfig(_DictConfig):
     dtype: str = "auto"
     max_bad_steps: int = 0
     carry_state: bool = False
+    reset_documents: bool = False
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -213,6 +220,7 @@ class TrainConfig(_DictConfig):
         for name in ("warmup", "max_bad_steps"):
             self._require(name, getattr(self, name) >= 0, "an int >= 0")
         self._require("seed", 0 <= self.seed < 2 ** 63, "an int in [0, 2**63)")
+        self._require("reset_documents", self.carry_state or not self.reset_documents, "false unless carry_state is true")
 
 
 

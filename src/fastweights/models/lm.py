@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import FastWeightAttention, RecurrentFastWeightAttention, SoftmaxAttention
+from ..state import map_tensors
 from .config import LMConfig, parse_attention
 
 LMState = Dict[str, Any]
@@ -36,6 +37,7 @@ def build_attention(cfg: LMConfig) -> nn.Module:
         cfg.d_model, cfg.n_heads, cfg.d_head, rule=spec.rule, feature_map=spec.feature_map,
         feature_map_kwargs=kwargs, dropout=cfg.dropout, bias=cfg.bias, chunk_size=cfg.chunk_size,
         impl=cfg.impl, decode_impl=cfg.decode_impl, qk_norm=None if cfg.qk_norm == "none" else cfg.qk_norm,
+        out_norm=cfg.out_norm,
     )
 
 
@@ -123,6 +125,9 @@ class LanguageModel(nn.Module):
         else:
             self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+        for blk in self.blocks:  # the zeroed biases of a rule's learned inputs (e.g. a decay) back to the rule's
+            if isinstance(blk.attn, FastWeightAttention):
+                blk.attn.init_learned_inputs()
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 L)
             if name.endswith(("attn.out_proj.weight", "ff.proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
@@ -143,6 +148,7 @@ class LanguageModel(nn.Module):
     # ------------------------------------------------------------------ public API
     def forward(
         self, idx: Tensor, targets: Optional[Tensor] = None, state: Optional[LMState] = None, *, return_logits: bool = True,
+        resets: Optional[Tensor] = None,
     ) -> Tuple[Optional[Tensor], Optional[Tensor], LMState]:
         """Run a segment, optionally continuing from ``state``.
 
@@ -152,6 +158,10 @@ class LanguageModel(nn.Module):
             state: an :data:`LMState` to continue from, or ``None`` (start of text).
             return_logits: ``False`` skips the ``[B, T, V]`` output (training with an adaptive
                 softmax only needs the loss); logits are then ``None``.
+            resets: ``[B, T]`` bool or ``None``: row b's state is emptied just before token t where
+                ``resets[b, t]`` (a new document starts there; fast-weight attention only). The
+                segment runs in pieces cut at those tokens, each row's state flowing through them
+                with its graph, so gradients cross the pieces as in one call.
 
         Returns:
             ``(logits, loss, state)``: logits ``[B, T, V]`` (log-probabilities with an adaptive
@@ -160,7 +170,10 @@ class LanguageModel(nn.Module):
         """
         self._check_idx(idx, 2, "idx")
         B, T = idx.shape
-        h, new_state = self._trunk(idx, state, recurrent=False)  # [B, T, d_model]
+        if resets is None:
+            h, new_state = self._trunk(idx, state, recurrent=False)  # [B, T, d_model]
+        else:
+            h, new_state = self._trunk_resetting(idx, state, resets)  # [B, T, d_model]
         loss = None
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.shape != idx.shape:
@@ -215,6 +228,27 @@ class LanguageModel(nn.Module):
         if self.ln_f is not None:
             x = self.ln_f(x)
         return x, {"pos": pos0 + T, "layers": layer_states}
+
+    def _trunk_resetting(self, idx: Tensor, state: Optional[LMState], resets: Tensor) -> Tuple[Tensor, LMState]:
+        """:meth:`_trunk` over the pieces of ``idx`` cut where any row resets; a resetting row enters
+        its piece with the empty (all-zero) state at position 0."""
+        B, T = idx.shape
+        if not isinstance(resets, Tensor) or resets.dtype != torch.bool or resets.shape != (B, T):
+            raise ValueError(f"resets must be a bool tensor of the shape of idx {[B, T]}, got "
+                             f"{getattr(resets, 'dtype', type(resets))} {list(getattr(resets, 'shape', []))}")
+        if not all(isinstance(blk.attn, FastWeightAttention) for blk in self.blocks):
+            raise ValueError(f"resets need fast-weight attention (an empty state is all zeros), got attention={self.cfg.attention!r}")
+        cuts = [0] + [t for t in resets.any(0).nonzero().flatten().tolist() if t > 0] + [T]
+        hs = []
+        for a, b in zip(cuts, cuts[1:]):
+            if state is not None and bool(resets[:, a].any()):
+                keep = ~resets[:, a]  # [B]
+                pos = torch.where(keep, torch.as_tensor(state["pos"], device=idx.device), 0)  # [B]
+                layers = map_tensors(lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, 0), state["layers"])
+                state = {"pos": pos, "layers": layers}
+            h, state = self._trunk(idx[:, a:b], state, recurrent=False)  # [B, b - a, d_model]
+            hs.append(h)
+        return torch.cat(hs, 1), state  # [B, T, d_model]
 
     def _logits(self, h: Tensor) -> Tensor:
         if isinstance(self.head, nn.AdaptiveLogSoftmaxWithLoss):

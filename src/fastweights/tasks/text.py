@@ -20,6 +20,10 @@ single text file (split deterministically: the first ``1 - val_fraction`` of the
 the rest validate), tokenizes it once and caches the ids as flat ``uint16``/``uint32`` files that
 later runs open as ``numpy.memmap`` at once. The cache is keyed by the files' contents (SHA-256), so
 a file rewritten in place, even with its old size and modification time, is tokenized afresh.
+
+Documents: a line ``" = Title = "`` (one ``=`` on each side: WikiText's article titles; its section
+headings have two or more) starts a document. The cache keeps, per split, the token offsets of
+those lines (:attr:`Corpus.documents`), which carried-state training can reset its states at.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,7 +47,9 @@ TOKENIZER_FILE = "tokenizer.json"
 #: the characters ``str.split()`` splits words at (Python's whitespace), as the body of a regex class
 WHITESPACE = "\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 WIKITEXT_SPLITS = {"train": "wiki.train.tokens", "val": "wiki.valid.tokens", "test": "wiki.test.tokens"}
-_CACHE_VERSION = 1
+#: a line that starts a document: WikiText's `` = Title = `` (section headings are `` = = Section = = ``)
+DOCUMENT_TITLE = re.compile(r" = [^=](?:.*[^=])? = ")
+_CACHE_VERSION = 2  # 2: document offsets per split
 _LINES_PER_CHUNK = 20000
 
 
@@ -276,13 +283,16 @@ def check_same_tokenizer(tokenizer: Tokenizer, directory: PathLike) -> None:
 # ---------------------------------------------------------------------------- corpora
 @dataclass
 class Corpus:
-    """Token ids per split (``'train'``, ``'val'``, optionally ``'test'``) as read-only memmaps."""
+    """Token ids per split (``'train'``, ``'val'``, optionally ``'test'``) as read-only memmaps, and
+    per split the offsets ``[n_documents]`` (int64, increasing) of the tokens that start a document
+    (a :data:`DOCUMENT_TITLE` line; empty for a text without such lines)."""
 
     tokenizer: Tokenizer
     splits: Dict[str, np.ndarray]
     source: str
     cache: str
     info: Dict[str, object] = field(default_factory=dict)
+    documents: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def train(self) -> np.ndarray:
@@ -357,10 +367,11 @@ def load_corpus(
     meta = json.loads((cache / "meta.json").read_text())
     tokenizer = load_tokenizer(cache)
     splits = {s: np.memmap(cache / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(n,)) for s, n in meta["lengths"].items()}
+    documents = {s: np.load(cache / f"{s}.docs.npy", allow_pickle=False) for s in meta["lengths"]}
     info = {"path": str(src), "kind": kind, "vocab_size": tokenizer.vocab_size, "tokens": dict(meta["lengths"])}
     if src.is_file():
         info["val_fraction"] = val_fraction  # so evaluation re-splits the file exactly as training did
-    return Corpus(tokenizer, splits, str(src), str(cache), info)
+    return Corpus(tokenizer, splits, str(src), str(cache), info, documents)
 
 
 def _read_text(path: Path) -> str:
@@ -422,7 +433,10 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
     tmp = make_temp_dir(cache.parent, cache.name)
     try:
         dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
-        lengths = {s: _write_ids(tmp / f"{s}.bin", _encode_lines(tokenizer, lines()), dtype) for s, lines in split_lines.items()}
+        lengths = {}
+        for s, lines in split_lines.items():
+            lengths[s], documents = _write_ids(tmp / f"{s}.bin", _encode_lines(tokenizer, lines()), dtype)
+            np.save(tmp / f"{s}.docs.npy", documents, allow_pickle=False)
         for s, n in lengths.items():
             if n == 0:
                 where = files.get(s, files.get("all"))
@@ -442,8 +456,9 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
         raise
 
 
-def _encode_lines(tokenizer: Tokenizer, lines: Iterator[str]) -> Iterator[List[int]]:
-    """Ids of consecutive chunks of lines (their concatenation is the ids of the whole text)."""
+def _encode_lines(tokenizer: Tokenizer, lines: Iterator[str]) -> Iterator[Tuple[List[int], List[int]]]:
+    """Ids of consecutive chunks of lines (their concatenation is the ids of the whole text), each
+    with the offsets (into its ids) of its lines that start a document."""
     buf: List[str] = []
     for line in lines:
         buf.append(line)
@@ -454,24 +469,30 @@ def _encode_lines(tokenizer: Tokenizer, lines: Iterator[str]) -> Iterator[List[i
         yield _encode_chunk(tokenizer, buf)
 
 
-def _encode_chunk(tokenizer: Tokenizer, lines: List[str]) -> List[int]:
+def _encode_chunk(tokenizer: Tokenizer, lines: List[str]) -> Tuple[List[int], List[int]]:
     if isinstance(tokenizer, WordTokenizer):  # every line (with or without its newline) ends with <eos>
-        out: List[int] = []
-        for line in lines:
-            out.extend(tokenizer.encode_line(line))
-            out.append(tokenizer.eos_id)
-        return out
-    if isinstance(tokenizer, BPETokenizer):
-        return [i for ids in tokenizer.encode_lines(lines) for i in ids]
-    return tokenizer.encode("".join(lines))
+        per_line = [tokenizer.encode_line(line) + [tokenizer.eos_id] for line in lines]
+    elif isinstance(tokenizer, BPETokenizer):
+        per_line = tokenizer.encode_lines(lines)
+    else:
+        per_line = [tokenizer.encode(line) for line in lines]
+    ids: List[int] = []
+    starts: List[int] = []
+    for line, line_ids in zip(lines, per_line):
+        if DOCUMENT_TITLE.fullmatch(line.rstrip("\r\n")):
+            starts.append(len(ids))
+        ids.extend(line_ids)
+    return ids, starts
 
 
-def _write_ids(path: Path, chunks: Iterable[List[int]], dtype: type) -> int:
-    n = 0
+def _write_ids(path: Path, chunks: Iterable[Tuple[List[int], List[int]]], dtype: type) -> Tuple[int, np.ndarray]:
+    """Write the ids of ``chunks`` to ``path``; their count and the documents' offsets ``[n_docs]``."""
+    n, documents = 0, []
     with open(path, "wb") as f:
-        for ids in chunks:
+        for ids, starts in chunks:
             np.asarray(ids, dtype=dtype).tofile(f)
+            documents.extend(n + i for i in starts)
             n += len(ids)
         f.flush()
         os.fsync(f.fileno())
-    return n
+    return n, np.asarray(documents, dtype=np.int64)
