@@ -3,6 +3,7 @@ accumulation, resets at document starts, the carried validation protocol agreein
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastweights.checkpoints import CARRY_FILE, list_checkpoints
+from fastweights.cli import main as cli_main
 from fastweights.evaluate import evaluate
 from fastweights.models import LMConfig, TrainConfig, load_model
 from fastweights.state import load_state
@@ -135,6 +137,33 @@ def test_validation_uses_the_carried_protocol_as_eval_does(text_file: Path, tmp_
                          protocols=("carried-state",), max_tokens=max_tokens)
     assert float(rows[-1]["val_loss"]) == pytest.approx(result.nats, rel=1e-6)
     assert result.tokens == min(max_tokens, len(corpus.val) - 1)
+
+
+def test_validation_with_resets_at_documents_is_what_eval_reports(wiki_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A reset_documents run validates with the state emptied at the validation split's article
+    starts (its metrics say so); `fastweights eval` does the same by default and differs with
+    --no-reset-documents."""
+    monkeypatch.setenv("FASTWEIGHTS_CACHE", str(tmp_path / "cache"))
+    corpus = load_corpus(wiki_dir)
+    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=True, steps=6, eval_every=6,
+                                        eval_batches=3)
+    out = tmp_path / "run"
+    train(model_cfg, train_cfg, corpus, out, progress=False)
+    rows = [r for r in read_metrics(out) if r["val_loss"]]
+    assert [r["val_protocol"] for r in rows] == ["carried-state (reset at documents)"]
+    max_tokens = train_cfg.eval_batches * train_cfg.batch_size * model_cfg.context
+    assert (corpus.documents["val"][1:] < max_tokens).any()  # resets inside the scored tokens
+    scores = {}
+    for flag in ("--reset-documents", "--no-reset-documents", None):
+        args = ["eval", "--checkpoint", str(out), "--protocol", "carried-state", "--max-tokens", str(max_tokens),
+                "--json", str(tmp_path / "eval.json"), "--no-progress"]
+        assert cli_main(args + ([flag] if flag else [])) == 0
+        scores[flag] = json.loads((tmp_path / "eval.json").read_text())["results"][0]["nats"]
+    assert scores[None] == scores["--reset-documents"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-6)
+    assert scores["--no-reset-documents"] != scores[None]
+    assert "emptied at its" in capsys.readouterr().out
 
 
 RECALL_LETTERS = "ABCDEFGH"  #: the letters a recall document is about (chance: ln 8 nats)

@@ -128,7 +128,8 @@ def sliding_window_loss(
 
 
 @torch.no_grad()
-def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bool = False) -> EvalResult:
+def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bool = False,
+                       documents: Optional[Sequence[int]] = None) -> EvalResult:
     """Protocol (b): consecutive segments of ``segment`` tokens, the fast weights carried across.
 
     Args:
@@ -137,6 +138,9 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
         ids: the token stream ``[N]`` (a tensor, or a numpy array such as a corpus split's memmap).
         segment: segment length (the training context); positions restart at 0 in each segment.
         progress: show a tqdm bar.
+        documents: offsets into ``ids`` of the tokens that start a document (e.g. a split's
+            :attr:`~fastweights.tasks.text.Corpus.documents`): the state is emptied there, as in
+            training with ``reset_documents``. ``None``: the stream is read through.
 
     Raises:
         ValueError: ``model`` has softmax attention layers (its state would grow with the stream).
@@ -151,12 +155,18 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
     total, state = 0.0, None
     model.eval()
     device = _device(model)
+    starts = torch.zeros(len(ids), dtype=torch.bool)  # [N]: the tokens where the state is emptied
+    if documents is not None:
+        offsets = np.asarray(documents, dtype=np.int64)  # [n_docs]
+        starts[torch.from_numpy(offsets[offsets < len(ids)])] = True
     with tqdm(total=len(ids) - 1, unit="tok", desc=f"carried state segment={segment}", disable=not progress) as bar:
         for a in range(0, len(ids) - 1, segment):
             chunk = ids[a:a + segment + 1]  # [T + 1], T <= segment
             if state is not None:
                 state = {**state, "pos": 0}  # new segment: positions restart, fast weights carry on
-            logits, _, state = model(chunk[None, :-1].to(device), state=state)  # [1, T, V]
+            resets = starts[a : a + len(chunk) - 1]  # [T]
+            logits, _, state = model(chunk[None, :-1].to(device), state=state,
+                                     resets=resets[None].to(device) if bool(resets.any()) else None)  # [1, T, V]
             total += _nll_sum(logits, chunk[None, 1:])
             bar.update(len(chunk) - 1)
     return EvalResult("carried-state", segment, len(ids) - 1, total / (len(ids) - 1))
@@ -238,12 +248,14 @@ def evaluate(
     batch_size: int = 64,
     max_tokens: Optional[int] = None,
     progress: bool = False,
+    documents: Optional[Sequence[int]] = None,
 ) -> List[EvalResult]:
     """Run the requested protocols on the first ``max_tokens`` scored tokens of ``ids``.
 
     ``'carried-state'`` is skipped for models with softmax attention (see
     :func:`is_fast_weight_model`). ``segment`` defaults to ``context``; ``max_tokens`` ``None``
-    scores the whole stream (``ids[1:]``).
+    scores the whole stream (``ids[1:]``); ``documents`` (offsets of document starts) empties the
+    carried state at each (see :func:`carried_state_loss`).
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
@@ -256,7 +268,7 @@ def evaluate(
     if "sliding-window" in protocols:
         results.append(sliding_window_loss(model, ids, context, stride, batch_size, progress))
     if "carried-state" in protocols and is_fast_weight_model(model):
-        results.append(carried_state_loss(model, ids, segment or context, progress))
+        results.append(carried_state_loss(model, ids, segment or context, progress, documents))
     return results
 
 

@@ -7,7 +7,8 @@ Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.Langu
     config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.checkpoint)
     loss.png                                         the training and validation loss curves, at the end
     metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s,
-                                                     val_protocol (windows, or carried-state with carry_state)
+                                                     val_protocol (windows; carried-state with carry_state,
+                                                     "carried-state (reset at documents)" with reset_documents)
     checkpoints/step-XXXXXXXX/                       weights, trainer state (optimizer, scheduler, RNG states,
                                                      data-sampler state, step), manifest; the last two kept
                                                      (see fastweights.checkpoints)
@@ -23,12 +24,16 @@ With ``carry_state`` (fast-weight models) the step instead reads the next ``cont
 ``batch_size`` contiguous streams (:class:`~fastweights.streams.TokenStreams`; micro-batch i of an
 accumulated step takes rows ``[i m, (i + 1) m)``, process r its slice of those), each row starting
 from the state its stream ended the previous step with, detached: truncated back-propagation
-through time. The states are reset to empty at the start of each pass over the data, and a
+through time. The states are reset to empty at the start of each pass over the data (and, with
+``reset_documents``, where a document of the split starts: the model's ``resets``), and a
 checkpoint holds the stream position and every process's states, so a resume is exact. Validation
 then scores the validation split with the carried-state protocol
-(:func:`fastweights.evaluate.carried_state_loss`: one stream, segments of ``context`` tokens), the
-headline number of such a model and what ``fastweights eval --protocol carried-state`` reports. Checkpoints are written into a temporary directory, fsynced and
-renamed, and loaded with ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects).
+(:func:`fastweights.evaluate.carried_state_loss`: one stream, segments of ``context`` tokens, reset
+at documents as in training), the headline number of such a model and what ``fastweights eval
+--protocol carried-state`` reports.
+
+Checkpoints are written into a temporary directory, fsynced and renamed, and loaded with
+``torch.load(weights_only=True)`` (no unpickling of arbitrary objects).
 
 Failures:
 
@@ -430,13 +435,15 @@ def train(
                                             train_cfg.eval_batches * micro, info, amp)
                     else:
                         val_loss = evaluate_carried(model, corpus.val, model_cfg.context,
-                                                    train_cfg.eval_batches * micro * model_cfg.context)  # the windows' tokens
+                                                    train_cfg.eval_batches * micro * model_cfg.context,  # the windows' tokens
+                                                    corpus.documents.get("val") if train_cfg.reset_documents else None)
                     t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
                 if step % train_cfg.log_every == 0 or val_loss is not None:
                     now = time.perf_counter()
                     tps = tok_log / max(now - t_log, 1e-9)
                     last = {"step": step, "train_loss": window[0] / window[1], "val_loss": val_loss, "tokens_per_s": tps}
-                    metrics.log(step, val_protocol=None if val_loss is None else "windows" if streams is None else "carried-state",
+                    metrics.log(step, val_protocol=None if val_loss is None else "windows" if streams is None
+                                else "carried-state (reset at documents)" if train_cfg.reset_documents else "carried-state",
                                 lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
                     postfix = {"loss": f"{last['train_loss']:.4f}", "tok/s": f"{tps:,.0f}"}
                     if val_loss is not None:
@@ -534,12 +541,15 @@ def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: T
     return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context, documents)
 
 
-def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int) -> float:
+def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int,
+                     documents: Optional[np.ndarray] = None) -> float:
     """Validation loss of a streamed run: the carried-state protocol over the first ``max_tokens + 1``
-    ids of ``data`` (all of it when shorter), as ``fastweights eval --protocol carried-state
-    --max-tokens`` computes it. Every process computes the same number."""
+    ids of ``data`` (all of it when shorter), the state emptied at ``documents`` (offsets) when
+    given, as ``fastweights eval --protocol carried-state --max-tokens`` computes it. Every process
+    computes the same number."""
     was_training = model.training
-    loss = carried_state_loss(model, torch.from_numpy(np.asarray(data[: max_tokens + 1], dtype=np.int64)), context).nats
+    ids = torch.from_numpy(np.asarray(data[: max_tokens + 1], dtype=np.int64))  # [n + 1]
+    loss = carried_state_loss(model, ids, context, documents=documents).nats
     model.train(was_training)
     return loss
 

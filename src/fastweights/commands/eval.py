@@ -56,6 +56,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "cut into streams of --stream-length tokens, read side by side)")
     p.add_argument("--stream-length", type=int, default=8192, help="stream length of --by-position (default: 8192)")
     p.add_argument("--plot", type=Path, default=None, help="with --by-position: write its plot to this PNG")
+    p.add_argument("--reset-documents", action=argparse.BooleanOptionalAction, default=None,
+                   help="carried-state: empty the state where a document starts (a ' = Title = ' line, as WikiText "
+                        "marks its articles) (default: as the model was trained, TrainConfig.reset_documents)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -89,12 +92,19 @@ def main(args: argparse.Namespace) -> int:
     if args.split not in corpus.splits:
         raise ValueError(f"--data {data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    reset = args.reset_documents
+    if reset is None:
+        reset = bool((read_config(args.checkpoint).get("train") or {}).get("reset_documents", False))
+    elif reset and not len(corpus.documents[args.split]):
+        raise ValueError(f"--reset-documents: the {args.split} split of {data} marks no documents (lines ' = Title = ')")
+    documents = corpus.documents[args.split] if reset else None
     results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
                        segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, documents=documents)
 
     unit = "char" if corpus.tokenizer.kind == "char" else "token"
-    print(f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {data}")
+    print(f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {data}"
+          + (f"; carried state emptied at its {len(documents):,} document starts" if documents is not None else ""))
     print(f"| protocol | context | {unit}s scored | nats/{unit} | bits/{unit} | perplexity |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
@@ -112,7 +122,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"wrote {args.plot}")
     if args.json is not None:
         doc = {"checkpoint": str(args.checkpoint), "attention": cfg.attention, "data": str(data), "split": args.split,
-               "stride": args.stride, "max_tokens": args.max_tokens, "results": [r.to_dict() for r in results]}
+               "stride": args.stride, "max_tokens": args.max_tokens, "reset_documents": reset,
+               "results": [r.to_dict() for r in results]}
         if profile is not None:
             doc["by_position"] = dataclasses.asdict(profile)
         args.json.parent.mkdir(parents=True, exist_ok=True)
