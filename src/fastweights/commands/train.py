@@ -10,6 +10,8 @@ Examples:
   fastweights train --preset shakespeare-char-carried --attention linear+gated_delta --out runs/shakespeare-gated-carried
       (carried fast weights: each step starts from the state the last one ended with, see carry_state;
       a rule that can forget, such as the gated delta rule, trains best this way)
+  fastweights train --preset wt2-small --attention linear+gated_delta --set reset_documents=true --out runs/wt2-gated
+      (carried, and the state emptied where a WikiText article starts, at its ' = Title = ' line)
   fastweights train --preset shakespeare-char --attention delta --data my.txt --out runs/mine
   torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --out runs/wt103
       (the same command on 1 process, 1 GPU or many machines; --data DIR: a directory with
