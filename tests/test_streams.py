@@ -48,6 +48,40 @@ def test_document_starts_mark_the_inputs_at_the_given_offsets() -> None:
     assert s.next()[2][0, 0]  # offset 0 starts a document
 
 
+def test_shifted_passes_start_later_and_stay_contiguous() -> None:
+    """With a shift seed, pass p > 0 starts every stream at i m + o_p, o_p in [0, L) (not all equal
+    over a few passes), reads its segments contiguously and keeps the same number of steps; the
+    first pass and an unseeded stream start at 0; a resume mid-way repeats the shifts."""
+    data = np.arange(1000)  # data[i] == i
+    s = TokenStreams(data, n_streams=3, context=8, shift_seed=5)
+    m, steps = s.stream_length, s.steps_per_pass
+    assert (m, steps) == (333, (333 - 7) // 8)
+    shifts = []
+    for p in range(6):
+        segments = [s.next() for _ in range(steps)]
+        assert [new_pass for _, new_pass, _ in segments] == [True] + [False] * (steps - 1)
+        shift = int(segments[0][0][0, 0])
+        assert 0 <= shift < 8 and (p > 0 or shift == 0)
+        for i in range(3):
+            row = torch.cat([seg[i, :-1] for seg, _, _ in segments])
+            assert row.tolist() == list(range(i * m + shift, i * m + shift + steps * 8))
+            assert int(segments[-1][0][i, -1]) < (i + 1) * m + 1  # never past its own stream
+        shifts.append(shift)
+    assert len(set(shifts[1:])) > 1
+    a = TokenStreams(data, 3, 8, shift_seed=5)
+    for _ in range(2 * steps + 3):
+        a.next()
+    b = TokenStreams(data, 3, 8, shift_seed=5)
+    b.load_state_dict(a.state_dict())
+    for _ in range(3 * steps):
+        assert torch.equal(a.next()[0], b.next()[0])
+    plain = TokenStreams(data, 3, 8)
+    assert plain.steps_per_pass == 333 // 8
+    for _ in range(plain.steps_per_pass):
+        plain.next()
+    assert plain.next()[0][0, 0] == 0
+
+
 def test_too_short_a_split_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="too few for 8 streams .*needs 513"):
         TokenStreams(np.arange(100), n_streams=8, context=64)

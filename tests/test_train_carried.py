@@ -104,6 +104,26 @@ def test_resets_at_documents_resume_exactly_and_change_training(wiki_dir: Path, 
     assert losses(resumed) == losses(runs[True])
 
 
+def test_shifted_streams_resume_exactly_and_change_training(text_file: Path, tmp_path: Path) -> None:
+    """shift_streams over a split read several times (passes of a few steps): a resume from the
+    step-6 checkpoint equals the uninterrupted run, which differs from one without shifts."""
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    runs = {}
+    for shift in (True, False):
+        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, shift_streams=shift, batch_size=160)
+        runs[shift] = tmp_path / f"shift-{shift}"
+        train(model_cfg, train_cfg, corpus, runs[shift], progress=False)
+    assert losses(runs[True]) != losses(runs[False])
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs[True], resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000012")
+    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, shift_streams=True, batch_size=160)
+    train(model_cfg, train_cfg, corpus, resumed, resume=True, progress=False)
+    assert losses(resumed) == losses(runs[True])
+    with pytest.raises(ValueError, match="TrainConfig.shift_streams must be false unless carry_state is true"):
+        TrainConfig(shift_streams=True)
+
+
 def test_resets_at_documents_need_carried_state_and_marked_documents(text_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TrainConfig.reset_documents must be false unless carry_state is true"):
         TrainConfig(reset_documents=True)

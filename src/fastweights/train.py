@@ -538,7 +538,8 @@ def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: T
         if not len(documents):
             raise ValueError("reset_documents=true, but the training split marks no documents (lines ' = Title = ', "
                              "as WikiText marks its articles); set reset_documents=false")
-    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context, documents)
+    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context, documents,
+                        shift_seed=train_cfg.seed if train_cfg.shift_streams else None)
 
 
 def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int,

@@ -175,6 +175,9 @@ class TrainConfig(_DictConfig):
             ``batch_size`` contiguous streams, each step starting from the state the previous one
             ended with, detached (truncated BPTT, see :mod:`fastweights.streams`); validation then
             uses the carried-state protocol. ``False``: independent random windows from an empty state.
+        shift_streams: with ``carry_state``, each pass over the data after the first starts the
+            streams at a random offset in ``[0, context)`` (drawn from ``seed`` and the pass), so the
+            segment boundaries differ between passes (see :mod:`fastweights.streams`).
         reset_documents: with ``carry_state``, a stream's state is also emptied where a document of
             the training split starts (a line `` = Title = ``, as in WikiText; see
             :attr:`fastweights.tasks.text.Corpus.documents`), so no document reads its predecessor.
@@ -202,6 +205,7 @@ class TrainConfig(_DictConfig):
     max_bad_steps: int = 0
     carry_state: bool = False
     reset_documents: bool = False
+    shift_streams: bool = False
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -220,7 +224,8 @@ class TrainConfig(_DictConfig):
         for name in ("warmup", "max_bad_steps"):
             self._require(name, getattr(self, name) >= 0, "an int >= 0")
         self._require("seed", 0 <= self.seed < 2 ** 63, "an int in [0, 2**63)")
-        self._require("reset_documents", self.carry_state or not self.reset_documents, "false unless carry_state is true")
+        for name in ("reset_documents", "shift_streams"):
+            self._require(name, self.carry_state or not getattr(self, name), "false unless carry_state is true")
 
 
 
