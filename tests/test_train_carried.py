@@ -184,6 +184,10 @@ def test_validation_with_resets_at_documents_is_what_eval_reports(wiki_dir: Path
     assert scores[None] == scores["--reset-documents"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-6)
     assert scores["--no-reset-documents"] != scores[None]
     assert "emptied at its" in capsys.readouterr().out
+    other = tmp_path / "plain.txt"  # a text without title lines
+    other.write_text(" the cat sat on the mat \n" * 50)
+    assert cli_main(["eval", "--checkpoint", str(out), "--data", str(other), "--reset-documents", "--no-progress"]) == 2
+    assert "fastweights eval: error: --reset-documents: the val split of" in capsys.readouterr().err
 
 
 RECALL_LETTERS = "ABCDEFGH"  #: the letters a recall document is about (chance: ln 8 nats)

@@ -29,6 +29,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..arguments import check_device, check_output_path
 from ..corpora import resolve
 from ..eval_report import format_position_table, plot_position_profile
@@ -93,11 +95,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     reset = args.reset_documents
+    marked = corpus.documents.get(args.split, np.zeros(0, dtype=np.int64))  # [n_docs] offsets
     if reset is None:
         reset = bool((read_config(args.checkpoint).get("train") or {}).get("reset_documents", False))
-    elif reset and not len(corpus.documents[args.split]):
+    elif reset and not len(marked):
         raise ValueError(f"--reset-documents: the {args.split} split of {data} marks no documents (lines ' = Title = ')")
-    documents = corpus.documents[args.split] if reset else None
+    documents = marked if reset else None
     results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
                        segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
                        progress=not args.no_progress, documents=documents)
