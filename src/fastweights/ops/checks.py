@@ -101,16 +101,18 @@ def check_cu_seqlens(cu_seqlens: Tensor, B: int, T: int) -> int:
 
 
 @torch.no_grad()  # a check: nothing of it belongs in the autograd graph (isfinite would save its input)
-def check_bounds(rule: str, bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]) -> None:
-    """Every finite value of a bounded per-token input (``bounds[name] = (lo, hi)``, a rule's
-    :attr:`~fastweights.ops.RuleSpec.bounds`) must lie in ``[lo, hi]``; non-finite values are left to
-    :mod:`fastweights.ops.nonfinite`. One host sync per bounded input given."""
-    for name, (lo, hi) in bounds.items():
-        x = per_token.get(name)
-        if x is None:
-            continue
-        outside = torch.isfinite(x) & ((x < lo) | (x > hi))  # [B, T, H]
-        if bool(outside.any()):
-            bad = x[outside]
-            raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}] for rule {rule!r}, got {bad.numel()} value(s) "
-                             f"outside, from {bad.min().item():g} to {bad.max().item():g}")
+@torch.no_grad()  # a check: its masks need no autograd graph
+def outside_bounds(bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]) -> Dict[str, Tensor]:
+    """For each bounded per-token input given (``bounds[name] = (lo, hi)``, a rule's
+    :attr:`~fastweights.ops.RuleSpec.bounds`), the ``[B, T, H]`` mask of its finite values outside
+    ``[lo, hi]`` (non-finite values are left to :mod:`fastweights.ops.nonfinite`); no host sync."""
+    return {name: torch.isfinite(x) & ((x < lo) | (x > hi))  # [B, T, H]
+            for name, (lo, hi) in bounds.items() if (x := per_token.get(name)) is not None}
+
+
+def bounds_error(rule: str, name: str, bounds: Tuple[float, float], x: Tensor, outside: Tensor) -> ValueError:
+    """The error for the values of ``x`` that :func:`outside_bounds` marked in ``outside``."""
+    bad = x[outside]
+    lo, hi = bounds
+    return ValueError(f"{name} must lie in [{lo:g}, {hi:g}] for rule {rule!r}, got {bad.numel()} value(s) "
+                      f"outside, from {bad.min().item():g} to {bad.max().item():g}")

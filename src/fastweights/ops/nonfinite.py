@@ -4,7 +4,8 @@ A chunkwise or quadratic form mixes positions in matrix products, and ``0 * NaN 
 mask applied by multiplication cannot keep a NaN at position t out of the outputs before t (the
 chunk forms' outputs earlier in t's chunk, the quadratic form's everywhere). Garbage in the
 right-padding of a batch (``torch.empty``) would then corrupt the valid tokens. So the op screens
-its inputs once, before any backend runs (:func:`find_nonfinite`), and when one is not finite:
+its inputs once, before any backend runs (:func:`all_finite`, then :func:`find_nonfinite` when
+that cannot vouch for them), and when one is not finite:
 
 - a non-finite query ``q_t`` is a bad *read*: it is replaced by zeros and the output ``o_t``
   alone is NaN (the definition reads ``q_t`` only there);
@@ -22,7 +23,7 @@ flows through the backend unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -61,20 +62,25 @@ class NonFinite:
         return o, final_state
 
 
-@torch.no_grad()
-@torch.no_grad()  # a check: its sums and masks need no autograd graph
-def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]],
-                   cu: Optional[Sequence[int]]) -> Optional[NonFinite]:
-    """Where the checked op inputs are not finite, or ``None`` when they all are (one host sync).
+@torch.no_grad()  # a check: its sums need no autograd graph
+def all_finite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]]) -> Tensor:
+    """``[]`` bool on the inputs' device, no host sync: ``True`` vouches that every checked input
+    is finite (a NaN or Inf anywhere makes the sum non-finite); ``False`` sends the caller to
+    :func:`find_nonfinite` (an overflow of finite values does too, and finds nothing there).
 
     ``q, k: [B, T, H, d_k]``, ``v: [B, T, H, d_v]``, ``per_token``: the rule's per-token inputs
-    (``beta``, ...), each ``[B, T, H]`` or None; ``cu``: cumulative lengths of sequences packed
-    along T (``B = 1``) or None.
+    (``beta``, ...), each ``[B, T, H]`` or None.
     """
-    writes = [k, v] + [x for x in per_token.values() if x is not None]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if bool(torch.isfinite(sum(x.sum(dtype=acc) for x in [q] + writes))):  # a NaN or Inf anywhere makes the sum
-        return None  # non-finite (an overflow of finite values only sends them to the exact, slower check below)
+    return torch.isfinite(sum(x.sum(dtype=acc) for x in _writes(k, v, per_token) + [q]))
+
+
+@torch.no_grad()  # a check: its masks need no autograd graph
+def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]],
+                   cu: Optional[Sequence[int]]) -> NonFinite:
+    """Where the checked op inputs (as :func:`all_finite`'s) are not finite; ``cu``: cumulative
+    lengths of sequences packed along T (``B = 1``) or None."""
+    writes = _writes(k, v, per_token)
     read = _nonfinite_tokens(q)  # [B, T, H]
     bad = torch.stack([_nonfinite_tokens(x) for x in writes]).any(0)  # [B, T, H]: non-finite writes
     T = q.shape[1]
@@ -89,6 +95,11 @@ def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optiona
             0, seq[:, None].expand(-1, q.shape[2]), at[0], reduce="amin")  # [N, H]
         write = (t[:, None] >= first[seq])[None]  # [1, T, H]
     return NonFinite(read, write, first < T)
+
+
+def _writes(k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]]) -> List[Tensor]:
+    """The inputs of a write: the key, the value and the per-token inputs given."""
+    return [k, v] + [x for x in per_token.values() if x is not None]
 
 
 def _nonfinite_tokens(x: Tensor) -> Tensor:

@@ -40,8 +40,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .checks import check_bounds, check_chunk_size, check_inputs
-from .nonfinite import find_nonfinite
+from .checks import bounds_error, check_chunk_size, check_inputs, outside_bounds
+from .nonfinite import all_finite, find_nonfinite
 from .varlen import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -367,9 +367,13 @@ class Op:
         self.last_impl = backend.name
         log.debug("%s rule: impl %r for %s %s on %s", spec.name, backend.name, q.dtype, list(q.shape), q.device)
         per_token = {"beta": beta, **inputs}
-        check_bounds(spec.name, spec.bounds, per_token)
+        outside = outside_bounds(spec.bounds, per_token)  # {name: [B, T, H] bool}
+        flags = torch.stack([all_finite(q, k, v, per_token), *(m.any() for m in outside.values())]).tolist()  # one sync
+        for (name, mask), bad in zip(outside.items(), flags[1:]):
+            if bad:
+                raise bounds_error(spec.name, name, spec.bounds[name], per_token[name], mask)
         cu = cu_seqlens.tolist() if cu_seqlens is not None else None
-        nonfinite = find_nonfinite(q, k, v, per_token, cu)
+        nonfinite = None if flags[0] else find_nonfinite(q, k, v, per_token, cu)
         if nonfinite is not None:
             q, k, v, per_token = nonfinite.clean(q, k, v, per_token)
         dtype = backend.compute_dtype(q.dtype)
