@@ -84,42 +84,34 @@ def wiki_dir(tmp_path: Path) -> Path:
     return root
 
 
-def test_resets_at_documents_resume_exactly_and_change_training(wiki_dir: Path, tmp_path: Path) -> None:
-    """With reset_documents (24 articles, several inside the segments of each step) the step-6
-    checkpoint resumes to the uninterrupted run bit for bit, and the run differs from one that reads
-    through the article boundaries."""
-    corpus = load_corpus(wiki_dir, cache_dir=tmp_path / "cache")
-    assert len(corpus.documents["train"]) == 24
+def check_option_resumes_exactly_and_changes_training(corpus, tmp_path: Path, name: str, **kw) -> None:
+    """Carried training with the bool option ``name`` on: a resume from the step-6 checkpoint equals
+    the uninterrupted run bit for bit, and the run differs from the one with the option off."""
     runs = {}
-    for resets in (True, False):
-        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=resets, grad_accum=2)
-        runs[resets] = tmp_path / f"resets-{resets}"
-        train(model_cfg, train_cfg, corpus, runs[resets], progress=False)
+    for on in (True, False):
+        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, **{name: on}, **kw)
+        runs[on] = tmp_path / f"{name}-{on}"
+        train(model_cfg, train_cfg, corpus, runs[on], progress=False)
     assert losses(runs[True]) != losses(runs[False])
     resumed = tmp_path / "resumed"
     shutil.copytree(runs[True], resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000012")  # as if killed after step 6
-    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=True, grad_accum=2)
+    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, **{name: True}, **kw)
     train(model_cfg, train_cfg, corpus, resumed, resume=True, progress=False)
     assert losses(resumed) == losses(runs[True])
+
+
+def test_resets_at_documents_resume_exactly_and_change_training(wiki_dir: Path, tmp_path: Path) -> None:
+    """reset_documents over 24 articles, several inside the segments of each step."""
+    corpus = load_corpus(wiki_dir, cache_dir=tmp_path / "cache")
+    assert len(corpus.documents["train"]) == 24
+    check_option_resumes_exactly_and_changes_training(corpus, tmp_path, "reset_documents", grad_accum=2)
 
 
 def test_shifted_streams_resume_exactly_and_change_training(text_file: Path, tmp_path: Path) -> None:
-    """shift_streams over a split read several times (passes of a few steps): a resume from the
-    step-6 checkpoint equals the uninterrupted run, which differs from one without shifts."""
+    """shift_streams over a split read several times (160 streams: passes of a few steps)."""
     corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
-    runs = {}
-    for shift in (True, False):
-        model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, shift_streams=shift, batch_size=160)
-        runs[shift] = tmp_path / f"shift-{shift}"
-        train(model_cfg, train_cfg, corpus, runs[shift], progress=False)
-    assert losses(runs[True]) != losses(runs[False])
-    resumed = tmp_path / "resumed"
-    shutil.copytree(runs[True], resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-00000012")
-    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, shift_streams=True, batch_size=160)
-    train(model_cfg, train_cfg, corpus, resumed, resume=True, progress=False)
-    assert losses(resumed) == losses(runs[True])
+    check_option_resumes_exactly_and_changes_training(corpus, tmp_path, "shift_streams", batch_size=160)
     with pytest.raises(ValueError, match="TrainConfig.shift_streams must be false unless carry_state is true"):
         TrainConfig(shift_streams=True)
 
