@@ -10,8 +10,10 @@
 #   1. CUDA tests: pytest -m gpu (the op tests' CUDA cases included) -> $OUT/tests.log   (150 s)
 #   2. fastweights bench ops --device cuda --peers                   -> $OUT/ops_cuda.md, ops_cuda.json (150 s)
 #   3. fastweights bench lm --device cuda                            -> $OUT/lm_cuda.md, lm_cuda.json   (150 s)
+#   4. benchmarks/kernel_resources.py: registers, spills and shared memory of every Triton kernel as
+#      the driver loaded it, beside `bench kernels`' offline prediction   -> $OUT/kernels.md, kernels.json (120 s)
 # $OUT/summary.txt lists each step's exit code (124: timed out); the script exits 1 if any step failed.
-# Worst case (every step hitting its limit): under 8 minutes.
+# Worst case (every step hitting its limit): under 10 minutes.
 
 set -u
 export PYTHONUNBUFFERED=1
@@ -64,6 +66,10 @@ record "bench ops" "${PIPESTATUS[0]}"
 echo "== bench lm --device cuda (timeout 150 s)"
 timeout 150 python3 -m fastweights.cli bench lm --device cuda --json "$OUT/lm_cuda.json" 2>&1 | tee "$OUT/lm_cuda.md"
 record "bench lm" "${PIPESTATUS[0]}"
+
+echo "== kernel resources on this GPU vs the offline prediction (timeout 120 s)"
+timeout 120 python3 benchmarks/kernel_resources.py --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.md"
+record "kernel resources" "${PIPESTATUS[0]}"
 
 echo "== summary ($OUT)"
 cat "$OUT/summary.txt"

@@ -7,15 +7,19 @@ and GFLOP/s against a matmul peak measured in the same run; `--peers` adds insta
 `lm`: tokens/s and peak memory of training steps (forward, backward, AdamW; bf16 autocast on CUDA)
 of a decoder LM with softmax, linear (sum rule) and delta attention at several contexts, and each
 variant's speed relative to softmax. See fastweights.benchmark.lm.
+
+`kernels`: compiles, without a GPU, every Triton kernel the backend launches for chosen GPU
+architectures, dtypes and widths, and reports registers, spills and shared memory against the
+arch's limits. See fastweights.benchmark.kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..benchmark import lm, ops
+from ..benchmark import kernels, lm, ops
 
-BENCHMARKS = {"ops": ops, "lm": lm}
+BENCHMARKS = {"ops": ops, "lm": lm, "kernels": kernels}
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -80,6 +80,8 @@ class Backend:
         requires: a module that must be importable (an optional dependency), or ``None``.
         tolerance: relative error of its output against the naive form in its most precise
             dtype, as the tests allow.
+        check: ``check(q, d_v) -> reason or None``: what else it needs of the inputs (a GPU
+            generation, say), asked after the declared limits.
     """
 
     name: str
@@ -96,6 +98,7 @@ class Backend:
     priority: Optional[int] = None
     requires: Optional[str] = None
     tolerance: float = 1e-9
+    check: Optional[Callable[[Tensor, int], Optional[str]]] = None
 
     def available(self) -> bool:
         """Whether its optional dependency (if any) is installed."""
@@ -121,6 +124,8 @@ class Backend:
             return f"its largest d_v is {self.max_d_v} (normalisation column included), got d_v = {d_v}"
         if self.one_token and q.shape[1] != 1:
             return f"it takes one token (T = 1), got T = {q.shape[1]}; use 'chunk' for sequences"
+        if self.check is not None:
+            return self.check(q, d_v)
         return None
 
 

@@ -3,7 +3,8 @@
 Inputs are the public ``[B, T, H, D]`` tensors (or ``[1, T, H, D]`` with ``cu_seqlens``), used in
 place as ``[tokens, H, D]``. Saved for the backward: the inputs, ``W``, ``U`` and ``L^-1`` (delta
 rule), i.e. O(T (d_k + d_v + C)) per head; the per-chunk states are recomputed by the forward scan,
-so no state per token (or per chunk) outlives a call.
+so no state per token (or per chunk) outlives a call. Each kernel is launched with the configuration
+:func:`.launch.plan` gives for the device (the same one ``fastweights bench kernels`` checks).
 """
 
 from __future__ import annotations
@@ -14,26 +15,30 @@ import torch
 import triton
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from triton.runtime.errors import OutOfResources
 
-from . import kernels
+from . import backward, forward
+from .launch import KernelConfig, chunk_length, plan
 
-BV_BLOCK = 32  #: value columns per block (a program's state tile is [d_k, BV_BLOCK])
-
-
-def _width(d: int) -> int:
-    """A feature width padded to the power of two >= 16 the kernels work on."""
-    return max(16, triton.next_power_of_2(d))
+KERNELS = {name: getattr(module, name) for module in (forward, backward)
+           for name in ("wy_fwd", "state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk", "wy_bwd")
+           if hasattr(module, name)}
 
 
-def chunk_size_of(chunk_size: int) -> int:
-    """The chunk length the kernels use: ``chunk_size`` if a power of two in [16, 64], else 64."""
-    return chunk_size if chunk_size in (16, 32, 64) else 64
+def capability(device: torch.device) -> int:
+    """Compute capability of ``device`` as one number (90 for sm_90); 90 for a CPU tensor (the interpreter)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 class Layout:
-    """Sequences, chunks and launch sizes of one call."""
+    """Sequences, chunks and kernel configurations of one call."""
 
-    def __init__(self, cu: List[int], H: int, K: int, V: int, BT: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, cu: List[int], H: int, K: int, V: int, chunk_size: int, delta: bool,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        BT = chunk_length(chunk_size)
         chunks = [(n, j) for n, (a, b) in enumerate(zip(cu, cu[1:])) for j in range(-(-(b - a) // BT))]
         offsets = [0]
         for a, b in zip(cu, cu[1:]):
@@ -42,15 +47,23 @@ class Layout:
         self.cu = torch.tensor(cu, dtype=torch.int32, device=device)
         self.chunk_indices = torch.tensor(chunks, dtype=torch.int32, device=device)  # [NT, 2]
         self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)  # [N + 1]
-        self.BK = _width(K)
-        self.BV = min(BV_BLOCK, _width(V))
-        self.precision = "ieee" if dtype == torch.float32 else "tf32"
+        self.configs = plan(delta, dtype, K, V, BT, capability(device))
 
-    def consts(self) -> dict:
-        return dict(BT=self.BT, BK=self.BK, PRECISION=self.precision)
+    def launch(self, name: str, grid: Tuple[int, ...], *args, **flags) -> None:
+        """Runs kernel ``name`` on ``grid`` with its planned configuration and the per-call ``flags``."""
+        config: KernelConfig = self.configs[name]
+        try:
+            KERNELS[name][grid](*args, **flags, **config.kwargs())
+        except OutOfResources as e:  # a configuration the offline check missed: say which and what limit
+            raise ValueError(f"Triton kernel {name} ({config.constexprs}, num_warps={config.num_warps}, "
+                             f"num_stages={config.num_stages}) needs {e.required:,} of {e.name}, the GPU allows "
+                             f"{e.limit:,}; use impl='chunk' for these inputs") from None
 
-    def scan_grid(self) -> Tuple[int, int]:
-        return (triton.cdiv(self.V, self.BV), self.N * self.H)
+    def value_blocks(self, name: str) -> int:
+        return triton.cdiv(self.V, self.configs[name].constexprs["BV"])
+
+    def key_blocks(self, name: str) -> int:
+        return triton.cdiv(self.K, self.configs[name].constexprs["BK"])
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -64,10 +77,9 @@ def _scan_forward(lay: Layout, k: Tensor, v: Tensor, w: Optional[Tensor], u: Opt
     hs = k.new_empty(lay.NT, lay.H, lay.K, lay.V, dtype=torch.float32)
     vn = torch.empty_like(v) if delta else v
     ht = k.new_empty(lay.N, lay.H, lay.K, lay.V, dtype=torch.float32) if final else None
-    kernels.state_fwd[lay.scan_grid()](
-        k, v, w if delta else k, u if delta else v, vn, h0 if h0 is not None else hs, hs, ht if final else hs,
-        lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, BV=lay.BV, DELTA=delta, HAS_H0=h0 is not None,
-        STORE_FINAL=final, **lay.consts())
+    lay.launch("state_fwd", (lay.value_blocks("state_fwd"), lay.N * lay.H),
+               k, v, w if delta else k, u if delta else v, vn, h0 if h0 is not None else hs, hs, ht if final else hs,
+               lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, HAS_H0=h0 is not None, STORE_FINAL=final)
     return hs, vn, ht
 
 
@@ -79,19 +91,18 @@ class TritonChunk(torch.autograd.Function):
                 cu: List[int], chunk_size: int, delta: bool, final: bool) -> Tuple[Tensor, Optional[Tensor]]:
         B, T, H, K = q.shape
         V = v.shape[-1]
-        lay = Layout(cu, H, K, V, chunk_size_of(chunk_size), q.device, q.dtype)
+        lay = Layout(cu, H, K, V, chunk_size, delta, q.device, q.dtype)
         qf, kf, vf = _flat(q), _flat(k), _flat(v)
         bf = beta.reshape(-1, H).contiguous() if delta else None  # [tokens, H]
         w = u = linv = None
         if delta:
             w, u = torch.empty_like(kf), torch.empty_like(vf)
             linv = kf.new_empty(kf.shape[0], H, lay.BT, dtype=torch.float32)  # [tokens, H, BT]: rows of L^-1
-            kernels.wy_fwd[(lay.NT, H)](kf, vf, bf, w, u, linv, lay.chunk_indices, lay.cu, H, K, V,
-                                         BV=lay.BV, **lay.consts())
+            lay.launch("wy_fwd", (lay.NT, H), kf, vf, bf, w, u, linv, lay.chunk_indices, lay.cu, H, K, V)
         hs, vn, ht = _scan_forward(lay, kf, vf, w, u, h0, delta, final)
         o = torch.empty_like(vf)
-        kernels.output_fwd[(triton.cdiv(V, lay.BV), lay.NT, H)](
-            qf, kf, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV, **lay.consts())
+        lay.launch("output_fwd", (lay.value_blocks("output_fwd"), lay.NT, H),
+                   qf, kf, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V)
         ctx.save_for_backward(qf, kf, vf, bf, h0, w, u, linv)
         ctx.lay, ctx.scale, ctx.delta, ctx.shape = lay, scale, delta, (B, T)
         return o.view(B, T, H, V), ht
@@ -104,19 +115,26 @@ class TritonChunk(torch.autograd.Function):
         H, K, V = lay.H, lay.K, lay.V
         dof = _flat(do) if do is not None else torch.zeros_like(vf)
         hs, vn, _ = _scan_forward(lay, kf, vf, w, u, h0, delta, False)
+        dvn = torch.empty_like(vf)  # P^T dO, then dV' (= dV for the sum rule)
+        lay.launch("dv_local", (lay.NT, H), qf, kf, dof, dvn, scale, lay.chunk_indices, lay.cu, H, K, V)
         dhs = torch.empty_like(hs)
-        dvn = torch.empty_like(vf) if delta else vf
         dh0 = kf.new_empty(lay.N, H, K, V, dtype=torch.float32)
-        kernels.state_bwd[lay.scan_grid()](
-            qf, kf, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0, dhs, dh0, scale,
-            lay.chunk_offsets, lay.cu, H, K, V, BV=lay.BV, DELTA=delta, HAS_DHT=dht is not None,
-            **lay.consts())
-        dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
-        dbeta = torch.empty_like(bf) if delta else None
-        kernels.grads[(lay.NT, H)](
-            qf, kf, vf, bf if delta else kf, vn, dvn, linv if delta else kf, hs, dhs, dof, dq, dk, dv,
-            dbeta if delta else dq, scale, lay.chunk_indices, lay.cu, H, K, V, BV=lay.BV, DELTA=delta,
-            **lay.consts())
+        lay.launch("state_bwd", (lay.value_blocks("state_bwd"), lay.N * H),
+                   qf, kf, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0, dhs, dh0, scale,
+                   lay.chunk_offsets, lay.cu, H, K, V, HAS_DHT=dht is not None)
+        dq = torch.empty_like(qf)
+        # delta: dK's attention and state part and -dW in float32, completed by wy_bwd
+        dk = kf.new_empty(kf.shape, dtype=torch.float32) if delta else torch.empty_like(kf)
+        ndw = torch.empty_like(dk) if delta else dk
+        lay.launch("grads_qk", (lay.key_blocks("grads_qk"), lay.NT, H),
+                   qf, kf, vn, dvn, hs, dhs, dof, dq, dk, ndw, scale, lay.chunk_indices, lay.cu, H, K, V)
+        dbeta = None
+        if delta:
+            dkp, dk, dv, dbeta = dk, torch.empty_like(kf), torch.empty_like(vf), torch.empty_like(bf)
+            lay.launch("wy_bwd", (lay.NT, H), kf, vf, bf, linv, dvn, ndw, dkp, dk, dv, dbeta,
+                       lay.chunk_indices, lay.cu, H, K, V)
+        else:
+            dv = dvn
         B, T = ctx.shape
         grads = [x.view(B, T, H, -1) for x in (dq, dk, dv)]
         return (*grads, dbeta.view(B, T, H) if delta else None, dh0 if h0 is not None else None,

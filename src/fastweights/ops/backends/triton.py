@@ -1,8 +1,11 @@
 """fastweights' own Triton kernels of the chunkwise sum and delta rules (``impl="triton"``).
 
 Kernels in :mod:`fastweights.ops._triton` (forward and hand-derived backward, the delta rule in the
-WY/UT form, packed sequences read natively, memory linear in T). They run on CUDA in bf16, fp16 or
-fp32 (fp32 accumulation, fp32 state), with d_k, d_v <= 256. With ``TRITON_INTERPRET=1`` set before
+WY/UT form, packed sequences read natively, memory linear in T). They run on CUDA GPUs of compute
+capability 8.0 or newer (an older GPU is refused, and ``impl="auto"`` takes the torch path) in
+bf16, fp16 or fp32 (fp32 accumulation, fp32 state), with d_k, d_v <= 256, each kernel launched with
+the configuration :func:`fastweights.ops._triton.launch.plan` gives for the GPU
+(``fastweights bench kernels`` checks offline that they fit). With ``TRITON_INTERPRET=1`` set before
 Triton is imported, Triton's interpreter runs them on CPU tensors (fp32/fp16; slow, for tests):
 the backend then declares the CPU too, as ``emulated``, which ``impl="auto"`` never picks.
 """
@@ -11,13 +14,25 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Optional
 
 import torch
 
 from ..registry import Backend
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-MAX_WIDTH = 256  #: largest d_k and d_v the kernels take
+MAX_WIDTH = 256  #: largest d_k and d_v the kernels take (as in ``_triton.launch``, which needs Triton)
+MIN_CAPABILITY = (8, 0)  #: bf16 tensor-core products
+
+
+def _check(q: torch.Tensor, d_v: int) -> Optional[str]:
+    """The GPU must be sm_80 or newer."""
+    if q.device.type != "cuda":
+        return None
+    capability = torch.cuda.get_device_capability(q.device)
+    if capability < MIN_CAPABILITY:
+        return f"its kernels need a GPU of compute capability 8.0 or newer, this one is {capability[0]}.{capability[1]}"
+    return None
 
 
 def _run(*args, delta: bool):
@@ -32,7 +47,7 @@ def _declare(rule: str, delta: bool) -> Backend:
         devices=("cuda", "cpu") if INTERPRETED else ("cuda",),
         dtypes=(torch.float16, torch.bfloat16, torch.float32) if not INTERPRETED else (torch.float16, torch.float32),
         upcast=False, native_varlen=True, max_d_k=MAX_WIDTH, max_d_v=MAX_WIDTH,
-        emulated=INTERPRETED, priority=15, requires="triton", tolerance=1e-4,
+        emulated=INTERPRETED, priority=15, requires="triton", tolerance=1e-4, check=_check,
     )
 
 

@@ -1,0 +1,127 @@
+"""How the Triton kernels are launched: block sizes, warps and pipeline stages per GPU, dtype and width.
+
+One source for the backend (:mod:`.chunk` launches exactly these configurations) and for
+``fastweights bench kernels`` (which compiles them ahead of time for a chosen GPU architecture and
+reads their registers, spills and shared memory, with no GPU). A configuration must *fit*: at most
+255 registers per thread with no spills to local memory, and dynamic shared memory within the
+architecture's per-block limit (:data:`SHARED_LIMIT`).
+
+The configurations are fixed per architecture family (no autotuning): the chunk length ``BT`` is
+the caller's (16, 32 or 64), keys are visited in blocks of ``BK = min(64, width(d_k))`` (``NK``
+blocks of a scan's state held in registers), values in blocks of ``BV``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+import torch
+import triton
+
+#: Largest dynamic shared memory one block may use, per compute capability (CUDA C programming guide,
+#: "Technical specifications per compute capability"): sm_80/sm_87 163 KB, sm_86/sm_89 99 KB, sm_90 227 KB.
+SHARED_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
+MAX_REGISTERS = 255  #: per thread
+MAX_WIDTH = 256  #: largest d_k and d_v the kernels take
+
+#: Kernel arguments that are float32 (states, ``L^-1``, the WY backward's buffers) or int32; every other
+#: pointer has the input dtype. The scalars: ``scale`` is a float, ``H``, ``K``, ``V`` ints.
+FLOAT32_ARGS = frozenset({"linv", "h0", "hs", "ht", "dht", "dhs", "dh0", "ndw", "dkp"})
+INT32_ARGS = frozenset({"chunk_indices", "chunk_offsets", "cu_seqlens"})
+SCALAR_ARGS = {"scale": "fp32", "H": "i32", "K": "i32", "V": "i32"}
+POINTER_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One kernel's launch: compile-time constants (block sizes), warps, pipeline stages."""
+
+    kernel: str
+    constexprs: Dict[str, object] = field(hash=False)
+    num_warps: int
+    num_stages: int
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of the launch: ``kernel[grid](*args, **flags, **config.kwargs())``."""
+        return dict(self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def width(d: int) -> int:
+    """A feature width padded to the power of two >= 16 the kernels work on."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def chunk_length(chunk_size: int) -> int:
+    """The chunk length the kernels use: ``chunk_size`` if a power of two in [16, 64], else 64."""
+    return chunk_size if chunk_size in (16, 32, 64) else 64
+
+
+def family(capability: int) -> int:
+    """The architecture whose configurations a device of ``capability`` (e.g. 89) uses: 90 (Hopper
+    and newer), 80 (sm_80, sm_87: 163 KB of shared memory) or 86 (sm_86, sm_89: 99 KB)."""
+    if capability >= 90:
+        return 90
+    return 86 if SHARED_LIMIT.get(capability, 101_376) < 166_912 else 80
+
+
+def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64,
+         capability: int = 90) -> Dict[str, KernelConfig]:
+    """The configuration of every kernel a forward and backward of the sum (``delta=False``) or delta
+    rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype`` on a GPU of compute
+    capability ``capability`` (``90`` for sm_90).
+
+    bf16/fp16 products run on tensor cores; scans with more than one key block use 8 warps and
+    16-column value blocks; the delta rule uses chunks of at most 32 tokens below sm_90. fp32 inputs take IEEE float32 products, which Triton builds from FMA
+    instructions that hold both operands in registers: they use chunks of at most 32 tokens (16
+    when d_k > 64), 8 warps, one pipeline stage and 16-column value blocks in the scans (the result
+    does not depend on the chunk length). Checked by ``fastweights bench kernels``."""
+    arch = family(capability)
+    f32 = dtype == torch.float32
+    BK = min(64, width(d_k))
+    NK = triton.cdiv(d_k, BK)
+    BT = chunk_length(chunk_size)
+    if f32:
+        BT = min(BT, 32 if NK == 1 else 16)
+    elif delta and arch != 90:
+        BT = min(BT, 32)  # wy_bwd's [BT, BT] float32 tiles spill at 64 on sm_80's register budget
+    common = dict(BT=BT, BK=BK, PRECISION="ieee" if f32 else "tf32")
+    if f32:
+        scan = dict(common, BV=16, NK=NK)
+        local = dict(common, BV=min(32, width(d_v)))
+        warps, stages, scan_warps, grad_bv, grad_stages = 8, 1, 8, 16, 1
+        scan_stages = 2 if arch == 90 and NK > 1 else 1
+    else:
+        scan = dict(common, BV=min(16 if NK > 1 else 32, width(d_v)), NK=NK)
+        local = dict(common, BV=min(64 if width(d_v) <= 64 and NK == 1 else 32, width(d_v)))
+        warps, stages = 4, 2
+        scan_warps, scan_stages = (8, 1) if NK > 1 else (4, 1 if BK <= 16 else 2)
+        grad_bv, grad_stages = (local["BV"], 2) if arch == 90 else (32, 3)
+    wide_warps = 8 if BT == 64 or f32 else 4  # kernels that hold several [BT, BT] float32 tiles
+    configs = {
+        "state_fwd": KernelConfig("state_fwd", dict(scan, DELTA=delta), scan_warps, scan_stages),
+        "output_fwd": KernelConfig("output_fwd", local, warps, stages),
+        "dv_local": KernelConfig("dv_local", local, warps, stages),
+        "state_bwd": KernelConfig("state_bwd", dict(scan, DELTA=delta), scan_warps, scan_stages),
+        "grads_qk": KernelConfig("grads_qk", dict(common, BV=min(grad_bv, width(d_v)), DELTA=delta), wide_warps,
+                                 grad_stages),
+    }
+    if delta:
+        configs["wy_fwd"] = KernelConfig("wy_fwd", local, warps, stages)
+        configs["wy_bwd"] = KernelConfig("wy_bwd", local, wide_warps, stages)
+    return configs
+
+
+def signature(fn: triton.JITFunction, dtype: torch.dtype, constexprs: Dict[str, object]) -> Dict[str, str]:
+    """The argument types a launch of kernel ``fn`` on ``dtype`` inputs has (for ahead-of-time compiling)."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name in SCALAR_ARGS:
+            types[name] = SCALAR_ARGS[name]
+        elif name in INT32_ARGS:
+            types[name] = "*i32"
+        else:
+            types[name] = "*fp32" if name in FLOAT32_ARGS else "*" + POINTER_TYPE[dtype]
+    return types

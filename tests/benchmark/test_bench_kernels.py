@@ -1,0 +1,60 @@
+"""`fastweights bench kernels`: the Triton kernels the backend launches fit real GPUs (compiled offline).
+
+The command compiles for sm_80 and sm_90 with no GPU, in processes started without
+``TRITON_INTERPRET``; CI runs a subset (the full grid is ``fastweights bench kernels`` with its
+defaults, a few minutes on two cores): the delta rule, which launches every kernel, in bf16 at
+d_k = 64 and in fp32 at d_k = 256, and the sum rule at an odd width.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "fastweights.cli", "bench", "kernels", "--workers", "2",
+                           "--cache-dir", str(tmp_path / "cache"), *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("args", [
+    ("--rules", "delta", "--dtype", "bf16", "--dk", "64"),
+    ("--rules", "delta", "--dtype", "fp32", "--dk", "256"),
+    ("--rules", "sum", "--dtype", "fp16", "--dk", "48", "--dv", "100"),
+], ids=["delta-bf16-64", "delta-fp32-256", "sum-fp16-48x100"])
+def test_launched_kernels_fit(tmp_path: Path, args) -> None:
+    out = tmp_path / "rows.json"
+    result = _bench(tmp_path, "--arch", "sm_80,sm_90", *args, "--json", str(out))
+    rows = json.loads(out.read_text())
+    kernels = {r["kernel"] for r in rows}
+    assert {"state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk"} <= kernels
+    assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
+    bad = [r for r in rows if not r["fits"]]
+    assert not bad and result.returncode == 0, f"kernels that do not fit: {bad}\n{result.stdout[-2000:]}"
+    assert all(r["spilled"] == 0 and 0 < r["shared"] <= r["limit"] and r["registers"] <= 255 for r in rows)
+
+
+def test_a_kernel_that_does_not_fit_is_reported() -> None:
+    """The check can fail: output_fwd forced to one 256 x 256 fp32 tile with 4 stages spills and
+    overflows sm_86's shared memory."""
+    from fastweights.benchmark.kernels import Job, run
+
+    job = Job("sum", "output_fwd", 86, "fp32", 256, 256, 64,
+              override=(("BK", 256), ("BV", 256), ("num_stages", 4), ("PRECISION", "ieee")))
+    (row,) = run([job], workers=1, progress=False)
+    assert not row.fits and (row.spilled > 0 or row.shared > row.limit)
+
+
+def test_bad_arguments_are_one_line(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--arch", "sm_75")
+    assert result.returncode == 2 and "'sm_75' is not one of" in result.stderr
+    assert "Traceback" not in result.stderr
