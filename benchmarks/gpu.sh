@@ -8,12 +8,13 @@
 # Wheels in .whl/ (e.g. flash-linear-attention's fla-core) are installed into /tmp/site first.
 # Steps (each time-limited; a failing step is recorded and the next one still runs):
 #   1. CUDA tests: pytest -m gpu (the op tests' CUDA cases included) -> $OUT/tests.log   (150 s)
-#   2. fastweights bench ops --device cuda --peers                   -> $OUT/ops_cuda.md, ops_cuda.json (150 s)
+#   2. fastweights bench ops --device cuda --rules sum delta gated_delta --peers
+#                                                                    -> $OUT/ops_cuda.md, ops_cuda.json (200 s)
 #   3. fastweights bench lm --device cuda                            -> $OUT/lm_cuda.md, lm_cuda.json   (150 s)
 #   4. benchmarks/kernel_resources.py: registers, spills and shared memory of every Triton kernel as
 #      the driver loaded it, beside `bench kernels`' offline prediction   -> $OUT/kernels.md, kernels.json (120 s)
 # $OUT/summary.txt lists each step's exit code (124: timed out); the script exits 1 if any step failed.
-# Worst case (every step hitting its limit): under 10 minutes.
+# Worst case (every step hitting its limit): under 11 minutes.
 
 set -u
 export PYTHONUNBUFFERED=1
@@ -58,8 +59,9 @@ echo "== CUDA tests (timeout 150 s)"
 timeout 150 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/tests.log"
 record tests "${PIPESTATUS[0]}"
 
-echo "== bench ops --device cuda (timeout 150 s)"
-timeout 150 python3 -m fastweights.cli bench ops --device cuda --dtypes float32 bfloat16 --dk 64 256 --peers \
+echo "== bench ops --device cuda (timeout 200 s)"
+timeout 200 python3 -m fastweights.cli bench ops --device cuda --rules sum delta gated_delta --dtypes float32 bfloat16 \
+    --dk 64 256 --peers \
     --json "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/ops_cuda.md"
 record "bench ops" "${PIPESTATUS[0]}"
 

@@ -1,6 +1,6 @@
 """On a GPU: the resources of the Triton kernels as the driver loaded them, beside `bench kernels`' prediction.
 
-Runs a forward and backward of the sum and delta rules' Triton backend for each dtype and width
+Runs a forward and backward of the sum, delta and gated delta rules' Triton backend for each dtype and width
 (one small batch each), then reads every compiled kernel's registers, local memory (spills) and
 shared memory from Triton's cache, and compiles the same configuration offline as
 `fastweights bench kernels` does for this GPU's architecture. Prints a markdown table (and writes
@@ -31,7 +31,9 @@ def exercise(rule: str, dtype: torch.dtype, d: int) -> None:
     q, k, v = (torch.randn(2, 200, 4, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     beta = torch.rand(2, 200, 4, device="cuda", dtype=dtype, requires_grad=True)
     s0 = torch.randn(2, 4, d, d, device="cuda", requires_grad=True)
-    o, s = get_op(rule, "triton")(q, F.normalize(k, dim=-1), v, beta, initial_state=s0, output_final_state=True)
+    extra = {"g": F.logsigmoid(torch.randn(2, 200, 4, device="cuda", dtype=dtype))} if rule == "gated_delta" else {}
+    o, s = get_op(rule, "triton")(q, F.normalize(k, dim=-1), v, beta, initial_state=s0, output_final_state=True,
+                                  **extra)
     (o.float().sum() + s.sum()).backward()
 
 
@@ -56,7 +58,7 @@ def main() -> int:
     rows, mismatches = [], 0
     for dtype in args.dtypes:
         for d in args.dims:
-            for rule in ("sum", "delta"):
+            for rule in ("sum", "delta", "gated_delta"):
                 for fn in KERNELS.values():
                     fn.device_caches.clear()
                 exercise(rule, getattr(torch, DTYPES[dtype]), d)

@@ -3,7 +3,7 @@
 The command compiles for sm_80 and sm_90 with no GPU, in processes started without
 ``TRITON_INTERPRET``; CI runs a subset (the full grid is ``fastweights bench kernels`` with its
 defaults, a few minutes on two cores): the delta rule, which launches every kernel, in bf16 at
-d_k = 64 and in fp32 at d_k = 256, and the sum rule at an odd width.
+d_k = 64 and in fp32 at d_k = 256, the sum rule at odd widths and the gated delta rule at d_k = 128.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     ("--rules", "delta", "--dtype", "bf16", "--dk", "64"),
     ("--rules", "delta", "--dtype", "fp32", "--dk", "256"),
     ("--rules", "sum", "--dtype", "fp16", "--dk", "48", "--dv", "100"),
-], ids=["delta-bf16-64", "delta-fp32-256", "sum-fp16-48x100"])
+    ("--rules", "gated_delta", "--dtype", "bf16,fp32", "--dk", "128"),
+], ids=["delta-bf16-64", "delta-fp32-256", "sum-fp16-48x100", "gated-bf16-fp32-128"])
 def test_launched_kernels_fit(tmp_path: Path, args) -> None:
     out = tmp_path / "rows.json"
     result = _bench(tmp_path, "--arch", "sm_80,sm_90", *args, "--json", str(out))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastweights.layers import FastWeightAttention
-from fastweights.ops import get_op
+from fastweights.ops import get_op, list_ops
 
 from .helpers import assert_close, assert_rel_close, make_inputs, run_with_grads
 
@@ -48,14 +48,19 @@ def test_strong_decay_forgets() -> None:
     assert_close(o[:, 10:], o_tail, "output after the reset", rtol=1e-12, atol=1e-12)
 
 
-def test_chunk_backward_survives_a_decay_beyond_float32() -> None:
-    """A chunk that forgets e^-120 (1 / Gamma would overflow float32) backpropagates like the float64 definition."""
-    x = make_inputs(1, 40, 2, 8, 8, rule="gated_delta")
+@pytest.mark.parametrize("impl", ["chunk", "triton"])
+def test_chunk_backward_survives_a_decay_beyond_float32(impl: str) -> None:
+    """A chunk that forgets e^-120 (1 / Gamma would overflow float32) backpropagates like the float64
+    definition, in the torch chunk form and the Triton kernels (interpreted where there is no GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ("gated_delta", impl) not in list_ops(device=device):
+        pytest.skip(f"{impl} does not run on {device} here")
+    x = {n: t.to(device) for n, t in make_inputs(1, 40, 2, 8, 8, rule="gated_delta").items()}
     g = x["g"].detach().clone()
     g[:, 3:7] = -30.0  # [B, T, H]: inside the first chunk of 16
     ref = run_with_grads(get_op("gated_delta", "naive"), {**x, "g": g.requires_grad_()})
     x32 = {n: t.detach().float().requires_grad_() for n, t in {**x, "g": g}.items()}
-    o, s, grads = run_with_grads(get_op("gated_delta", "chunk"), x32, chunk_size=16)
+    o, s, grads = run_with_grads(get_op("gated_delta", impl), x32, chunk_size=16)
     for name, a, e in [("o", o, ref[0]), ("state", s, ref[1])] + [(f"grad of {n}", grads[n], ref[2][n]) for n in grads]:
         assert_rel_close(a, e, name, 1e-4)
 

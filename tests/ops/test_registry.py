@@ -77,6 +77,21 @@ def test_auto_takes_the_highest_priority_backend_that_supports_the_inputs(scratc
     assert op.last_impl == "chunk"  # too wide for fast-narrow, not bf16 for fast-half: the torch fallback
 
 
+def test_a_backend_may_decline_inputs_beyond_its_declared_limits(scratch_registry) -> None:
+    """``Backend.check`` (the Triton kernels decline GPUs older than sm_80): auto takes the next backend,
+    an explicit impl says why."""
+    calls: list = []
+    register_backend(Backend("picky", "sum", _recording("picky", calls), priority=30,
+                             check=lambda q, d_v: "it needs d_v >= 8 here" if d_v < 8 else None))
+    op = get_op("sum")
+    op(*_inputs(dv=6))
+    assert op.last_impl == "chunk" and calls == []
+    op(*_inputs(dv=8))
+    assert op.last_impl == "picky" and calls == ["picky"]
+    with pytest.raises(ValueError, match=r"impl 'picky' of rule 'sum' cannot run these inputs: it needs d_v >= 8 here"):
+        get_op("sum", "picky")(*_inputs(dv=6))
+
+
 def test_explicit_impl_that_cannot_run_the_inputs_names_the_limit(scratch_registry) -> None:
     register_backend(Backend("kernel", "delta", get_op("delta", "chunk").backend.run, devices=("cuda",),
                              dtypes=(torch.bfloat16,), max_d_k=4, upcast=False))
@@ -121,7 +136,7 @@ def test_a_new_rule_is_one_spec_away(scratch_registry) -> None:
 
 # ---------------------------------------------------------------- the FLA adapter, against FLA's contract
 def _fake_fla(monkeypatch, calls: list) -> None:
-    """Modules ``fla.ops.delta_rule`` / ``fla.ops.linear_attn`` whose functions follow FLA's documented
+    """Modules ``fla.ops.delta_rule`` / ``fla.ops.gated_delta_rule`` / ``fla.ops.linear_attn`` whose functions follow FLA's documented
     contract ([B, T, H, D], scale defaults to d_k^-1/2, native cu_seqlens, float32 state, even d_v in
     the backward) and compute with fastweights' naive form, so the adapter's own work is tested."""
 
@@ -143,9 +158,36 @@ def _fake_fla(monkeypatch, calls: list) -> None:
         return get_op("sum", "naive")(q, k, v, scale=scale_of(q, scale), initial_state=initial_state,
                                       output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                               use_qk_l2norm_in_kernel=False, cu_seqlens=None):
+        assert k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and not use_qk_l2norm_in_kernel
+        calls.append(("gated_delta", cu_seqlens is not None))
+        return get_op("gated_delta", "naive")(q, k, v, beta, g=g, scale=scale_of(q, scale), initial_state=initial_state,
+                                              output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
     for name, attrs in [("fla", {}), ("fla.ops", {}), ("fla.ops.delta_rule", {"chunk_delta_rule": chunk_delta_rule}),
+                        ("fla.ops.gated_delta_rule", {"chunk_gated_delta_rule": chunk_gated_delta_rule}),
                         ("fla.ops.linear_attn", {"chunk_linear_attn": chunk_linear_attn})]:
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+
+
+@pytest.mark.parametrize("d_k", [8, 7])
+def test_fla_adapter_passes_the_gated_rules_decays(monkeypatch, scratch_registry, d_k: int) -> None:
+    """``chunk_gated_delta_rule`` takes the log decays before the rates; no decay given is ``g = 0``."""
+    calls: list = []
+    _fake_fla(monkeypatch, calls)
+    b = next(b for b in fla.BACKENDS if b.rule == "gated_delta")
+    register_backend(Backend("fla-cpu", "gated_delta", b.run, dtypes=(torch.float64,), upcast=False,
+                             native_varlen=True))
+    x = {n: t.detach() for n, t in make_inputs(1, 36, 2, d_k, 5, rule="gated_delta").items()}
+    s0 = torch.cat([x["initial_state"]] * 3)  # [3, H, d_k, d_v]
+    kw = dict(initial_state=s0, output_final_state=True, cu_seqlens=torch.tensor([0, 5, 35, 36]), scale=0.5)
+    for g in (x["g"], None):
+        o, s = get_op("gated_delta", "fla-cpu")(x["q"], x["k"], x["v"], x["beta"], g=g, **kw)
+        o_ref, s_ref = get_op("gated_delta", "naive")(x["q"], x["k"], x["v"], x["beta"], g=g, **kw)
+        assert_close(o, o_ref, "o")
+        assert_close(s, s_ref, "final state")
+    assert calls == [("gated_delta", True)] * 2
 
 
 @pytest.mark.parametrize("d_k", [8, 7])

@@ -1,5 +1,6 @@
 """What is special about the Triton backend (its op results are covered by the registry-driven tests):
-wide keys up to its limit, a clear error above it, and memory linear in T."""
+wide keys up to its limit, a clear error above it, memory linear in T, and each launch taking the
+configuration the launch plan gives (the one `fastweights bench kernels` checks)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ pytestmark = pytest.mark.skipif(("delta", "triton") not in list_ops(device=DEVIC
                                 reason="triton is not installed (or neither CUDA nor TRITON_INTERPRET=1)")
 
 
-@pytest.mark.parametrize("rule", ["sum", "delta"])
+@pytest.mark.parametrize("rule", ["sum", "delta", "gated_delta"])
 def test_widest_keys(rule: str) -> None:
-    """d_k = 256 (DPFP-2 on 64-wide heads) with an odd length, every gradient."""
-    x = make_inputs(1, 37, 1, 256, 20, device=DEVICE)
+    """d_k = 256 (DPFP-2 on 64-wide heads: four key blocks in the scans) with an odd length, every gradient."""
+    x = make_inputs(1, 37, 1, 256, 20, device=DEVICE, rule=rule)
     expected = run_with_grads(get_op(rule, "naive"), x)
     low = {n: t.detach().float().requires_grad_() for n, t in x.items()}
     o, s, g = run_with_grads(get_op(rule, "triton"), low, chunk_size=16)

@@ -41,7 +41,7 @@ from ..arguments import check_output_path
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ARCHS = (80, 86, 89, 90)
-RULES = {"sum": False, "delta": True}
+RULES = {"sum": dict(delta=False), "delta": dict(delta=True), "gated_delta": dict(delta=True, gated=True)}
 WIDTHS = (16, 32, 64, 128, 256)
 #: per-call flags, compiled at their most demanding setting
 FLAGS = {"HAS_H0": True, "STORE_FINAL": True, "HAS_DHT": True}
@@ -93,7 +93,8 @@ def _config(job: Job):
 
     from ..ops._triton.launch import KernelConfig, plan
 
-    config = plan(RULES[job.rule], getattr(torch, DTYPES[job.dtype]), job.d_k, job.d_v, job.chunk, job.arch)[job.kernel]
+    config = plan(dtype=getattr(torch, DTYPES[job.dtype]), d_k=job.d_k, d_v=job.d_v, chunk_size=job.chunk,
+                  capability=job.arch, **RULES[job.rule])[job.kernel]
     if not job.override:
         return config
     options = dict(job.override)
@@ -188,7 +189,8 @@ def jobs(archs: Sequence[int], dtypes: Sequence[str], d_ks: Sequence[int], d_vs:
             for d_k in d_ks:
                 for d_v in (d_vs if d_vs is not None else [d_k]):
                     for rule in rules:
-                        names = plan(RULES[rule], getattr(torch, DTYPES[dtype]), d_k, d_v, chunk, arch)
+                        names = plan(dtype=getattr(torch, DTYPES[dtype]), d_k=d_k, d_v=d_v, chunk_size=chunk, capability=arch,
+                                     **RULES[rule])
                         out += [Job(rule, name, arch, dtype, d_k, d_v, chunk) for name in sorted(names)]
     return out
 
@@ -263,7 +265,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dv", type=_list(_width), nargs="+", default=None,
                    help="value widths (default: d_v = d_k for each d_k)")
     p.add_argument("--rules", type=_list(_choice(tuple(RULES))), nargs="+", default=[list(RULES)],
-                   help="rules with kernels: sum, delta (default both)")
+                   help="rules with kernels: sum, delta, gated_delta (default all three)")
     p.add_argument("--chunk-size", type=int, choices=(16, 32, 64), default=64, help="chunk length (default 64)")
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                    help="compiling processes (default: CPU cores, at most 4)")

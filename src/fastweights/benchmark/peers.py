@@ -40,7 +40,10 @@ def _fast_transformers(rule: str) -> List[Peer]:
 
 
 def _flash_linear_attention(rule: str) -> List[Peer]:
-    name = {"sum": "fla naive_chunk_linear_attn (torch)", "delta": "fla delta_rule_chunkwise (torch)"}[rule]
+    names = {"sum": "fla naive_chunk_linear_attn (torch)", "delta": "fla delta_rule_chunkwise (torch)"}
+    if rule not in names:  # no torch reference of FLA's is wired up for the other rules
+        return []
+    name = names[rule]
     try:
         if rule == "sum":
             from fla.ops.linear_attn.naive import naive_chunk_linear_attn

@@ -72,3 +72,20 @@ def store_state(ptr, x, i_s, H, i_h, K, V, i_k, i_v, BK: tl.constexpr, BV: tl.co
     o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     p = ptr + ((i_s * H + i_h) * K + o_k[:, None]) * V + o_v[None, :]
     tl.store(p, x.to(ptr.dtype.element_ty), mask=(o_k < K)[:, None] & (o_v < V)[None, :])
+
+
+@triton.jit
+def chunk_decay(g, rows, row_mask, H, i_h, BT: tl.constexpr):
+    """The gated rule's in-chunk cumulative log decays ``gamma_i = sum_{s <= i} g_s`` ``[BT]`` (rows past
+    the sequence's end add 0, so the last entry is the chunk's last token's) and ``gamma_C``, that last entry."""
+    b_gam = tl.cumsum(load_rows(g, rows, row_mask, H, i_h), 0)
+    return b_gam, tl.sum(tl.where(tl.arange(0, BT) == BT - 1, b_gam, 0.0), 0)
+
+
+@triton.jit
+def decay_matrix(b_gam, BT: tl.constexpr):
+    """``D_ij = exp(gamma_i - gamma_j)`` for ``j <= i``, 0 above ``[BT, BT]`` (a difference of logs, so a
+    strong decay underflows to 0 instead of overflowing; above the diagonal nothing is exponentiated)."""
+    o = tl.arange(0, BT)
+    lower = o[:, None] >= o[None, :]
+    return tl.where(lower, tl.exp(tl.where(lower, b_gam[:, None] - b_gam[None, :], 0.0)), 0.0)

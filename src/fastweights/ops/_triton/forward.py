@@ -1,13 +1,18 @@
 """Forward kernels of the chunkwise sum and delta rules (layout and indexing: :mod:`.common`).
 
-With ``P = tril(Q K^T)`` per chunk (``Q`` scaled by ``scale``):
+With ``P = tril(Q K^T)`` per chunk (``Q`` scaled by ``scale``); the gated delta rule (``GATED``)
+puts its decays in place, with ``gamma`` the in-chunk cumulative log decays, ``Gamma = exp(gamma)``
+per row, ``D_ij = exp(gamma_i - gamma_j)`` (``j <= i``) and ``Gamma_C`` the chunk's total decay (the
+equations of :mod:`fastweights.ops.gated_delta_rule.chunk`):
 
-- ``wy_fwd`` (delta rule, grid: chunks x heads): ``L = I + strict_lower(diag(beta) K K^T)``, its
-  inverse by forward substitution, ``T = L^-1 diag(beta)``, ``W = T K``, ``U = T V``;
+- ``wy_fwd`` (delta rule, grid: chunks x heads): ``L = I + strict_lower(diag(beta) (K K^T * D))``, its
+  inverse by forward substitution, ``T = L^-1 diag(beta)``, ``W = T diag(Gamma) K``, ``U = T V``;
 - ``state_fwd`` (grid: value blocks x sequences x heads, the scan over a sequence's chunks): stores
   the state ``S_n`` at the start of each chunk, ``V'_n = U_n - W_n S_n`` (delta) or ``V_n`` (sum),
-  ``S_{n+1} = S_n + K_n^T V'_n``, and the final state;
-- ``output_fwd`` (grid: value blocks x chunks x heads): ``O_n = Q_n S_n + P_n V'_n``.
+  ``S_{n+1} = Gamma_C S_n + K_n^T diag(Gamma_C / Gamma) V'_n``, and the final state;
+- ``output_fwd`` (grid: value blocks x chunks x heads): ``O_n = diag(Gamma) Q_n S_n + (P_n * D) V'_n``.
+
+Without ``GATED`` every decay factor is 1 and is not computed.
 
 A scan program keeps its ``[d_k, BV]`` slice of the state in registers as up to four ``[BK, BV]``
 blocks (``NK = cdiv(d_k, BK)``, ``BK <= 64``): ``d_k = 256`` holds four 64-row blocks, never one
@@ -20,13 +25,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import chunk_rows, load_block, load_rows, load_state, sequence, store_block, store_state
+from .common import (chunk_decay, chunk_rows, decay_matrix, load_block, load_rows, load_state, sequence, store_block,
+                     store_state)
 
 
 @triton.jit
-def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """Delta rule: ``L^-1`` ``[BT, BT]``, ``W = T K`` and ``U = T V`` of one chunk and head."""
+def wy_fwd(k, v, beta, g, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+    """Delta rule: ``L^-1`` ``[BT, BT]``, ``W = T diag(Gamma) K`` and ``U = T V`` of one chunk and head."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
     o_c = tl.arange(0, BT)
@@ -35,6 +41,9 @@ def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
     for i_k in range(tl.cdiv(K, BK)):
         b_k = load_block(k, rows, m_t, H, i_h, K, i_k, BK)  # [BT, BK]
         b_a += tl.dot(b_k, tl.trans(b_k), input_precision=PRECISION)  # k_i . k_j
+    if GATED:
+        b_gam, _ = chunk_decay(g, rows, m_t, H, i_h, BT)
+        b_a = b_a * decay_matrix(b_gam, BT)
     b_a = tl.where(o_c[:, None] > o_c[None, :], -b_a * b_beta[:, None], 0.0)  # -A, A = strict_lower(diag(beta) K K^T)
     # Forward substitution: row i of L^-1 - I is -A_i + sum_{j<i} (-A_ij) (row j of L^-1 - I).
     for i in range(1, BT):
@@ -47,6 +56,8 @@ def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
     b_tm = (b_linv * b_beta[None, :]).to(k.dtype.element_ty)  # T = L^-1 diag(beta)
     for i_k in range(tl.cdiv(K, BK)):
         b_k = load_block(k, rows, m_t, H, i_h, K, i_k, BK)
+        if GATED:
+            b_k = (b_k * tl.exp(b_gam)[:, None]).to(b_tm.dtype)  # diag(Gamma) K
         store_block(w, tl.dot(b_tm, b_k, input_precision=PRECISION), rows, m_t, H, i_h, K, i_k, BK)
     for i_v in range(tl.cdiv(V, BV)):
         b_v = load_block(v, rows, m_t, H, i_h, V, i_v, BV)  # [BT, BV]
@@ -54,9 +65,9 @@ def wy_fwd(k, v, beta, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
 
 
 @triton.jit
-def state_fwd(k, v, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
+def state_fwd(k, v, g, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, DELTA: tl.constexpr,
-              HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr):
+              GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr):
     """The scan over one sequence's chunks for one head and one block of value columns: ``S_n`` per
     chunk (``hs``), ``V'_n`` (delta, ``vn``) and the final state (``ht``). ``S`` is held as the key
     blocks ``b_h1..b_h{NK}`` ``[BK, BV]``."""
@@ -100,6 +111,16 @@ def state_fwd(k, v, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
             if NK > 3:
                 b_vn -= tl.dot(load_block(w, rows, m_t, H, i_h, K, 3, BK), b_h4.to(dt), input_precision=PRECISION)
             store_block(vn, b_vn, rows, m_t, H, i_h, V, i_v, BV)
+            if GATED:  # S <- Gamma_C S + K^T diag(Gamma_C / Gamma) V'
+                b_gam, b_gl = chunk_decay(g, rows, m_t, H, i_h, BT)
+                b_vn = b_vn * tl.exp(b_gl - b_gam)[:, None]
+                b_h1 *= tl.exp(b_gl)
+                if NK > 1:
+                    b_h2 *= tl.exp(b_gl)
+                if NK > 2:
+                    b_h3 *= tl.exp(b_gl)
+                if NK > 3:
+                    b_h4 *= tl.exp(b_gl)
             b_vn = b_vn.to(dt)
         else:
             b_vn = load_block(v, rows, m_t, H, i_h, V, i_v, BV)
@@ -122,9 +143,9 @@ def state_fwd(k, v, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
 
 
 @triton.jit
-def output_fwd(q, k, vn, hs, o, scale, chunk_indices, cu_seqlens, H, K, V,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
-    """``O = scale (Q S_n + tril(Q K^T) V')`` for one chunk, head and block of value columns."""
+def output_fwd(q, k, g, vn, hs, o, scale, chunk_indices, cu_seqlens, H, K, V,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+    """``O = scale (diag(Gamma) Q S_n + (tril(Q K^T) * D) V')`` for one chunk, head and block of value columns."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
     o_c = tl.arange(0, BT)
@@ -137,6 +158,10 @@ def output_fwd(q, k, vn, hs, o, scale, chunk_indices, cu_seqlens, H, K, V,
         b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PRECISION)
         b_p += tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
     b_vn = load_block(vn, rows, m_t, H, i_h, V, i_v, BV)  # [BT, BV]
+    if GATED:
+        b_gam, _ = chunk_decay(g, rows, m_t, H, i_h, BT)
+        b_o = b_o * tl.exp(b_gam)[:, None]
+        b_p = b_p * decay_matrix(b_gam, BT)
     b_p = tl.where(o_c[:, None] >= o_c[None, :], b_p, 0.0).to(b_vn.dtype)
     b_o += tl.dot(b_p, b_vn, input_precision=PRECISION)
     store_block(o, b_o * scale, rows, m_t, H, i_h, V, i_v, BV)

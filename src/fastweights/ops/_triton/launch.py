@@ -25,11 +25,12 @@ SHARED_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
 MAX_REGISTERS = 255  #: per thread
 MAX_WIDTH = 256  #: largest d_k and d_v the kernels take
 
-#: Kernel arguments that are float32 (states, ``L^-1``, the WY backward's buffers) or int32; every other
+#: Kernel arguments that are float32 (log decays and their gradient, states, ``L^-1``, the WY backward's
+#: buffers) or int32; every other
 #: pointer has the input dtype. The scalars: ``scale`` is a float, ``H``, ``K``, ``V`` ints.
-FLOAT32_ARGS = frozenset({"linv", "h0", "hs", "ht", "dht", "dhs", "dh0", "ndw", "dkp"})
+FLOAT32_ARGS = frozenset({"g", "dg", "dgl", "linv", "h0", "hs", "ht", "dht", "dhs", "dh0", "ndw", "dkp"})
 INT32_ARGS = frozenset({"chunk_indices", "chunk_offsets", "cu_seqlens"})
-SCALAR_ARGS = {"scale": "fp32", "H": "i32", "K": "i32", "V": "i32"}
+SCALAR_ARGS = {"scale": "fp32", "H": "i32", "K": "i32", "V": "i32", "NKB": "i32"}
 POINTER_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -66,13 +67,13 @@ def family(capability: int) -> int:
 
 
 def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64,
-         capability: int = 90) -> Dict[str, KernelConfig]:
-    """The configuration of every kernel a forward and backward of the sum (``delta=False``) or delta
-    rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype`` on a GPU of compute
+         capability: int = 90, gated: bool = False) -> Dict[str, KernelConfig]:
+    """The configuration of every kernel a forward and backward of the sum (``delta=False``), delta or
+    gated delta (``gated``) rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype`` on a GPU of compute
     capability ``capability`` (``90`` for sm_90).
 
-    bf16/fp16 products run on tensor cores; scans with more than one key block use 8 warps and
-    16-column value blocks; the delta rule uses chunks of at most 32 tokens below sm_90. fp32 inputs take IEEE float32 products, which Triton builds from FMA
+    bf16/fp16 products run on tensor cores; scans with more than one key block use 16-column value
+    blocks and no software pipelining; the delta rules use chunks of at most 32 tokens below sm_90. fp32 inputs take IEEE float32 products, which Triton builds from FMA
     instructions that hold both operands in registers: they use chunks of at most 32 tokens (16
     when d_k > 64), 8 warps, one pipeline stage and 16-column value blocks in the scans (the result
     does not depend on the chunk length). Checked by ``fastweights bench kernels``."""
@@ -85,7 +86,7 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
         BT = min(BT, 32 if NK == 1 else 16)
     elif delta and arch != 90:
         BT = min(BT, 32)  # wy_bwd's [BT, BT] float32 tiles spill at 64 on sm_80's register budget
-    common = dict(BT=BT, BK=BK, PRECISION="ieee" if f32 else "tf32")
+    common = dict(BT=BT, BK=BK, GATED=gated, PRECISION="ieee" if f32 else "tf32")
     if f32:
         scan = dict(common, BV=16, NK=NK)
         local = dict(common, BV=min(32, width(d_v)))
@@ -95,7 +96,7 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
         scan = dict(common, BV=min(16 if NK > 1 else 32, width(d_v)), NK=NK)
         local = dict(common, BV=min(64 if width(d_v) <= 64 and NK == 1 else 32, width(d_v)))
         warps, stages = 4, 2
-        scan_warps, scan_stages = (8, 1) if NK > 1 else (4, 1 if BK <= 16 else 2)
+        scan_warps, scan_stages = 4, 1 if NK > 1 or BK <= 16 or gated else 2
         grad_bv, grad_stages = (local["BV"], 2) if arch == 90 else (32, 3)
     wide_warps = 8 if BT == 64 or f32 else 4  # kernels that hold several [BT, BT] float32 tiles
     configs = {
@@ -108,7 +109,7 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
     }
     if delta:
         configs["wy_fwd"] = KernelConfig("wy_fwd", local, warps, stages)
-        configs["wy_bwd"] = KernelConfig("wy_bwd", local, wide_warps, stages)
+        configs["wy_bwd"] = KernelConfig("wy_bwd", local, wide_warps, 1 if gated else stages)
     return configs
 
 

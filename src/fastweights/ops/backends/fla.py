@@ -1,6 +1,8 @@
 """flash-linear-attention (``pip install 'fastweights[fla]'``): its Triton chunk kernels on CUDA.
 
 - delta rule: ``fla.ops.delta_rule.chunk_delta_rule`` (bf16/fp16 only: it refuses float32; d_k <= 256);
+- gated delta rule: ``fla.ops.gated_delta_rule.chunk_gated_delta_rule``, which takes the same log
+  decays ``g`` (``[B, T, H]``, in log space) before ``beta``;
 - sum rule: ``fla.ops.linear_attn.chunk_linear_attn`` with its own normalisation off (the sum
   rule's ``normalize`` rides on the value column, see :mod:`fastweights.ops.sum_rule`).
 
@@ -51,6 +53,20 @@ def run_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: fl
                  cu_seqlens=cu_seqlens)
 
 
+def run_gated_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
+                    initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
+                    chunk_size: int, g: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """``chunk_gated_delta_rule`` under the fastweights contract (``g`` None: no decay)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    if beta is None:
+        beta = q.new_ones(q.shape[:3])  # [B, T, H]
+    if g is None:
+        g = q.new_zeros(q.shape[:3])  # [B, T, H]: log 1
+    return _call(chunk_gated_delta_rule, q, k, v, initial_state, g, beta, scale=scale,
+                 output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+
 def run_sum(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
             output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_linear_attn`` (normalisation off) under the fastweights contract; the rule applies the rate."""
@@ -62,6 +78,8 @@ def run_sum(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: floa
 
 BACKENDS = [
     Backend("fla", "delta", run_delta, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
+            max_d_k=256, priority=20, requires="fla", tolerance=2e-2),
+    Backend("fla", "gated_delta", run_gated_delta, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
             max_d_k=256, priority=20, requires="fla", tolerance=2e-2),
     Backend("fla", "sum", run_sum, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
             priority=20, requires="fla", tolerance=2e-2),

@@ -1,4 +1,4 @@
-"""fastweights' own Triton kernels of the chunkwise sum and delta rules (``impl="triton"``).
+"""fastweights' own Triton kernels of the chunkwise sum, delta and gated delta rules (``impl="triton"``).
 
 Kernels in :mod:`fastweights.ops._triton` (forward and hand-derived backward, the delta rule in the
 WY/UT form, packed sequences read natively, memory linear in T). They run on CUDA GPUs of compute
@@ -35,10 +35,10 @@ def _check(q: torch.Tensor, d_v: int) -> Optional[str]:
     return None
 
 
-def _run(*args, delta: bool):
+def _run(*args, delta: bool, **inputs):
     from .._triton.chunk import run
 
-    return run(*args, delta=delta)
+    return run(*args, delta=delta, **inputs)
 
 
 def _declare(rule: str, delta: bool) -> Backend:
@@ -51,4 +51,4 @@ def _declare(rule: str, delta: bool) -> Backend:
     )
 
 
-BACKENDS = [_declare("sum", False), _declare("delta", True)]
+BACKENDS = [_declare("sum", False), _declare("delta", True), _declare("gated_delta", True)]
