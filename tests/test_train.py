@@ -154,16 +154,17 @@ def test_sigkill_then_resume_equals_uninterrupted(text_file: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-@pytest.mark.parametrize("carry", ["false", "true"])
-def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str) -> None:
-    """DDP on 2 processes equals 1 process, windowed or streamed (each process its own streams and states)."""
+@pytest.mark.parametrize("carry,mode", [("false", "ddp"), ("true", "ddp"), ("false", "fsdp"), ("true", "fsdp")])
+def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str, mode: str) -> None:
+    """DDP and FSDP2 on 2 processes equal 1 process (losses to 1e-5, weights to 1e-4), windowed or
+    streamed (each process its own streams and states); the sharded run's checkpoint is whole."""
     args = ["train", "--preset", "shakespeare-char", "--attention", "dpfp-2+delta", "--data", str(text_file),
             "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=5", "--set", "eval_every=5", "--set", "ckpt_every=5",
-            "--set", f"carry_state={carry}", "--device", "cpu"]
+            "--set", f"carry_state={carry}", "--set", "grad_accum=2", "--device", "cpu"]
     one = run_cli(["-m", "fastweights.cli", *args, "--out", str(tmp_path / "one")])
     assert one.wait(timeout=300) == 0, one.stdout.read()
     two = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", *args,
-                   "--out", str(tmp_path / "two")])
+                   "--set", f"data_parallel={mode}", "--out", str(tmp_path / "two")])
     assert two.wait(timeout=300) == 0, two.stdout.read()
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [r[0] for r in a] == [r[0] for r in b] == [1, 2, 3, 4, 5]
@@ -172,6 +173,25 @@ def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str) ->
     wa, wb = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("one", "two"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_sharded_run_resumes_where_it_stopped(text_file: Path, tmp_path: Path) -> None:
+    """FSDP2 on 2 processes: 3 steps, then --resume to 5, equals 5 steps in one go (the optimizer's
+    sharded state goes through the whole-model checkpoint and back)."""
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", "train",
+            "--preset", "shakespeare-char", "--attention", "linear+gated_delta", "--data", str(text_file),
+            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "eval_every=5", "--set", "ckpt_every=1",
+            "--set", "data_parallel=fsdp", "--device", "cpu"]
+    for out, steps, extra in (("full", 5, []), ("cut", 3, []), ("cut", 5, ["--resume"])):
+        run = run_cli([*args, "--set", f"steps={steps}", "--out", str(tmp_path / out), *extra])
+        assert run.wait(timeout=300) == 0, run.stdout.read()
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert [r[0] for r in b] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r[1] for r in b], [r[1] for r in a], rtol=1e-6)
+    wa, wb = (safetensors.torch.load_file(tmp_path / d / "model.safetensors") for d in ("full", "cut"))
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
 
 
 def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) -> None:

@@ -49,13 +49,13 @@ Failures:
   falls back to the one before with a warning, moving the bad one aside.
 
 Multi-process: launch the same command with ``torchrun``; the process group uses NCCL on GPUs and
-gloo on CPUs, gradients are averaged by ``DistributedDataParallel``.
+gloo on CPUs; ``TrainConfig.data_parallel`` chooses ``DistributedDataParallel`` (``'ddp'``) or FSDP2
+sharding (``'fsdp'``), see :mod:`fastweights.data_parallel`.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import logging
 import math
 import os
@@ -73,7 +73,8 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write, atomic_write_text, naming_os_errors, remove_temporaries
 from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
-                          load_checkpoint, named_tensors, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
+                          load_checkpoint, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
+from .data_parallel import DataParallel
 from .errors import describe_os_error
 from .evaluate import carried_state_loss, is_fast_weight_model
 from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
@@ -339,6 +340,9 @@ def train(
     if micro % info.world:
         raise ValueError(f"batch_size / grad_accum = {micro} must be divisible by the number of processes ({info.world})")
     local = micro // info.world
+    if train_cfg.data_parallel == "fsdp" and info.world > 1 and train_cfg.reset_documents:
+        raise ValueError("data_parallel=fsdp with reset_documents=true: the processes would run different numbers "
+                         "of block calls per step (each resets at its own streams' documents); use data_parallel=ddp")
     check_splits(corpus, model_cfg.context)
     out = Path(out_dir)
     if resume and not (out / CONFIG_FILE).is_file():
@@ -347,6 +351,9 @@ def train(
     torch.manual_seed(train_cfg.seed)
     model = LanguageModel(model_cfg).to(info.device)
     streams = _streams(model, corpus, model_cfg, train_cfg)
+    # an adaptive softmax leaves the clusters no target fell into without gradients
+    parallel = DataParallel(model, train_cfg.data_parallel, info.world, info.device,
+                            find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
     carried: List[Optional[Dict[str, Any]]] = [None] * train_cfg.grad_accum  # per micro-batch: this process's rows
     optimizer = make_optimizer(model, train_cfg, info.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_cfg) / train_cfg.lr)
@@ -360,7 +367,7 @@ def train(
         if train_cfg.warmup >= train_cfg.steps and info.is_main:  # once the run is sure to start
             log.warning("warmup (%d) >= steps (%d): the learning rate never reaches lr = %g", train_cfg.warmup,
                         train_cfg.steps, train_cfg.lr)
-        state = _restore(out, model, optimizer, scheduler, info) if resume else None
+        state = _restore(out, parallel, optimizer, scheduler, info) if resume else None
         if state is not None:
             data_gen.set_state(state["data_rng"])
             if len(state["rng"]) != info.world:
@@ -373,10 +380,8 @@ def train(
                 streams.load_state_dict(state["streams"])
                 carried = map_tensors(lambda t: t.to(info.device), state["carry"]["ranks"][info.rank])
             guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
-        ddp = torch.compile(model) if train_cfg.compile else model
-        if info.world > 1:  # an adaptive softmax leaves the clusters no target fell into without gradients
-            ddp = nn.parallel.DistributedDataParallel(ddp, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                                      find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
+        ddp = parallel.runner(torch.compile(model) if train_cfg.compile else model)
+        eval_info = DistInfo(0, 1, info.device) if parallel.sharded else info  # sharded: every process evaluates alike
         amp = autocast_dtype(train_cfg, info.device)
         metrics = _Metrics(out, info.is_main, step if state is not None else None)
         tokens_per_step = train_cfg.batch_size * model_cfg.context
@@ -403,8 +408,7 @@ def train(
                             mine = doc_starts[i * micro : (i + 1) * micro][info.rank * local : (info.rank + 1) * local]
                             resets = mine.to(info.device)  # [local, context]
                     batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
-                    sync = ddp.no_sync() if info.world > 1 and i < train_cfg.grad_accum - 1 else nullcontext()
-                    with sync:
+                    with parallel.accumulating(ddp, last=i == train_cfg.grad_accum - 1):
                         with autocast_context(info.device, amp):
                             _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False,
                                                      resets=resets)
@@ -412,7 +416,7 @@ def train(
                     if streams is not None:  # truncated BPTT: the state carries on, its graph does not
                         carried[i] = {"pos": 0, "layers": map_tensors(Tensor.detach, new_state["layers"])}
                     loss_sum += loss.detach().float()
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)  # [], the same on every process
+                grad_norm = parallel.clip_grad_norm(max_norm)  # [], the same on every process
                 if info.world > 1:
                     dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
                 loss_total, norm = torch.stack([loss_sum, grad_norm.to(loss_sum)]).tolist()  # one device sync
@@ -432,7 +436,7 @@ def train(
                     t_eval = time.perf_counter()
                     if streams is None:
                         val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
-                                            train_cfg.eval_batches * micro, info, amp)
+                                            train_cfg.eval_batches * micro, eval_info, amp)
                     else:
                         val_loss = evaluate_carried(model, corpus.val, model_cfg.context,
                                                     train_cfg.eval_batches * micro * model_cfg.context,  # the windows' tokens
@@ -451,12 +455,11 @@ def train(
                     bar.set_postfix(postfix, refresh=False)
                     window, t_log, tok_log = [0.0, 0], now, 0
                 if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
-                    guard.check_finite(step, itertools.chain(model.named_parameters(),
-                                                             named_tensors(optimizer.state_dict()["state"], "optimizer")))
+                    guard.check_finite(step, parallel.named_tensors(optimizer))
                     progress_state = {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps}
                     if streams is not None:
                         progress_state["streams"] = streams.state_dict()
-                    _checkpoint(out, model, optimizer, scheduler, data_gen, info, progress_state,
+                    _checkpoint(out, parallel, optimizer, scheduler, data_gen, info, progress_state,
                                 carried if streams is not None else None)
                     guard.last_good = step
         finally:
@@ -506,8 +509,9 @@ class _NonFiniteGuard:
         return f"; the last good checkpoint is step {self.last_good} in {self.out}"
 
 
-def _checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data_gen: torch.Generator,
-                info: DistInfo, progress: Dict[str, Any], carried: Optional[List[Any]] = None) -> None:
+def _checkpoint(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                data_gen: torch.Generator, info: DistInfo, progress: Dict[str, Any],
+                carried: Optional[List[Any]] = None) -> None:
     """Write a checkpoint (main process) of the model, the optimizer, the scheduler, the data sampler,
     every process's RNG states, ``progress`` (step, loss window, elapsed time, bad steps, stream
     position) and, in streamed training, every process's ``carried`` states (one per micro-batch)."""
@@ -519,9 +523,10 @@ def _checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, s
         rngs, carries = [None] * info.world, [None] * info.world
         dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
         dist.all_gather_object(carries, carries[0])
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "data_rng": data_gen.get_state(),
-             "rng": rngs, **progress}
+    state = {"optimizer": parallel.optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
+             "data_rng": data_gen.get_state(), "rng": rngs, **progress}
     carry = {"ranks": carries} if carried is not None else None
+    model = parallel.checkpoint_model()  # sharded: the weights gathered onto the main process
     _on_main(info, lambda: save_checkpoint(out, model, state, progress["step"], carry))
 
 
@@ -608,9 +613,9 @@ def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, cor
                      data=corpus.info, train=train_cfg.to_dict())
 
 
-def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+def _restore(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer, scheduler: Any,
              info: DistInfo) -> Optional[Dict[str, Any]]:
-    """Load the newest checkpoint that verifies into ``model``, ``optimizer`` and ``scheduler`` and
+    """Load the newest checkpoint that verifies into the model, ``optimizer`` and ``scheduler`` and
     return its trainer state (``None`` when the run has none yet).
 
     A checkpoint that fails (see :func:`~fastweights.checkpoints.load_checkpoint`, and the optimizer
@@ -622,9 +627,10 @@ def _restore(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     rejected: List[Path] = []
     for ckpt in reversed(candidates):
         try:
-            state = load_checkpoint(ckpt, model, info.device)
+            target = parallel.weights_target()  # sharded: the CPU replica, then distributed by parallel.load
+            state = load_checkpoint(ckpt, target, next(target.parameters()).device)
             try:
-                optimizer.load_state_dict(state["optimizer"])
+                parallel.load(optimizer, state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"checkpoint {ckpt} is unusable: its optimizer state does not fit this model: {e}") from e

@@ -16,6 +16,10 @@ Examples:
   torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-small --attention delta --out runs/wt103
       (the same command on 1 process, 1 GPU or many machines; --data DIR: a directory with
       wiki.{train,valid,test}.tokens)
+  torchrun --nproc_per_node 4 -m fastweights.cli train --preset wt103-medium --attention delta \
+      --set data_parallel=fsdp --out runs/wt103-fsdp
+      (FSDP2: parameters, gradients and optimizer state sharded over the processes instead of
+      replicated (DDP, the default); the same numbers, the same checkpoint files)
 
 The run directory gets config.json, tokenizer.json, model.safetensors (what `fastweights eval` and
 `generate` read, and transformers' AutoModelForCausalLM after `import fastweights.hf`),

@@ -181,6 +181,9 @@ class TrainConfig(_DictConfig):
         reset_documents: with ``carry_state``, a stream's state is also emptied where a document of
             the training split starts (a line `` = Title = ``, as in WikiText; see
             :attr:`fastweights.tasks.text.Corpus.documents`), so no document reads its predecessor.
+        data_parallel: under ``torchrun`` with several processes, ``'ddp'`` (each process holds the
+            whole model; gradients all-reduced) or ``'fsdp'`` (FSDP2: parameters, gradients and
+            optimizer state sharded over the processes); see :mod:`fastweights.data_parallel`.
 
     Every float must be finite; ``lr`` in (0, inf), ``min_lr`` in [0, lr], ``beta1``, ``beta2`` in
     [0, 1), ``weight_decay`` and ``grad_clip`` in [0, inf), ``warmup`` and ``max_bad_steps`` >= 0.
@@ -207,6 +210,7 @@ class TrainConfig(_DictConfig):
     reset_documents: bool = False
     shift_streams: bool = False
     compile: bool = False
+    data_parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -215,6 +219,7 @@ class TrainConfig(_DictConfig):
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
         self._require("dtype", self.dtype in ("auto", "float32", "bfloat16"), "'auto', 'float32' or 'bfloat16'")
+        self._require("data_parallel", self.data_parallel in ("ddp", "fsdp"), "'ddp' or 'fsdp'")
         self._require("lr", self.lr > 0.0, "in (0, inf)")
         self._require("min_lr", 0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr!r}]")
         for name in ("beta1", "beta2"):
