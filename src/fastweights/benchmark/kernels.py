@@ -106,10 +106,10 @@ def _source_key(job: Job) -> str:
     """Cache key: the kernels' and this module's source, Triton's version, the job and its configuration."""
     import triton
 
-    from ..ops._triton import backward, common, forward, launch
+    from ..ops._triton import backward, blocks, common, forward, launch
 
     h = hashlib.sha256()
-    for module in (common, forward, backward, launch, sys.modules[__name__]):  # this module: how it measures
+    for module in (common, blocks, forward, backward, launch, sys.modules[__name__]):  # this module: how it measures
         h.update(inspect.getsource(module).encode())
     config = _config(job)
     h.update(repr((triton.__version__, asdict(job), sorted(config.constexprs.items()), config.num_warps,

@@ -22,7 +22,7 @@ gated rule's decays (``GATED``; otherwise every factor is 1: ``Gamma = exp(gamma
 
 The derivation is in :mod:`fastweights.ops.delta_rule.chunk` and
 :mod:`fastweights.ops.gated_delta_rule.chunk`. The scan holds ``G`` as up to four ``[BK, BV]`` key
-blocks like the forward scan.
+blocks like the forward scan (:mod:`.blocks`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (chunk_decay, chunk_rows, decay_matrix, load_block, load_rows, load_state, sequence, store_block,
-                     store_state)
+from . import blocks
+from .common import chunk_decay, chunk_rows, decay_matrix, load_block, load_rows, load_state, sequence, store_block
 
 
 @triton.jit
@@ -63,94 +63,39 @@ def dv_local(q, k, g, do, dvn, scale, chunk_indices, cu_seqlens, H, K, V,
 
 
 @triton.jit
-def _g_update(b_g, q, w, b_do, b_dvn, b_carry, rows, m_t, H, i_h, K, i_k, scale,
-              BK: tl.constexpr, DELTA: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
-    """Key block ``i_k`` of ``G_n = Gamma_C G_{n+1} + scale Q^T dO (- W^T dV')`` (gated, ``b_do`` holds
-    ``diag(Gamma) dO`` and ``b_carry = Gamma_C``)."""
-    if GATED:
-        b_g = b_g * b_carry
-    b_q = load_block(q, rows, m_t, H, i_h, K, i_k, BK)
-    b_g += tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION) * scale
-    if DELTA:
-        b_g -= tl.dot(tl.trans(load_block(w, rows, m_t, H, i_h, K, i_k, BK)), b_dvn, input_precision=PRECISION)
-    return b_g
-
-
-@triton.jit
 def state_bwd(q, k, g, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqlens, H, K, V,
               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, DELTA: tl.constexpr,
               GATED: tl.constexpr, HAS_DHT: tl.constexpr, PRECISION: tl.constexpr):
     """The reverse scan over one sequence's chunks for one head and block of value columns: ``G_{n+1}``
-    per chunk (``dhs``), ``dV'`` (``dvn``, which holds ``P^T dO`` on entry) and ``dS_0`` (``dh0``)."""
+    per chunk (``dhs``), ``dV'`` (``dvn``, which holds ``P^T dO`` on entry) and ``dS_0`` (``dh0``).
+    ``G`` is held as the key blocks of :mod:`.blocks`."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, bos, eos, c0 = sequence(chunk_offsets, cu_seqlens, i_nh, H)
     dt = k.dtype.element_ty
     o_t = tl.arange(0, BT)
-    b_g1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 1:
-        b_g2 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 2:
-        b_g3 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 3:
-        b_g4 = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        b_g1 += load_state(dht, i_n, H, i_h, K, V, 0, i_v, BK, BV)
-        if NK > 1:
-            b_g2 += load_state(dht, i_n, H, i_h, K, V, 1, i_v, BK, BV)
-        if NK > 2:
-            b_g3 += load_state(dht, i_n, H, i_h, K, V, 2, i_v, BK, BV)
-        if NK > 3:
-            b_g4 += load_state(dht, i_n, H, i_h, K, V, 3, i_v, BK, BV)
+    b_g1, b_g2, b_g3, b_g4 = blocks.init(dht, i_n, H, i_h, K, V, i_v, BK, BV, NK, HAS_DHT)
     n_chunks = tl.cdiv(eos - bos, BT)
     for j in range(n_chunks):
         i_t = n_chunks - 1 - j
-        i_s = c0 + i_t
-        store_state(dhs, b_g1, i_s, H, i_h, K, V, 0, i_v, BK, BV)
-        if NK > 1:
-            store_state(dhs, b_g2, i_s, H, i_h, K, V, 1, i_v, BK, BV)
-        if NK > 2:
-            store_state(dhs, b_g3, i_s, H, i_h, K, V, 2, i_v, BK, BV)
-        if NK > 3:
-            store_state(dhs, b_g4, i_s, H, i_h, K, V, 3, i_v, BK, BV)
+        blocks.store(dhs, b_g1, b_g2, b_g3, b_g4, c0 + i_t, H, i_h, K, V, i_v, BK, BV, NK)
         rows = bos + i_t * BT + o_t
         m_t = rows < eos
-        # dV' = P^T dO + K_out G_{n+1}
-        b_kg = tl.dot(load_block(k, rows, m_t, H, i_h, K, 0, BK), b_g1.to(dt), input_precision=PRECISION)
-        if NK > 1:
-            b_kg += tl.dot(load_block(k, rows, m_t, H, i_h, K, 1, BK), b_g2.to(dt), input_precision=PRECISION)
-        if NK > 2:
-            b_kg += tl.dot(load_block(k, rows, m_t, H, i_h, K, 2, BK), b_g3.to(dt), input_precision=PRECISION)
-        if NK > 3:
-            b_kg += tl.dot(load_block(k, rows, m_t, H, i_h, K, 3, BK), b_g4.to(dt), input_precision=PRECISION)
-        b_carry = 1.0  # Gamma_C: read only when GATED
-        if GATED:
+        b_kg = blocks.contract(k, rows, m_t, H, i_h, K, b_g1, b_g2, b_g3, b_g4, BK, NK, PRECISION)  # K G_{n+1}
+        b_do = load_block(do, rows, m_t, H, i_h, V, i_v, BV).to(tl.float32) * scale  # [BT, BV]
+        if GATED:  # K_out = diag(Gamma_C / Gamma) K; Q^T diag(Gamma) dO; G_{n+1} decays by Gamma_C
             b_gam, b_gl = chunk_decay(g, rows, m_t, H, i_h, BT)
-            b_carry = tl.exp(b_gl)
             b_kg = b_kg * tl.exp(b_gl - b_gam)[:, None]
-        b_dvn = load_block(dvn, rows, m_t, H, i_h, V, i_v, BV).to(tl.float32) + b_kg  # [BT, BV]
+            b_do = b_do * tl.exp(b_gam)[:, None]
+            b_g1, b_g2, b_g3, b_g4 = blocks.scale(b_g1, b_g2, b_g3, b_g4, tl.exp(b_gl), NK)
+        b_dvn = load_block(dvn, rows, m_t, H, i_h, V, i_v, BV).to(tl.float32) + b_kg  # dV' = P^T dO + K_out G_{n+1}
         store_block(dvn, b_dvn, rows, m_t, H, i_h, V, i_v, BV)
-        b_dvn = b_dvn.to(dt)
-        b_do = load_block(do, rows, m_t, H, i_h, V, i_v, BV)
-        if GATED:
-            b_do = (b_do * tl.exp(b_gam)[:, None]).to(dt)  # (diag(Gamma) Q)^T dO = Q^T diag(Gamma) dO
-        b_g1 = _g_update(b_g1, q, w, b_do, b_dvn, b_carry, rows, m_t, H, i_h, K, 0, scale, BK, DELTA, GATED,
-                         PRECISION)
-        if NK > 1:
-            b_g2 = _g_update(b_g2, q, w, b_do, b_dvn, b_carry, rows, m_t, H, i_h, K, 1, scale, BK, DELTA,
-                             GATED, PRECISION)
-        if NK > 2:
-            b_g3 = _g_update(b_g3, q, w, b_do, b_dvn, b_carry, rows, m_t, H, i_h, K, 2, scale, BK, DELTA,
-                             GATED, PRECISION)
-        if NK > 3:
-            b_g4 = _g_update(b_g4, q, w, b_do, b_dvn, b_carry, rows, m_t, H, i_h, K, 3, scale, BK, DELTA,
-                             GATED, PRECISION)
-    store_state(dh0, b_g1, i_n, H, i_h, K, V, 0, i_v, BK, BV)
-    if NK > 1:
-        store_state(dh0, b_g2, i_n, H, i_h, K, V, 1, i_v, BK, BV)
-    if NK > 2:
-        store_state(dh0, b_g3, i_n, H, i_h, K, V, 2, i_v, BK, BV)
-    if NK > 3:
-        store_state(dh0, b_g4, i_n, H, i_h, K, V, 3, i_v, BK, BV)
+        # G_n = Gamma_C G_{n+1} + scale Q^T diag(Gamma) dO (- W^T dV')
+        b_g1, b_g2, b_g3, b_g4 = blocks.update(q, rows, m_t, H, i_h, K, b_do.to(dt), b_g1, b_g2, b_g3, b_g4, BK, NK,
+                                               PRECISION)
+        if DELTA:
+            b_g1, b_g2, b_g3, b_g4 = blocks.update(w, rows, m_t, H, i_h, K, (-b_dvn).to(dt), b_g1, b_g2, b_g3, b_g4,
+                                                   BK, NK, PRECISION)
+    blocks.store(dh0, b_g1, b_g2, b_g3, b_g4, i_n, H, i_h, K, V, i_v, BK, BV, NK)
 
 
 @triton.jit

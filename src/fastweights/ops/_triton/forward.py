@@ -15,8 +15,8 @@ equations of :mod:`fastweights.ops.gated_delta_rule.chunk`):
 Without ``GATED`` every decay factor is 1 and is not computed.
 
 A scan program keeps its ``[d_k, BV]`` slice of the state in registers as up to four ``[BK, BV]``
-blocks (``NK = cdiv(d_k, BK)``, ``BK <= 64``): ``d_k = 256`` holds four 64-row blocks, never one
-256-row tile. Products accumulate in float32; their operands are in the input dtype (bf16/fp16
+blocks (:mod:`.blocks`; ``NK = cdiv(d_k, BK)``, ``BK <= 64``): ``d_k = 256`` holds four 64-row
+blocks, never one 256-row tile. Products accumulate in float32; their operands are in the input dtype (bf16/fp16
 tensor-core products; fp32 inputs use IEEE products, ``PRECISION``).
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import (chunk_decay, chunk_rows, decay_matrix, load_block, load_rows, load_state, sequence, store_block,
-                     store_state)
+from . import blocks
+from .common import chunk_decay, chunk_rows, decay_matrix, load_block, load_rows, load_state, sequence, store_block
 
 
 @triton.jit
@@ -70,76 +70,30 @@ def state_fwd(k, v, g, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
               GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr):
     """The scan over one sequence's chunks for one head and one block of value columns: ``S_n`` per
     chunk (``hs``), ``V'_n`` (delta, ``vn``) and the final state (``ht``). ``S`` is held as the key
-    blocks ``b_h1..b_h{NK}`` ``[BK, BV]``."""
+    blocks of :mod:`.blocks`."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h, bos, eos, c0 = sequence(chunk_offsets, cu_seqlens, i_nh, H)
-    dt = k.dtype.element_ty
     o_t = tl.arange(0, BT)
-    b_h1 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 1:
-        b_h2 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 2:
-        b_h3 = tl.zeros([BK, BV], dtype=tl.float32)
-    if NK > 3:
-        b_h4 = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        b_h1 += load_state(h0, i_n, H, i_h, K, V, 0, i_v, BK, BV)
-        if NK > 1:
-            b_h2 += load_state(h0, i_n, H, i_h, K, V, 1, i_v, BK, BV)
-        if NK > 2:
-            b_h3 += load_state(h0, i_n, H, i_h, K, V, 2, i_v, BK, BV)
-        if NK > 3:
-            b_h4 += load_state(h0, i_n, H, i_h, K, V, 3, i_v, BK, BV)
+    b_h1, b_h2, b_h3, b_h4 = blocks.init(h0, i_n, H, i_h, K, V, i_v, BK, BV, NK, HAS_H0)
     for i_t in range(tl.cdiv(eos - bos, BT)):
-        i_s = c0 + i_t
-        store_state(hs, b_h1, i_s, H, i_h, K, V, 0, i_v, BK, BV)
-        if NK > 1:
-            store_state(hs, b_h2, i_s, H, i_h, K, V, 1, i_v, BK, BV)
-        if NK > 2:
-            store_state(hs, b_h3, i_s, H, i_h, K, V, 2, i_v, BK, BV)
-        if NK > 3:
-            store_state(hs, b_h4, i_s, H, i_h, K, V, 3, i_v, BK, BV)
+        blocks.store(hs, b_h1, b_h2, b_h3, b_h4, c0 + i_t, H, i_h, K, V, i_v, BK, BV, NK)
         rows = bos + i_t * BT + o_t
         m_t = rows < eos
         if DELTA:  # V' = U - W S
             b_vn = load_block(u, rows, m_t, H, i_h, V, i_v, BV).to(tl.float32)  # [BT, BV]
-            b_vn -= tl.dot(load_block(w, rows, m_t, H, i_h, K, 0, BK), b_h1.to(dt), input_precision=PRECISION)
-            if NK > 1:
-                b_vn -= tl.dot(load_block(w, rows, m_t, H, i_h, K, 1, BK), b_h2.to(dt), input_precision=PRECISION)
-            if NK > 2:
-                b_vn -= tl.dot(load_block(w, rows, m_t, H, i_h, K, 2, BK), b_h3.to(dt), input_precision=PRECISION)
-            if NK > 3:
-                b_vn -= tl.dot(load_block(w, rows, m_t, H, i_h, K, 3, BK), b_h4.to(dt), input_precision=PRECISION)
+            b_vn -= blocks.contract(w, rows, m_t, H, i_h, K, b_h1, b_h2, b_h3, b_h4, BK, NK, PRECISION)
             store_block(vn, b_vn, rows, m_t, H, i_h, V, i_v, BV)
             if GATED:  # S <- Gamma_C S + K^T diag(Gamma_C / Gamma) V'
                 b_gam, b_gl = chunk_decay(g, rows, m_t, H, i_h, BT)
                 b_vn = b_vn * tl.exp(b_gl - b_gam)[:, None]
-                b_h1 *= tl.exp(b_gl)
-                if NK > 1:
-                    b_h2 *= tl.exp(b_gl)
-                if NK > 2:
-                    b_h3 *= tl.exp(b_gl)
-                if NK > 3:
-                    b_h4 *= tl.exp(b_gl)
-            b_vn = b_vn.to(dt)
+                b_h1, b_h2, b_h3, b_h4 = blocks.scale(b_h1, b_h2, b_h3, b_h4, tl.exp(b_gl), NK)
+            b_vn = b_vn.to(k.dtype.element_ty)
         else:
             b_vn = load_block(v, rows, m_t, H, i_h, V, i_v, BV)
-        # S += K^T V', block by block of keys
-        b_h1 += tl.dot(tl.trans(load_block(k, rows, m_t, H, i_h, K, 0, BK)), b_vn, input_precision=PRECISION)
-        if NK > 1:
-            b_h2 += tl.dot(tl.trans(load_block(k, rows, m_t, H, i_h, K, 1, BK)), b_vn, input_precision=PRECISION)
-        if NK > 2:
-            b_h3 += tl.dot(tl.trans(load_block(k, rows, m_t, H, i_h, K, 2, BK)), b_vn, input_precision=PRECISION)
-        if NK > 3:
-            b_h4 += tl.dot(tl.trans(load_block(k, rows, m_t, H, i_h, K, 3, BK)), b_vn, input_precision=PRECISION)
+        b_h1, b_h2, b_h3, b_h4 = blocks.update(k, rows, m_t, H, i_h, K, b_vn, b_h1, b_h2, b_h3, b_h4, BK, NK,
+                                               PRECISION)  # S += K^T V'
     if STORE_FINAL:
-        store_state(ht, b_h1, i_n, H, i_h, K, V, 0, i_v, BK, BV)
-        if NK > 1:
-            store_state(ht, b_h2, i_n, H, i_h, K, V, 1, i_v, BK, BV)
-        if NK > 2:
-            store_state(ht, b_h3, i_n, H, i_h, K, V, 2, i_v, BK, BV)
-        if NK > 3:
-            store_state(ht, b_h4, i_n, H, i_h, K, V, 3, i_v, BK, BV)
+        blocks.store(ht, b_h1, b_h2, b_h3, b_h4, i_n, H, i_h, K, V, i_v, BK, BV, NK)
 
 
 @triton.jit

@@ -69,14 +69,15 @@ def family(capability: int) -> int:
 def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64,
          capability: int = 90, gated: bool = False) -> Dict[str, KernelConfig]:
     """The configuration of every kernel a forward and backward of the sum (``delta=False``), delta or
-    gated delta (``gated``) rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype`` on a GPU of compute
-    capability ``capability`` (``90`` for sm_90).
+    gated delta (``gated``) rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype``
+    on a GPU of compute capability ``capability`` (``90`` for sm_90).
 
     bf16/fp16 products run on tensor cores; scans with more than one key block use 16-column value
-    blocks and no software pipelining; the delta rules use chunks of at most 32 tokens below sm_90. fp32 inputs take IEEE float32 products, which Triton builds from FMA
-    instructions that hold both operands in registers: they use chunks of at most 32 tokens (16
-    when d_k > 64), 8 warps, one pipeline stage and 16-column value blocks in the scans (the result
-    does not depend on the chunk length). Checked by ``fastweights bench kernels``."""
+    blocks and no software pipelining; below sm_90 chunks have at most 32 tokens. fp32 inputs take
+    IEEE float32 products, which Triton builds from FMA instructions that hold both operands in
+    registers: they use chunks of at most 32 tokens (16 when d_k > 64), 8 warps, one pipeline stage
+    and 16-column value blocks in the scans. The result does not depend on the chunk length.
+    Checked by ``fastweights bench kernels``."""
     arch = family(capability)
     f32 = dtype == torch.float32
     BK = min(64, width(d_k))
@@ -84,19 +85,20 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
     BT = chunk_length(chunk_size)
     if f32:
         BT = min(BT, 32 if NK == 1 else 16)
-    elif delta and arch != 90:
-        BT = min(BT, 32)  # wy_bwd's [BT, BT] float32 tiles spill at 64 on sm_80's register budget
+    elif arch != 90:
+        BT = min(BT, 32)  # [BT, BT] float32 tiles (wy_bwd, grads_qk) spill at 64 on sm_80's register budget
     common = dict(BT=BT, BK=BK, GATED=gated, PRECISION="ieee" if f32 else "tf32")
     if f32:
         scan = dict(common, BV=16, NK=NK)
         local = dict(common, BV=min(32, width(d_v)))
-        warps, stages, scan_warps, grad_bv, grad_stages = 8, 1, 8, 16, 1
+        warps, stages, grad_bv, grad_stages = 8, 1, 16, 1
+        scan_warps = 4 if BK <= 16 else 8
         scan_stages = 2 if arch == 90 and NK > 1 else 1
     else:
         scan = dict(common, BV=min(16 if NK > 1 else 32, width(d_v)), NK=NK)
         local = dict(common, BV=min(64 if width(d_v) <= 64 and NK == 1 else 32, width(d_v)))
         warps, stages = 4, 2
-        scan_warps, scan_stages = 4, 1 if NK > 1 or BK <= 16 or gated else 2
+        scan_warps, scan_stages = 4, 1 if NK > 1 or BK <= 16 or gated or (arch == 86 and BK <= 32) else 2
         grad_bv, grad_stages = (local["BV"], 2) if arch == 90 else (32, 3)
     wide_warps = 8 if BT == 64 or f32 else 4  # kernels that hold several [BT, BT] float32 tiles
     configs = {
