@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastweights.benchmark.kernels import DTYPES, Job, compile_job
 from fastweights.ops import get_op
 from fastweights.ops._triton.chunk import KERNELS, capability
-from fastweights.ops._triton.launch import SHARED_LIMIT
+from fastweights.ops._triton.launch import SHARED_LIMIT, family
 
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -63,7 +63,7 @@ def main() -> int:
                     fn.device_caches.clear()
                 exercise(rule, getattr(torch, DTYPES[dtype]), d)
                 for name, compiled, regs, spills, shared in loaded():
-                    predicted = compile_job(Job(rule, name, arch if arch in SHARED_LIMIT else 90, dtype, d, d, 64), None)
+                    predicted = compile_job(Job(rule, name, arch if arch in SHARED_LIMIT else family(arch), dtype, d, d, 64), None)
                     fits = spills == 0 and shared <= SHARED_LIMIT.get(arch, predicted.limit)
                     mismatches += fits != predicted.fits
                     rows.append(dict(kernel=name, rule=rule, dtype=dtype, d=d, warps=compiled.metadata.num_warps,

@@ -60,3 +60,22 @@ def test_bad_arguments_are_one_line(tmp_path: Path) -> None:
     result = _bench(tmp_path, "--arch", "sm_75")
     assert result.returncode == 2 and "'sm_75' is not one of" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_shape_no_candidate_fits_is_declined_naming_the_limit(monkeypatch) -> None:
+    """Where no candidate of some kernel fits, the backend declines the inputs with one line naming the
+    kernel, the GPU, the shape and what overflows (the measurements stubbed here: nothing compiles)."""
+    import torch
+
+    from fastweights.ops._triton import fit
+
+    def chosen(kernel, delta, gated, dtype, d_k, d_v, chunk, capability):
+        config = fit.plan(delta, dtype, d_k, d_v, chunk, capability, gated)[kernel][0]
+        return config, fit.Resources(255, 16 if kernel == "state_bwd" else 0, 6144, 166_912)
+
+    monkeypatch.setattr(fit, "chosen", chosen)
+    assert fit.unfit(True, True, torch.bfloat16, 256, 20, 80) == (
+        "its Triton kernel state_bwd has no launch configuration that fits sm_80 for d_k = 256, d_v = 20 in "
+        "bfloat16: with 4 warps it spills 16 bytes of registers to local memory (255 registers)")
+    monkeypatch.setattr(fit, "chosen", lambda kernel, *args: (None, fit.Resources(128, 0, 6144, 166_912)))
+    assert fit.unfit(False, False, torch.bfloat16, 64, 64, 80) is None

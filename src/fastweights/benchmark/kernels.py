@@ -1,19 +1,23 @@
-"""Kernel fitness: compile every Triton kernel the backend launches, ahead of time, and read its resources.
+"""Kernel fitness: choose, ahead of time, the launch configuration of every Triton kernel the backend runs.
 
-No GPU is needed: each kernel is compiled by Triton for a target architecture (``--arch sm_80,sm_90``)
-with exactly the configuration the backend would launch for those inputs
-(:func:`fastweights.ops._triton.launch.plan`: block sizes, warps, pipeline stages), and the cubin's
-resources are read from the ``ptxas`` bundled in the Triton wheel (``-v``), the one Triton runs. One row per kernel::
+No GPU is needed: for each kernel the backend's candidates (:func:`fastweights.ops._triton.launch.plan`:
+block sizes, warps, pipeline stages; the preferred first) are compiled by Triton for a target
+architecture (``--arch sm_80,sm_90``) in order until one fits, exactly as the backend chooses on a
+GPU (:mod:`fastweights.ops._triton.fit`); resources are read from the ``ptxas`` Triton runs (``-v``).
+One row per kernel, for the configuration chosen::
 
+    candidate   which of the kernel's candidates was chosen (1: the preferred one)
     registers   per thread (at most 255)
     spilled B   bytes of registers spilled to local memory per thread (ptxas's spill stores; 0 to fit)
     shared B    dynamic shared memory per block; the arch's limit beside it
-    fits        yes: no spills and shared memory within the limit (the kernel launches at full speed)
+    fits        yes: no spills and shared memory within the limit. no: no candidate fits (the row shows
+                the preferred one), and the backend declines these inputs (``impl="auto"`` takes torch)
 
 The limits are the documented per-block maxima: sm_80 166,912 B, sm_86/sm_89 101,376 B, sm_90
 232,448 B. Flags that vary per call (initial state, final state) are compiled on, their most demanding
-setting. Results are cached per kernel source, Triton version and configuration (``--cache-dir``),
-so a second run only compiles what changed. Exit status 1 when any row does not fit.
+setting. Results are cached per kernel source, Triton version, configuration and shape
+(``--cache-dir``, shared with the backend), so a second run only compiles what changed. Exit status
+1 when any row does not fit.
 
 Examples:
   fastweights bench kernels --arch sm_90 --dtype bf16 --dk 64
@@ -23,16 +27,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import inspect
 import json
 import os
-import re
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -43,13 +41,12 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ARCHS = (80, 86, 89, 90)
 RULES = {"sum": dict(delta=False), "delta": dict(delta=True), "gated_delta": dict(delta=True, gated=True)}
 WIDTHS = (16, 32, 64, 128, 256)
-#: per-call flags, compiled at their most demanding setting
-FLAGS = {"HAS_H0": True, "STORE_FINAL": True, "HAS_DHT": True}
 
 
 @dataclass(frozen=True)
 class Job:
-    """One kernel to compile: the rule's kernel ``kernel`` for ``dtype`` inputs of widths d_k, d_v on ``arch``."""
+    """One kernel to choose a configuration for: the rule's kernel ``kernel`` for ``dtype`` inputs of
+    widths d_k, d_v on ``arch``."""
 
     rule: str
     kernel: str
@@ -58,12 +55,12 @@ class Job:
     d_k: int
     d_v: int
     chunk: int
-    override: Tuple[Tuple[str, object], ...] = ()  #: settings replacing the plan's (``num_warps``, ``BV``, ...)
+    override: Tuple[Tuple[str, object], ...] = ()  #: settings replacing the preferred candidate's; no others tried
 
 
 @dataclass
 class Row:
-    """A compiled kernel's configuration and resources."""
+    """The configuration the backend would launch (the first candidate that fits) and its resources."""
 
     kernel: str
     rule: str
@@ -72,6 +69,7 @@ class Row:
     d_k: int
     d_v: int
     chunk: int
+    choice: str
     num_warps: int
     num_stages: int
     blocks: str
@@ -88,92 +86,36 @@ def _triton_environment() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated to silence its warning
 
 
-def _config(job: Job):
+def _candidates(job: Job) -> list:
     import torch
 
-    from ..ops._triton.launch import KernelConfig, plan
+    from ..ops._triton.launch import plan
 
-    config = plan(dtype=getattr(torch, DTYPES[job.dtype]), d_k=job.d_k, d_v=job.d_v, chunk_size=job.chunk,
-                  capability=job.arch, **RULES[job.rule])[job.kernel]
+    candidates = plan(dtype=getattr(torch, DTYPES[job.dtype]), d_k=job.d_k, d_v=job.d_v, chunk_size=job.chunk,
+                      capability=job.arch, **RULES[job.rule])[job.kernel]
     if not job.override:
-        return config
-    options = dict(job.override)
-    return KernelConfig(config.kernel, {k: options.get(k, v) for k, v in config.constexprs.items()},
-                        options.get("num_warps", config.num_warps), options.get("num_stages", config.num_stages))
-
-
-def _source_key(job: Job) -> str:
-    """Cache key: the kernels' and this module's source, Triton's version, the job and its configuration."""
-    import triton
-
-    from ..ops._triton import backward, blocks, common, forward, launch
-
-    h = hashlib.sha256()
-    for module in (common, blocks, forward, backward, launch, sys.modules[__name__]):  # this module: how it measures
-        h.update(inspect.getsource(module).encode())
-    config = _config(job)
-    h.update(repr((triton.__version__, asdict(job), sorted(config.constexprs.items()), config.num_warps,
-                   config.num_stages)).encode())
-    return h.hexdigest()[:32]
-
-
-def _ptxas_usage(ptx: str, arch: int) -> Tuple[int, int]:
-    """Registers per thread and bytes of spill stores that Triton's own ptxas reports for ``ptx``
-    (the command Triton runs to make the cubin, with ``-v``)."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-               f"--gpu-name={sm_arch_from_capability(arch)}", str(src), "-o", str(Path(tmp) / "kernel.cubin")]
-        log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    registers = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores", log)
-    if registers is None or spills is None:
-        raise RuntimeError(f"ptxas reported no register usage: {log!r}")
-    return int(registers.group(1)), int(spills.group(1))
+        return candidates
+    options, first = dict(job.override), candidates[0]
+    return [replace(first, constexprs={k: options.get(k, v) for k, v in first.constexprs.items()},
+                    num_warps=options.get("num_warps", first.num_warps),
+                    num_stages=options.get("num_stages", first.num_stages))]
 
 
 def compile_job(job: Job, cache_dir: Optional[str]) -> Row:
-    """Compile ``job`` for its arch (or read the cache) and return its row."""
+    """Choose ``job``'s configuration as the backend does on a GPU of its arch (compiling its candidates
+    in order, or reading them from ``cache_dir``) and return its row."""
     _triton_environment()
     import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    from ..ops._triton.chunk import KERNELS
-    from ..ops._triton.launch import SHARED_LIMIT, signature
+    from ..ops._triton.fit import choose
 
-    config = _config(job)
-    cache = Path(cache_dir) / f"{_source_key(job)}.json" if cache_dir else None
-    if cache is not None and cache.exists():
-        return Row(**json.loads(cache.read_text()))
-    fn = KERNELS[job.kernel]
-    if not isinstance(fn, triton.JITFunction):
-        raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1; run bench kernels without it")
-    constexprs = dict(config.constexprs, **{f: v for f, v in FLAGS.items() if f in fn.arg_names})
-    sig = signature(fn, getattr(torch, DTYPES[job.dtype]), constexprs)
-    ints = {"H": 16, "K": job.d_k, "V": job.d_v}  # a launch specialises ints divisible by 16 and aligned pointers
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or (name in ints and ints[name] % 16 == 0)}
-    src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", job.arch, 32),
-                              options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
-    registers, spilled = _ptxas_usage(compiled.asm["ptx"], job.arch)
-    shared = compiled.metadata.shared
-    limit = SHARED_LIMIT[job.arch]
+    candidates = _candidates(job)
+    index, config, res = choose(job.kernel, candidates, getattr(torch, DTYPES[job.dtype]), job.d_k, job.d_v,
+                                job.arch, Path(cache_dir) if cache_dir else None)
     blocks = " ".join(f"{k}={config.constexprs[k]}" for k in ("BT", "BK", "BV", "NK") if k in config.constexprs)
-    row = Row(job.kernel, job.rule, f"sm_{job.arch}", job.dtype, job.d_k, job.d_v, job.chunk, config.num_warps,
-              config.num_stages, blocks, registers, spilled, shared, limit,
-              fits=spilled == 0 and shared <= limit and registers * 32 * config.num_warps <= 65_536)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = cache.with_suffix(".tmp")
-        tmp_path.write_text(json.dumps(asdict(row)))
-        tmp_path.replace(cache)
-    return row
+    return Row(job.kernel, job.rule, f"sm_{job.arch}", job.dtype, job.d_k, job.d_v, job.chunk,
+               f"{index + 1} of {len(candidates)}", config.num_warps, config.num_stages, blocks, res.registers,
+               res.spilled, res.shared, res.limit, res.fits)
 
 
 def jobs(archs: Sequence[int], dtypes: Sequence[str], d_ks: Sequence[int], d_vs: Optional[Sequence[int]],
@@ -189,8 +131,8 @@ def jobs(archs: Sequence[int], dtypes: Sequence[str], d_ks: Sequence[int], d_vs:
             for d_k in d_ks:
                 for d_v in (d_vs if d_vs is not None else [d_k]):
                     for rule in rules:
-                        names = plan(dtype=getattr(torch, DTYPES[dtype]), d_k=d_k, d_v=d_v, chunk_size=chunk, capability=arch,
-                                     **RULES[rule])
+                        names = plan(dtype=getattr(torch, DTYPES[dtype]), d_k=d_k, d_v=d_v, chunk_size=chunk,
+                                     capability=arch, **RULES[rule])
                         out += [Job(rule, name, arch, dtype, d_k, d_v, chunk) for name in sorted(names)]
     return out
 
@@ -211,11 +153,11 @@ def run(job_list: Sequence[Job], workers: int = 1, cache_dir: Optional[str] = No
 
 def format_table(rows: Sequence[Row]) -> str:
     """A markdown table of the rows."""
-    head = ["kernel", "rule", "arch", "dtype", "d_k", "d_v", "warps", "stages", "blocks", "registers",
+    head = ["kernel", "rule", "arch", "dtype", "d_k", "d_v", "candidate", "warps", "stages", "blocks", "registers",
             "spilled B", "shared B", "limit B", "fits"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.kernel, r.rule, r.arch, r.dtype, r.d_k, r.d_v, r.num_warps, r.num_stages, r.blocks, r.registers,
+        cells = [r.kernel, r.rule, r.arch, r.dtype, r.d_k, r.d_v, r.choice, r.num_warps, r.num_stages, r.blocks, r.registers,
                  f"{r.spilled:,}", f"{r.shared:,}", f"{r.limit:,}", "yes" if r.fits else "**no**"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

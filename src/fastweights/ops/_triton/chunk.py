@@ -3,8 +3,9 @@
 Inputs are the public ``[B, T, H, D]`` tensors (or ``[1, T, H, D]`` with ``cu_seqlens``), used in
 place as ``[tokens, H, D]``. Saved for the backward: the inputs, ``W``, ``U`` and ``L^-1`` (delta
 rule), i.e. O(T (d_k + d_v + C)) per head; the per-chunk states are recomputed by the forward scan,
-so no state per token (or per chunk) outlives a call. Each kernel is launched with the configuration
-:func:`.launch.plan` gives for the device (the same one ``fastweights bench kernels`` checks).
+so no state per token (or per chunk) outlives a call. Each kernel is launched with the first of
+:func:`.launch.plan`'s candidates that fits the GPU (:mod:`.fit`, as ``fastweights bench kernels``
+reports it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
 from . import backward, forward
-from .launch import KernelConfig, chunk_length, plan
+from . import fit
+from .launch import KernelConfig, chunk_length, preferred
 
 KERNELS = {name: getattr(module, name) for module in (forward, backward)
            for name in ("wy_fwd", "state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk", "wy_bwd")
@@ -47,11 +49,24 @@ class Layout:
         self.cu = torch.tensor(cu, dtype=torch.int32, device=device)
         self.chunk_indices = torch.tensor(chunks, dtype=torch.int32, device=device)  # [NT, 2]
         self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)  # [N + 1]
-        self.configs = plan(delta, dtype, K, V, BT, capability(device), gated)
+        self.rule = (delta, gated, dtype, K, V, BT, capability(device))
+        self.on_gpu = device.type == "cuda"
+        self.preferred = preferred(delta, dtype, K, V, BT, capability(device), gated)
+
+    def config(self, name: str) -> KernelConfig:
+        """Kernel ``name``'s configuration: on a GPU the first candidate of the plan that fits (measured
+        once per shape, :mod:`.fit`), under the interpreter the preferred one."""
+        if not self.on_gpu:
+            return self.preferred[name]
+        config, resources = fit.chosen(name, *self.rule)
+        if not resources.fits:
+            delta, gated, dtype, K, V, _, cap = self.rule
+            raise ValueError(fit.unfit(delta, gated, dtype, K, V, cap, self.BT) + "; use impl='chunk' for these inputs")
+        return config
 
     def launch(self, name: str, grid: Tuple[int, ...], *args, **flags) -> None:
-        """Runs kernel ``name`` on ``grid`` with its planned configuration and the per-call ``flags``."""
-        config: KernelConfig = self.configs[name]
+        """Runs kernel ``name`` on ``grid`` with its configuration and the per-call ``flags``."""
+        config = self.config(name)
         try:
             KERNELS[name][grid](*args, **flags, **config.kwargs())
         except OutOfResources as e:  # a configuration the offline check missed: say which and what limit
@@ -60,10 +75,10 @@ class Layout:
                              f"{e.limit:,}; use impl='chunk' for these inputs") from None
 
     def value_blocks(self, name: str) -> int:
-        return triton.cdiv(self.V, self.configs[name].constexprs["BV"])
+        return triton.cdiv(self.V, self.config(name).constexprs["BV"])
 
     def key_blocks(self, name: str) -> int:
-        return triton.cdiv(self.K, self.configs[name].constexprs["BK"])
+        return triton.cdiv(self.K, self.config(name).constexprs["BK"])
 
 
 def _flat(x: Tensor) -> Tensor:

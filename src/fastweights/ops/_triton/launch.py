@@ -1,20 +1,22 @@
 """How the Triton kernels are launched: block sizes, warps and pipeline stages per GPU, dtype and width.
 
-One source for the backend (:mod:`.chunk` launches exactly these configurations) and for
+One source for the backend (:mod:`.chunk` launches these configurations) and for
 ``fastweights bench kernels`` (which compiles them ahead of time for a chosen GPU architecture and
-reads their registers, spills and shared memory, with no GPU). A configuration must *fit*: at most
-255 registers per thread with no spills to local memory, and dynamic shared memory within the
-architecture's per-block limit (:data:`SHARED_LIMIT`).
+reads their registers, spills and shared memory, with no GPU). A configuration must *fit*: no
+registers spilled to local memory and dynamic shared memory within the architecture's per-block
+limit (:data:`SHARED_LIMIT`).
 
-The configurations are fixed per architecture family (no autotuning): the chunk length ``BT`` is
-the caller's (16, 32 or 64), keys are visited in blocks of ``BK = min(64, width(d_k))`` (``NK``
-blocks of a scan's state held in registers), values in blocks of ``BV``.
+:func:`plan` lists each kernel's candidates, the preferred first (set per architecture family from
+offline measurements: the chunk length ``BT`` is the caller's 16, 32 or 64 within the limits below,
+keys are visited in blocks of ``BK = min(64, width(d_k))``, ``NK`` blocks of a scan's state held in
+registers, values in blocks of ``BV``), then variants with other warps, stages and value blocks. On
+a GPU the first candidate that fits is launched (:mod:`.fit`); nothing is tuned for speed yet.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict
+from dataclasses import dataclass, field, replace
+from typing import Dict, List
 
 import torch
 import triton
@@ -67,10 +69,12 @@ def family(capability: int) -> int:
 
 
 def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64,
-         capability: int = 90, gated: bool = False) -> Dict[str, KernelConfig]:
-    """The configuration of every kernel a forward and backward of the sum (``delta=False``), delta or
-    gated delta (``gated``) rule launches for ``[.., d_k]`` keys and ``[.., d_v]`` values of ``dtype``
-    on a GPU of compute capability ``capability`` (``90`` for sm_90).
+         capability: int = 90, gated: bool = False) -> Dict[str, List[KernelConfig]]:
+    """The candidate configurations of every kernel a forward and backward of the sum
+    (``delta=False``), delta or gated delta (``gated``) rule launches for ``[.., d_k]`` keys and
+    ``[.., d_v]`` values of ``dtype`` on a GPU of compute capability ``capability`` (``90`` for
+    sm_90), the preferred first (:func:`preferred`); on a GPU the first that fits is launched
+    (:mod:`.fit`), under the interpreter the preferred one.
 
     bf16/fp16 products run on tensor cores; scans with more than one key block use 16-column value
     blocks and no software pipelining; below sm_90 chunks have at most 32 tokens. fp32 inputs take
@@ -112,7 +116,28 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
     if delta:
         configs["wy_fwd"] = KernelConfig("wy_fwd", local, warps, stages)
         configs["wy_bwd"] = KernelConfig("wy_bwd", local, wide_warps, 1 if gated else stages)
-    return configs
+    return {name: _candidates(config) for name, config in configs.items()}
+
+
+def _candidates(preferred: KernelConfig) -> List[KernelConfig]:
+    """``preferred``, then the same blocks with 8 or 4 warps and 1 to 3 pipeline stages, then all of
+    those with 16-column value blocks (where wider): what is tried, in order, until one fits."""
+    bvs = [preferred.constexprs["BV"]] + ([16] if preferred.constexprs["BV"] > 16 else [])
+    out = [preferred]
+    for bv in bvs:
+        for warps in (8, 4):
+            for stages in (1, 2, 3):
+                config = replace(preferred, constexprs=dict(preferred.constexprs, BV=bv), num_warps=warps,
+                                 num_stages=stages)
+                if config not in out:
+                    out.append(config)
+    return out
+
+
+def preferred(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64, capability: int = 90,
+              gated: bool = False) -> Dict[str, KernelConfig]:
+    """The first candidate of each kernel (what runs under the interpreter)."""
+    return {name: options[0] for name, options in plan(delta, dtype, d_k, d_v, chunk_size, capability, gated).items()}
 
 
 def signature(fn: triton.JITFunction, dtype: torch.dtype, constexprs: Dict[str, object]) -> Dict[str, str]:
