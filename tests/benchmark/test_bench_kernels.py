@@ -79,3 +79,18 @@ def test_a_shape_no_candidate_fits_is_declined_naming_the_limit(monkeypatch) -> 
         "bfloat16: with 4 warps it spills 16 bytes of registers to local memory (255 registers)")
     monkeypatch.setattr(fit, "chosen", lambda kernel, *args: (None, fit.Resources(128, 0, 6144, 166_912)))
     assert fit.unfit(False, False, torch.bfloat16, 64, 64, 80) is None
+
+
+def test_preferred_mode_measures_nothing(monkeypatch) -> None:
+    """FASTWEIGHTS_TRITON_FIT=preferred (the GPU script's test step): the preferred candidate, unmeasured."""
+    import torch
+
+    from fastweights.ops._triton import fit
+
+    monkeypatch.setenv("FASTWEIGHTS_TRITON_FIT", "preferred")
+    monkeypatch.setattr(fit, "measure", lambda *args: pytest.fail("measured"))
+    fit.chosen.cache_clear()
+    config, resources = fit.chosen("state_bwd", True, True, torch.bfloat16, 256, 20, 64, 80)
+    assert resources is None and config == fit.plan(True, torch.bfloat16, 256, 20, 64, 80, True)["state_bwd"][0]
+    assert fit.unfit(True, True, torch.bfloat16, 256, 20, 80) is None
+    fit.chosen.cache_clear()

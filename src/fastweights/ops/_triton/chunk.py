@@ -18,8 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
-from . import backward, forward
-from . import fit
+from . import backward, fit, forward
 from .launch import KernelConfig, chunk_length, preferred
 
 KERNELS = {name: getattr(module, name) for module in (forward, backward)
@@ -59,7 +58,7 @@ class Layout:
         if not self.on_gpu:
             return self.preferred[name]
         config, resources = fit.chosen(name, *self.rule)
-        if not resources.fits:
+        if resources is not None and not resources.fits:
             delta, gated, dtype, K, V, _, cap = self.rule
             raise ValueError(fit.unfit(delta, gated, dtype, K, V, cap, self.BT) + "; use impl='chunk' for these inputs")
         return config

@@ -144,10 +144,14 @@ def choose(kernel: str, candidates: Sequence[KernelConfig], dtype: torch.dtype, 
 
 @functools.lru_cache(maxsize=None)
 def chosen(kernel: str, delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk: int,
-           capability: int) -> Tuple[KernelConfig, Resources]:
+           capability: int) -> Tuple[KernelConfig, Optional[Resources]]:
     """The configuration the backend launches ``kernel`` with on a GPU of ``capability`` (see
-    :func:`choose`; the disk cache at :func:`default_cache_dir`)."""
+    :func:`choose`; the disk cache at :func:`default_cache_dir`). With the environment variable
+    ``FASTWEIGHTS_TRITON_FIT=preferred`` nothing is measured: the preferred candidate, resources None
+    (they fit for ``d_k = d_v`` in 16..256 on sm_80/86/89/90, docs/kernels.md)."""
     candidates = plan(delta, dtype, d_k, d_v, chunk, capability, gated)[kernel]
+    if os.environ.get("FASTWEIGHTS_TRITON_FIT") == "preferred":
+        return candidates[0], None
     arch = capability if capability in SHARED_LIMIT else family(capability)  # measured as its family where unknown
     _, config, resources = choose(kernel, candidates, dtype, d_k, d_v, arch, default_cache_dir())
     return config, resources
@@ -159,7 +163,7 @@ def unfit(delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, capa
     fits), or ``None``."""
     for kernel in plan(delta, dtype, d_k, d_v, chunk, capability, gated):
         config, resources = chosen(kernel, delta, gated, dtype, d_k, d_v, chunk, capability)
-        if not resources.fits:
+        if resources is not None and not resources.fits:
             return (f"its Triton kernel {kernel} has no launch configuration that fits sm_{capability} for "
                     f"d_k = {d_k}, d_v = {d_v} in {str(dtype).replace('torch.', '')}: with {config.num_warps} warps "
                     f"it {resources.why_not()}")
