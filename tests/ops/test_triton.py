@@ -44,3 +44,31 @@ def test_saved_for_backward_is_linear_in_T(rule: str) -> None:
         get_op(rule, "triton")(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], chunk_size=C)
     bound = H * T * (5 * d + C + 1) + H * d * d  # q, k, v, W, U [T, d]; L^-1 [T, C]; beta [T]; S_0
     assert saved and sum(saved) <= bound < H * T * d * d  # H T d^2: one state per token
+
+
+@pytest.mark.parametrize("rule", ["sum", "delta", "gated_delta"])
+@pytest.mark.parametrize("dtype,d_k", [(torch.float32, 24), (torch.float32, 100), (torch.float16, 24)])
+def test_default_chunk_size_over_several_chunks(rule: str, dtype: torch.dtype, d_k: int) -> None:
+    """The op's default chunk_size (64) on a sequence of several chunks: where the kernels use shorter
+    chunks (fp32: 32, or 16 for d_k > 64), the host's chunk bookkeeping follows them."""
+    x = make_inputs(1, 100, 2, d_k, 20, device=DEVICE, rule=rule)
+    expected = run_with_grads(get_op(rule, "naive"), x)
+    low = {n: t.detach().to(dtype if n != "initial_state" else torch.float32).requires_grad_() for n, t in x.items()}
+    o, s, g = run_with_grads(get_op(rule, "triton"), low)
+    tol = 1e-4 if dtype == torch.float32 else 5e-3
+    for name, a, e in [("o", o, expected[0]), ("state", s, expected[1])] + [(n, g[n], expected[2][n]) for n in g]:
+        assert_rel_close(a, e, name, tol)
+
+
+def test_every_kernel_of_a_call_uses_the_hosts_chunk_length() -> None:
+    """One chunk length per call: every candidate of every kernel has the ``BT`` the host lays chunks out with."""
+    from fastweights.ops._triton.launch import kernel_chunk, plan
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for capability in (80, 86, 89, 90):
+            for d_k in (16, 64, 100, 256):
+                for chunk in (16, 32, 64):
+                    for delta, gated in ((False, False), (True, False), (True, True)):
+                        BT = kernel_chunk(dtype, d_k, chunk, capability)
+                        for options in plan(delta, dtype, d_k, 48, chunk, capability, gated).values():
+                            assert {c.constexprs["BT"] for c in options} == {BT}

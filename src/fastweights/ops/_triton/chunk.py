@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
 from . import backward, fit, forward
-from .launch import KernelConfig, chunk_length, preferred
+from .launch import KernelConfig, kernel_chunk, preferred
 
 KERNELS = {name: getattr(module, name) for module in (forward, backward)
            for name in ("wy_fwd", "state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk", "wy_bwd")
@@ -39,7 +39,7 @@ class Layout:
 
     def __init__(self, cu: List[int], H: int, K: int, V: int, chunk_size: int, delta: bool, gated: bool,
                  device: torch.device, dtype: torch.dtype) -> None:
-        BT = chunk_length(chunk_size)
+        BT = kernel_chunk(dtype, K, chunk_size, capability(device))  # the kernels' own: the plan uses the same
         chunks = [(n, j) for n, (a, b) in enumerate(zip(cu, cu[1:])) for j in range(-(-(b - a) // BT))]
         offsets = [0]
         for a, b in zip(cu, cu[1:]):

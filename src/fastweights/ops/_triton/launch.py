@@ -60,6 +60,17 @@ def chunk_length(chunk_size: int) -> int:
     return chunk_size if chunk_size in (16, 32, 64) else 64
 
 
+def kernel_chunk(dtype: torch.dtype, d_k: int, chunk_size: int, capability: int) -> int:
+    """The chunk length ``BT`` every kernel of a call uses (and the host's chunk bookkeeping with them):
+    ``chunk_length(chunk_size)``, at most 32 in fp32 (16 when d_k > 64: IEEE products hold both
+    operands in registers) and below sm_90 (the ``[BT, BT]`` float32 tiles of ``wy_bwd`` and
+    ``grads_qk`` spill at 64 on sm_80's register budget)."""
+    BT = chunk_length(chunk_size)
+    if dtype == torch.float32:
+        return min(BT, 32 if d_k <= 64 else 16)
+    return BT if family(capability) == 90 else min(BT, 32)
+
+
 def family(capability: int) -> int:
     """The architecture whose configurations a device of ``capability`` (e.g. 89) uses: 90 (Hopper
     and newer), 80 (sm_80, sm_87: 163 KB of shared memory) or 86 (sm_86, sm_89: 99 KB)."""
@@ -76,21 +87,17 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
     sm_90), the preferred first (:func:`preferred`); on a GPU the first that fits is launched
     (:mod:`.fit`), under the interpreter the preferred one.
 
-    bf16/fp16 products run on tensor cores; scans with more than one key block use 16-column value
-    blocks and no software pipelining; below sm_90 chunks have at most 32 tokens. fp32 inputs take
-    IEEE float32 products, which Triton builds from FMA instructions that hold both operands in
-    registers: they use chunks of at most 32 tokens (16 when d_k > 64), 8 warps, one pipeline stage
-    and 16-column value blocks in the scans. The result does not depend on the chunk length.
+    The chunk length is :func:`kernel_chunk`'s (the result does not depend on it). bf16/fp16 products
+    run on tensor cores; scans with more than one key block use 16-column value blocks and no
+    software pipelining. fp32 inputs take IEEE float32 products, which Triton builds from FMA
+    instructions that hold both operands in registers: 8 warps, one pipeline stage and 16-column
+    value blocks in the scans.
     Checked by ``fastweights bench kernels``."""
     arch = family(capability)
     f32 = dtype == torch.float32
     BK = min(64, width(d_k))
     NK = triton.cdiv(d_k, BK)
-    BT = chunk_length(chunk_size)
-    if f32:
-        BT = min(BT, 32 if NK == 1 else 16)
-    elif arch != 90:
-        BT = min(BT, 32)  # [BT, BT] float32 tiles (wy_bwd, grads_qk) spill at 64 on sm_80's register budget
+    BT = kernel_chunk(dtype, d_k, chunk_size, capability)
     common = dict(BT=BT, BK=BK, GATED=gated, PRECISION="ieee" if f32 else "tf32")
     if f32:
         scan = dict(common, BV=16, NK=NK)
