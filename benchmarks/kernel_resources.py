@@ -66,11 +66,12 @@ def main() -> int:
                 for name, compiled, regs, spills, shared in loaded():
                     job = Job(rule, name, arch if arch in SHARED_LIMIT else family(arch), dtype, d, d, 64)
                     predicted = compile_job(job, str(default_cache_dir()))  # the backend's own measurement
+                    # Triton's n_spills is the driver's local memory per thread in 4-byte words (spills and stack)
                     fits = spills == 0 and shared <= SHARED_LIMIT.get(arch, predicted.limit)
                     mismatches += fits != predicted.fits
                     rows.append(dict(kernel=name, rule=rule, dtype=dtype, d=d, warps=compiled.metadata.num_warps,
                                      stages=compiled.metadata.num_stages, regs=regs, predicted_regs=predicted.registers,
-                                     local=spills, predicted_spilled=predicted.spilled, shared=shared,
+                                     local_words=spills, predicted_spilled_bytes=predicted.spilled, shared=shared,
                                      predicted_shared=predicted.shared, fits=fits, predicted_fits=predicted.fits))
     head = list(rows[0]) if rows else []
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -194,6 +194,22 @@ def test_sharded_run_resumes_where_it_stopped(text_file: Path, tmp_path: Path) -
         torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_sharding_what_it_cannot_shard_is_refused_before_writing(text_file: Path, tmp_path: Path) -> None:
+    """FSDP with an untied adaptive softmax (unused clusters get no gradient on some processes): one line
+    from each process, exit 2 (torchrun adds its own report), --out untouched."""
+    run = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli",
+                   "train", "--preset", "shakespeare-char", "--attention", "delta", "--data", str(text_file),
+                   "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "adaptive_cutoffs=[4]",
+                   "--set", "tie_embeddings=false", "--set", "data_parallel=fsdp", "--device", "cpu",
+                   "--out", str(tmp_path / "run")])
+    out = run.stdout.read()
+    assert run.wait(timeout=300) != 0
+    assert "fastweights train: error: data_parallel=fsdp with an untied adaptive softmax" in out
+    assert "fastweights/train.py" not in out  # no traceback of ours
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])

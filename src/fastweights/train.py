@@ -340,9 +340,15 @@ def train(
     if micro % info.world:
         raise ValueError(f"batch_size / grad_accum = {micro} must be divisible by the number of processes ({info.world})")
     local = micro // info.world
-    if train_cfg.data_parallel == "fsdp" and info.world > 1 and train_cfg.reset_documents:
-        raise ValueError("data_parallel=fsdp with reset_documents=true: the processes would run different numbers "
-                         "of block calls per step (each resets at its own streams' documents); use data_parallel=ddp")
+    if train_cfg.data_parallel == "fsdp" and info.world > 1:
+        if train_cfg.reset_documents:
+            raise ValueError("data_parallel=fsdp with reset_documents=true: the processes would run different "
+                             "numbers of block calls per step (each resets at its own streams' documents); "
+                             "use data_parallel=ddp")
+        if model_cfg.adaptive_cutoffs is not None and not model_cfg.tie_embeddings:
+            raise ValueError("data_parallel=fsdp with an untied adaptive softmax: a cluster no target of a process "
+                             "fell into gets no gradient there, and FSDP needs every parameter's gradient on every "
+                             "process; tie the embeddings (tie_embeddings=true) or use data_parallel=ddp")
     check_splits(corpus, model_cfg.context)
     out = Path(out_dir)
     if resume and not (out / CONFIG_FILE).is_file():

@@ -99,11 +99,12 @@ def state_bwd(q, k, g, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqle
 
 
 @triton.jit
-def grads_qk(q, k, g, vn, dvn, hs, dhs, do, dq, dk, ndw, dgl, scale, chunk_indices, cu_seqlens, H, K, V,
+def grads_qk(q, k, g, vn, dvn, hs, dhs, do, dq, dk, dkp, ndw, dgl, scale, chunk_indices, cu_seqlens, H, K, V,
              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr, GATED: tl.constexpr,
              PRECISION: tl.constexpr):
-    """dQ, the attention and state parts of dK and (delta rules) ``-dW`` for one block of key columns of
-    one chunk and head; the value columns are visited in blocks of BV. Gated, also this key block's part
+    """dQ, the attention and state parts of dK (the whole dK for the sum rule, ``dk``; for the delta
+    rules the float32 part ``dkp`` that :func:`wy_bwd` completes) and (delta rules) ``-dW`` for one
+    block of key columns of one chunk and head; the value columns are visited in blocks of BV. Gated, also this key block's part
     of ``<G_{n+1}, S_{n+1}> = Gamma_C <G_{n+1}, S_n> + <K_out G_{n+1}, V'>`` (``dgl`` ``[chunks, H, key
     blocks]``: the gradient of ``gamma_C``)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -146,9 +147,11 @@ def grads_qk(q, k, g, vn, dvn, hs, dhs, do, dq, dk, ndw, dgl, scale, chunk_indic
     b_dq += tl.dot(b_dp, b_k, input_precision=PRECISION)
     b_dk += tl.dot(tl.trans(b_dp), b_q, input_precision=PRECISION)
     store_block(dq, b_dq, rows, m_t, H, i_h, K, i_k, BK)
-    store_block(dk, b_dk, rows, m_t, H, i_h, K, i_k, BK)
     if DELTA:
+        store_block(dkp, b_dk, rows, m_t, H, i_h, K, i_k, BK)
         store_block(ndw, b_ndw, rows, m_t, H, i_h, K, i_k, BK)
+    else:
+        store_block(dk, b_dk, rows, m_t, H, i_h, K, i_k, BK)
 
 
 @triton.jit

@@ -143,17 +143,17 @@ class TritonChunk(torch.autograd.Function):
         lay.launch("state_bwd", (lay.value_blocks("state_bwd"), lay.N * H),
                    qf, kf, g_arg, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0,
                    dhs, dh0, scale, lay.chunk_offsets, lay.cu, H, K, V, HAS_DHT=dht is not None)
-        dq = torch.empty_like(qf)
+        dq, dk = torch.empty_like(qf), torch.empty_like(kf)
         # delta rules: dK's attention and state part and -dW in float32, completed by wy_bwd
-        dk = kf.new_empty(kf.shape, dtype=torch.float32) if delta else torch.empty_like(kf)
-        ndw = torch.empty_like(dk) if delta else dk
+        dkp = kf.new_empty(kf.shape, dtype=torch.float32) if delta else None
+        ndw = torch.empty_like(dkp) if delta else None
         nkb = lay.key_blocks("grads_qk")
         dgl = hs.new_empty(lay.NT, H, nkb) if gated else hs  # <G_{n+1}, S_{n+1}> per chunk and key block
-        lay.launch("grads_qk", (nkb, lay.NT, H),
-                   qf, kf, g_arg, vn, dvn, hs, dhs, dof, dq, dk, ndw, dgl, scale, lay.chunk_indices, lay.cu, H, K, V)
+        lay.launch("grads_qk", (nkb, lay.NT, H), qf, kf, g_arg, vn, dvn, hs, dhs, dof, dq, dk,
+                   dkp if delta else hs, ndw if delta else hs, dgl, scale, lay.chunk_indices, lay.cu, H, K, V)
         dbeta = dg = None
         if delta:
-            dkp, dk, dv, dbeta = dk, torch.empty_like(kf), torch.empty_like(vf), torch.empty_like(bf)
+            dv, dbeta = torch.empty_like(vf), torch.empty_like(bf)
             dg = torch.empty_like(gf) if gated else None
             lay.launch("wy_bwd", (lay.NT, H), qf, kf, vf, bf, g_arg, linv, dvn, ndw, dkp, dq, dgl, dk, dv, dbeta,
                        dg if gated else dgl, lay.chunk_indices, lay.cu, H, K, V, nkb)

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import inspect
 import json
+import logging
 import os
 import re
 import subprocess
@@ -33,6 +34,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .launch import SHARED_LIMIT, KernelConfig, family, plan, signature
+
+log = logging.getLogger(__name__)
 
 #: per-call flags, measured at their most demanding setting
 FLAGS = {"HAS_H0": True, "STORE_FINAL": True, "HAS_DHT": True}
@@ -148,12 +151,18 @@ def chosen(kernel: str, delta: bool, gated: bool, dtype: torch.dtype, d_k: int, 
     """The configuration the backend launches ``kernel`` with on a GPU of ``capability`` (see
     :func:`choose`; the disk cache at :func:`default_cache_dir`). With the environment variable
     ``FASTWEIGHTS_TRITON_FIT=preferred`` nothing is measured: the preferred candidate, resources None
-    (they fit for ``d_k = d_v`` in 16..256 on sm_80/86/89/90, docs/kernels.md)."""
+    (they fit for ``d_k = d_v`` in 16..256 on sm_80/86/89/90, docs/kernels.md); so too, with a
+    warning, when measuring fails."""
     candidates = plan(delta, dtype, d_k, d_v, chunk, capability, gated)[kernel]
     if os.environ.get("FASTWEIGHTS_TRITON_FIT") == "preferred":
         return candidates[0], None
     arch = capability if capability in SHARED_LIMIT else family(capability)  # measured as its family where unknown
-    _, config, resources = choose(kernel, candidates, dtype, d_k, d_v, arch, default_cache_dir())
+    try:
+        _, config, resources = choose(kernel, candidates, dtype, d_k, d_v, arch, default_cache_dir())
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:  # no ptxas, an unwritable cache, ...
+        log.warning("could not measure the Triton kernel %s (%s: %s); launching its preferred configuration",
+                    kernel, type(e).__name__, e)
+        return candidates[0], None
     return config, resources
 
 
