@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from fastweights.benchmark.kernels import DTYPES, Job, compile_job
 from fastweights.ops import get_op
 from fastweights.ops._triton.chunk import KERNELS, capability
-from fastweights.ops._triton.fit import default_cache_dir
+from fastweights.ops._triton import default_cache_dir
 from fastweights.ops._triton.launch import SHARED_LIMIT, family
 
 NAMES = {v: k for k, v in DTYPES.items()}

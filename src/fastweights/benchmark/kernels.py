@@ -33,9 +33,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..arguments import check_output_path
+from ..ops._triton import default_cache_dir
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 ARCHS = (80, 86, 89, 90)
@@ -211,8 +212,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, choices=(16, 32, 64), default=64, help="chunk length (default 64)")
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                    help="compiling processes (default: CPU cores, at most 4)")
-    p.add_argument("--cache-dir", default=str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                                             / "fastweights" / "kernels"),
+    p.add_argument("--cache-dir", default=str(default_cache_dir()),
                    help="where compiled results are kept (default ~/.cache/fastweights/kernels); '' for none")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 

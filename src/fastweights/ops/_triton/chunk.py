@@ -39,7 +39,8 @@ class Layout:
 
     def __init__(self, cu: List[int], H: int, K: int, V: int, chunk_size: int, delta: bool, gated: bool,
                  device: torch.device, dtype: torch.dtype) -> None:
-        BT = kernel_chunk(dtype, K, chunk_size, capability(device))  # the kernels' own: the plan uses the same
+        cap = capability(device)
+        BT = kernel_chunk(dtype, K, chunk_size, cap)  # the kernels' own: the plan uses the same
         chunks = [(n, j) for n, (a, b) in enumerate(zip(cu, cu[1:])) for j in range(-(-(b - a) // BT))]
         offsets = [0]
         for a, b in zip(cu, cu[1:]):
@@ -48,9 +49,9 @@ class Layout:
         self.cu = torch.tensor(cu, dtype=torch.int32, device=device)
         self.chunk_indices = torch.tensor(chunks, dtype=torch.int32, device=device)  # [NT, 2]
         self.chunk_offsets = torch.tensor(offsets, dtype=torch.int32, device=device)  # [N + 1]
-        self.rule = (delta, gated, dtype, K, V, BT, capability(device))
+        self.rule = (delta, gated, dtype, K, V, BT, cap)
         self.on_gpu = device.type == "cuda"
-        self.preferred = preferred(delta, dtype, K, V, BT, capability(device), gated)
+        self.preferred = preferred(delta, dtype, K, V, BT, cap, gated)
 
     def config(self, name: str) -> KernelConfig:
         """Kernel ``name``'s configuration: on a GPU the first candidate of the plan that fits (measured

@@ -33,6 +33,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from . import default_cache_dir
 from .launch import SHARED_LIMIT, KernelConfig, family, plan, signature
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ class Resources:
         if self.shared > self.limit:
             reasons.append(f"needs {self.shared:,} bytes of shared memory, the limit is {self.limit:,}")
         return " and ".join(reasons)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastweights" / "kernels"
 
 
 def _sources_digest() -> str:
