@@ -22,3 +22,8 @@ def describe_os_error(e: OSError) -> str:
     reason = e.strerror or (os.strerror(e.errno) if e.errno else None) or (errno.errorcode.get(e.errno or 0)) or str(e)
     paths = [p for p in (e.filename, e.filename2) if p is not None]
     return f"{reason}: {' -> '.join(os.fsdecode(p) for p in paths)}" if paths else str(reason)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with where the command stopped and how to go on (e.g. the step a training run reached
+    and its ``--resume``); the command line prints it as ``fastweights <cmd>: interrupted: <message>``."""

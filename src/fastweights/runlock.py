@@ -5,10 +5,13 @@
 
 The lock is ``fcntl.flock`` on ``<dir>/.lock`` (POSIX): the kernel releases it when its holder exits
 in any way, SIGKILL included, so a lock never outlives its process and needs no stale-lock
-clean-up. The file itself stays (deleting it would let two processes lock two different files of
-the same name); its content names the holder (PID, host, command, start time) for the refusal
-message. Locks are per open file, so a second :func:`run_lock` on the same directory in the same
-process is refused too.
+clean-up. Its content names the holder (PID, host, command, start time) for the refusal message.
+A holder that ends normally (or by an exception, Ctrl-C included) deletes the file while it still
+holds the lock, so finished run directories hold no ``.lock``; a process that locked the file
+just before it was deleted sees that the path no longer names the file it locked and starts over,
+so two processes never hold locks on two files of the same name. A killed holder leaves the file,
+unlocked, and the next run takes it. Locks are per open file, so a second :func:`run_lock` on the
+same directory in the same process is refused too.
 """
 
 from __future__ import annotations
@@ -59,19 +62,36 @@ def run_lock(directory: PathLike, command: str) -> Iterator[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = _lock(path, directory)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockedError(
-                f"--out {directory} is in use by {describe_holder(path)}: one directory has one writer; "
-                f"wait for that run to end or choose another --out"
-            ) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield path
     finally:
+        path.unlink(missing_ok=True)  # still locked, so still ours
         os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+
+def _lock(path: Path, directory: Path) -> int:
+    """A descriptor of ``path`` holding its exclusive lock, where ``path`` still names the locked
+    file (a holder deletes it on the way out: a lock taken on the deleted file is dropped and taken
+    again on the new one)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(
+                f"--out {directory} is in use by {describe_holder(path)}: one directory has one writer; "
+                f"wait for that run to end or choose another --out"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)

@@ -75,7 +75,7 @@ from .atomic import atomic_write, atomic_write_text, naming_os_errors, remove_te
 from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
                           load_checkpoint, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
 from .data_parallel import DataParallel
-from .errors import describe_os_error
+from .errors import Interrupted, describe_os_error
 from .evaluate import carried_state_loss, is_fast_weight_model
 from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -468,6 +468,11 @@ def train(
                     _checkpoint(out, parallel, optimizer, scheduler, data_gen, info, progress_state,
                                 carried if streams is not None else None)
                     guard.last_good = step
+        except KeyboardInterrupt:
+            written = list_checkpoints(out)  # what is on disk, whatever the signal interrupted
+            saved = (f"its last checkpoint is step {checkpoint_step(written[-1])}: the same command with --resume "
+                     "continues from there" if written else "no checkpoint was written yet")
+            raise Interrupted(f"training stopped at step {step} of {train_cfg.steps}; {saved}") from None
         finally:
             bar.close()
             metrics.close()

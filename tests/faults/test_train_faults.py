@@ -240,11 +240,35 @@ def test_a_second_writer_is_refused_at_once(data, tmp_path: Path, capsys: pytest
         assert cli.main(cli_args(data["text"], out, data["cache"], steps=2)) == 2
     message = error_line(capsys)
     assert f"--out {out} is in use by pid {os.getpid()} on {socket.gethostname()} (another fastweights train, since " in message
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    assert list(out.iterdir()) == []  # nothing written, and the lock gone
     assert cli.main(cli_args(data["text"], out, data["cache"], steps=2)) == 0  # free again
 
 
 @pytest.mark.slow
+def test_a_lock_taken_on_a_deleted_lock_file_is_taken_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that opened ``.lock`` just before its holder finished (and deleted it) must not hold
+    a lock on the deleted file while a third process locks the new one."""
+    from fastweights import runlock
+
+    out = tmp_path / "run"
+    with run_lock(out, "first"):
+        stale = os.open(out / ".lock", os.O_RDWR)  # opened while the first run still holds it
+    assert not (out / ".lock").exists()  # the first run deleted it on its way out
+    real_open, opened = os.open, []
+
+    def open_stale_first(path, flags, mode=0o777):
+        opened.append(path)
+        return stale if len(opened) == 1 else real_open(path, flags, mode)
+
+    monkeypatch.setattr(runlock.os, "open", open_stale_first)
+    with run_lock(out, "second") as lock:
+        monkeypatch.setattr(runlock.os, "open", real_open)
+        assert len(opened) == 2 and lock.exists()  # the stale descriptor was dropped, the new file locked
+        with pytest.raises(runlock.RunLockedError):
+            with run_lock(out, "third"):
+                pass
+
+
 def test_sigkill_at_random_moments_then_resume_is_byte_identical(data, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Checkpoint every step, kill -9 twice at random moments (during a step or a checkpoint write),
     resume each time; meanwhile a second writer is refused, naming the running process."""

@@ -19,6 +19,11 @@ sequences of T tokens::
 A cell that raises (an out-of-memory error is noted as OOM) is reported in its row's note and the
 run goes on. After the table, each variant's tokens/s relative to softmax at every context.
 Results go to ``--json`` (default benchmarks/results/lm_<device>.json).
+
+Examples:
+  fastweights bench lm
+  fastweights bench lm --attentions softmax delta linear+gated_delta --contexts 64 256 --steps 10
+  fastweights bench lm --device cuda --contexts 512 4096 16384
 """
 
 from __future__ import annotations

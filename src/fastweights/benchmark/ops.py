@@ -24,6 +24,11 @@ installed one of the rule that runs on the device, except the one-token (decodin
 that cannot run a cell (dtype, device, d_k, missing package) is listed as a skipped row with its
 reason, as is a cell that runs out of GPU memory (and the longer lengths of its series).
 
+Examples:
+  fastweights bench ops                                  # every rule and backend on the CPU, ~10 min on 2 cores
+  fastweights bench ops --rules delta --lengths 2048 8192 --threads 1 --json ops.json
+  fastweights bench ops --device cuda --dtypes float32 bfloat16 --peers
+
 FLOP model (per head and chunk of C = 64 tokens, masks not exploited; the same count is used for
 every form of a rule, so GFLOP/s compares forms by speed)::
 
@@ -637,7 +642,6 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"skip a cell whose forward+backward is predicted to take longer {per_device('max_seconds')}")
     p.add_argument("--max-parallel", type=_positive, default=d.max_parallel,
                    help=f"longest L for the quadratic form (default: {d.max_parallel})")
-    p.add_argument("--threads", type=_positive, default=d.threads, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peers", action="store_true",
                    help="cpu: also time fast-transformers / flash-linear-attention's torch references when installed; "
                         "cuda: also time softmax attention (sdpa) as a yardstick")

@@ -11,6 +11,11 @@ variant's speed relative to softmax. See fastweights.benchmark.lm.
 `kernels`: compiles, without a GPU, every Triton kernel the backend launches for chosen GPU
 architectures, dtypes and widths, and reports registers, spills and shared memory against the
 arch's limits. See fastweights.benchmark.kernels.
+
+Examples:
+  fastweights bench ops --rules delta --lengths 2048 8192 --threads 1
+  fastweights bench lm --attentions softmax delta --contexts 256
+  fastweights bench kernels --arch sm_90 --dtype bf16 --dk 64
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import argparse
 
 from ..benchmark import kernels, lm, ops
+from ..threads import add_threads_argument
 
 BENCHMARKS = {"ops": ops, "lm": lm, "kernels": kernels}
+HAS_SUBCOMMANDS = True  # each benchmark has its own options, --threads among them
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,7 +35,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         doc = (module.__doc__ or "").strip()
         q = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure(q)
-        q.set_defaults(_prog=q.prog)  # errors name the benchmark: "fastweights bench ops: error: ..."
+        add_threads_argument(q)
+        q.set_defaults(_prog=q.prog, _parser=q)  # errors name the benchmark: "fastweights bench ops: error: ..."
 
 
 def main(args: argparse.Namespace) -> int:

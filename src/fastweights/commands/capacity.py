@@ -8,6 +8,11 @@ preset (both findings, width d = 16, minutes on a CPU); --preset family compares
 (sum, delta, gated delta, general FWP, Recurrent Delta Net) in settings 2 and 3; --preset paper-setting1|paper-setting2
 runs the paper's full grids (d = 64). Writes results.csv,
 results.json and capacity.png to --out; a sweep restarted with the same --out skips finished cells.
+
+Examples:
+  fastweights capacity --out runs/capacity
+  fastweights capacity --preset family --out runs/family
+  fastweights capacity --setting 1 --methods linear dpfp-1 --keys 8,16,24 --out runs/s1
 """
 
 from __future__ import annotations
@@ -41,9 +46,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d", type=int, metavar="N", help="model width d (default: the preset's; 64 in the paper)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads for torch (default: 1: the cells are small, and more threads mostly add "
-                        "synchronisation, which on a busy machine costs far more than it gains)")
     p.add_argument("--out", default="runs/capacity", help="output folder (default: runs/capacity)")
 
 
@@ -72,18 +74,11 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
 def main(args: argparse.Namespace) -> int:
     config = build_config(args)
     device = check_device(args.device)
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     check_output_path(args.out, "--out", folder=True)
     load_results(args.out)  # results of another experiment there: refused before the progress bar
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with run_lock(Path(args.out), "fastweights capacity"):  # one sweep per --out: a second is refused at once
-            remove_temporaries(args.out, RESULT_FILES)  # what a killed sweep left half-written
-            return _run(config, device, args)
-    finally:
-        torch.set_num_threads(threads)
+    with run_lock(Path(args.out), "fastweights capacity"):  # one sweep per --out: a second is refused at once
+        remove_temporaries(args.out, RESULT_FILES)  # what a killed sweep left half-written
+        return _run(config, device, args)
 
 
 def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) -> int:

@@ -3,6 +3,11 @@
 Builds a FastWeightAttention layer, runs one sequence through the chunkwise parallel form and the
 same sequence token by token with the recurrent step, and prints the largest difference, the state
 size and the time of each.
+
+Examples:
+  fastweights demo
+  fastweights demo --rule sum --feature-map elu_p1 --length 2048
+  fastweights demo --rule gated_delta --impl chunk --d-model 256 --heads 8
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ appends to its KV cache. The text is printed as it is generated. --stop ends the
 (e.g. a newline); --save-state writes the state after the prompt and the generated text
 (safetensors) and --load-state continues from such a file, so a stream can be paused and resumed.
 
-Example:
+Examples:
   fastweights generate --checkpoint runs/shakespeare-delta --prompt "ROMEO:" --max-new-tokens 300 --top-p 0.9
+  fastweights generate --checkpoint runs/shakespeare-delta --prompt "ROMEO:" --temperature 0 --stop $'\\n'
+  fastweights generate --checkpoint runs/shakespeare-delta --prompt "ROMEO:" --save-state stream.safetensors
 """
 
 from __future__ import annotations

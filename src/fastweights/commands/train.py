@@ -6,7 +6,8 @@ Each preset names the corpus it is made for, read when --data is not given: tiny
 
 Examples:
   fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp
-  fastweights train ... --out runs/shakespeare-dpfp --resume        # continue after a stop or crash
+  fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp --resume
+      (continue after a stop, Ctrl-C or crash)
   fastweights train --preset shakespeare-char-carried --attention linear+gated_delta --out runs/shakespeare-gated-carried
       (carried fast weights: each step starts from the state the last one ended with, see carry_state;
       a rule that can forget, such as the gated delta rule, trains best this way)
@@ -38,18 +39,21 @@ file, a locked --out, a diverged run, a full disk), reported in one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import logging
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch.distributed as dist
 
 from ..corpora import SOURCES, resolve
 from ..models import get_run_preset, list_presets
-from ..models.config import parse_overrides
+from ..models.config import LMConfig, TrainConfig, parse_overrides
 from ..variants import describe_attentions
 from ..tasks.text import load_corpus
+from ..threads import describe_threads
 from ..train import main_first, setup_distributed, train
 
 
@@ -74,6 +78,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="token-id cache (default: $FASTWEIGHTS_CACHE or ~/.cache/fastweights/corpora)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def hint(option: str) -> Optional[str]:
+    """``--set FIELD=VALUE`` for an unknown option that names (or contains) a model or training
+    setting, e.g. ``--max-steps`` -> ``--set steps=VALUE``; None if none is close."""
+    name = option.lstrip("-").replace("-", "_")
+    fields = [f.name for cls in (LMConfig, TrainConfig) for f in dataclasses.fields(cls)]
+    words = name.split("_")
+    found = ([name] if name in fields else []) or [f for f in fields if f in words] \
+        or difflib.get_close_matches(name, fields, n=1)
+    return f"--set {found[0]}=VALUE" if found else None
 
 
 @contextmanager
@@ -103,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
         if info.is_main:
             tokens = corpus.info["tokens"]
             print(f"data: {data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
-                  f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}")
+                  f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}"
+                  + (f", {describe_threads()} (--threads N to change)" if info.device.type == "cpu" else ""))
             print(f"model: {preset.model}")
             print(f"train: {preset.train}")
         with _warnings_to_stderr():
