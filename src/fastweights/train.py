@@ -395,6 +395,7 @@ def train(
         last: Dict[str, float] = {}
         bar = tqdm(total=train_cfg.steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True, unit="step")
         t_log, tok_log = time.perf_counter(), 0
+        postfix: Dict[str, str] = {}  # what the bar shows after the step number; a status while validating or saving
         model.train()
         try:
             while step < train_cfg.steps:
@@ -439,6 +440,7 @@ def train(
                 bar.update(1)
                 val_loss = None
                 if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+                    bar.set_postfix_str("validating...", refresh=True)
                     t_eval = time.perf_counter()
                     if streams is None:
                         val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
@@ -461,6 +463,7 @@ def train(
                     bar.set_postfix(postfix, refresh=False)
                     window, t_log, tok_log = [0.0, 0], now, 0
                 if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
+                    bar.set_postfix_str(f"writing checkpoint step-{step:08d}...", refresh=True)
                     guard.check_finite(step, parallel.named_tensors(optimizer))
                     progress_state = {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps}
                     if streams is not None:
@@ -468,6 +471,7 @@ def train(
                     _checkpoint(out, parallel, optimizer, scheduler, data_gen, info, progress_state,
                                 carried if streams is not None else None)
                     guard.last_good = step
+                    bar.set_postfix(postfix, refresh=False)
         except KeyboardInterrupt:
             written = list_checkpoints(out)  # what is on disk, whatever the signal interrupted
             saved = (f"its last checkpoint is step {checkpoint_step(written[-1])}: the same command with --resume "

@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         corpus = main_first(info, lambda: load_corpus(
             data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
-            val_fraction=args.val_fraction, cache_dir=args.cache_dir,
+            val_fraction=args.val_fraction, cache_dir=args.cache_dir, on_tokenize=lambda m: print(m, flush=True),
         ))
         preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size).with_overrides(args.set)
         if info.is_main:

@@ -36,7 +36,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -317,6 +317,7 @@ def load_corpus(
     bpe_vocab_size: int = 4096,
     val_fraction: float = 0.1,
     cache_dir: Optional[PathLike] = None,
+    on_tokenize: Optional[Callable[[str], None]] = None,
 ) -> Corpus:
     """Tokenize a corpus once (cached) and open its splits as memmaps.
 
@@ -329,6 +330,7 @@ def load_corpus(
         bpe_vocab_size: vocabulary size of a BPE trained on the training split.
         val_fraction: share of a single file's characters (at its end) used for validation.
         cache_dir: where the ids are cached (default :func:`default_cache_dir`).
+        on_tokenize: called with a one-line status before a corpus is tokenized (not when cached).
 
     Raises:
         FileNotFoundError: ``path`` (or a required split file) does not exist.
@@ -363,6 +365,8 @@ def load_corpus(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache = root / f"{src.name}-{kind}-{digest}"
     if not (cache / "meta.json").is_file():
+        if on_tokenize is not None:
+            on_tokenize(f"tokenizing {src} ({kind}) once; the ids are cached in {cache}")
         _build_cache(cache, files, src.is_file(), kind, tok_text, bpe_vocab_size, val_fraction)
     meta = json.loads((cache / "meta.json").read_text())
     tokenizer = load_tokenizer(cache)
