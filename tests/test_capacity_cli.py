@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 
 import pytest
 
-from fastweights.cli import main
+from fastweights.cli import build_parser, main
 from fastweights.runlock import run_lock
 from fastweights.tasks.capacity import TrainConfig
+from fastweights.tasks.capacity_report import format_loss
 from fastweights.tasks.capacity_sweep import Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
 
 TINY = ["--methods", "linear", "dpfp-1+delta", "--keys", "3,4", "--max-steps", "5", "--d", "4", "--queries", "2"]
@@ -63,7 +65,7 @@ def test_cli_rerun_skips_done_cells_and_adds_new_ones(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--keys", "3,5"]) == 0
     out = capsys.readouterr()
-    assert "S=3: loss" in out.out and "done before, skipped" in out.out
+    assert "S=3 seed 0: loss" in out.out and "done before, skipped" in out.out
     after = load_results(tmp_path)
     assert after[0] == before[0] and [r.n_keys for r in after] == [3, 5]
 
@@ -112,3 +114,41 @@ def test_a_second_sweep_on_the_same_out_is_refused_at_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastweights capacity: error: ") and "in use by pid" in err and "\n" not in err
     assert list(out.iterdir()) == []  # nothing trained, nothing written, and the lock gone
+
+
+def test_seeds_train_a_row_per_seed_and_a_rerun_with_more_seeds_trains_only_the_new_ones(tmp_path, capsys):
+    base = ["capacity", "--setting", "1", "--methods", "linear", "--keys", "3", "--max-steps", "3", "--d", "4",
+            "--out", str(tmp_path)]
+    assert main([*base, "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = load_results(tmp_path)
+    assert [(r.method, r.n_keys, r.seed) for r in rows] == [("linear", 3, 0), ("linear", 3, 1)]
+    assert rows[0].final_loss != rows[1].final_loss  # each row trained with its own seed
+    assert "1 cells x seeds 0-1" in out and "median (min-max) over seeds 0, 1" in out
+    assert f"| linear | 4 | {format_loss(rows)} |" in out
+
+    assert main([*base, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "S=3 seed 0: loss" in out and "S=3 seed 1: loss" in out and out.count("done before, skipped") == 2
+    after = load_results(tmp_path)
+    assert after[:2] == rows and [r.seed for r in after] == [0, 1, 2]
+    assert f"| linear | 4 | {format_loss(after)} |" in out and "over seeds 0, 1, 2" in out
+
+
+def test_seeds_below_one_are_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["capacity", "--seeds", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "fastweights capacity: error: --seeds must be >= 1, got 0"
+    assert not out.exists()
+
+
+def test_help_ends_with_examples_that_parse(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["capacity", "--help"])
+    _, examples = capsys.readouterr().out.rstrip().split("\nExamples:\n")
+    lines = examples.splitlines()
+    assert 3 <= len(lines) <= 4 and any("--seeds 3" in line for line in lines)
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        assert words[:2] == ["fastweights", "capacity"]
+        assert build_parser().parse_args(words[1:]).command == "capacity"  # an unknown option exits 2

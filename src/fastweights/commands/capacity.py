@@ -6,13 +6,10 @@ only the delta rule recovers when keys repeat and must be overwritten (setting 2
 only the last S/4 pairs, so a memory that forgets can win. With no arguments it runs the quick
 preset (both findings, width d = 16, minutes on a CPU); --preset family compares the update rules
 (sum, delta, gated delta, general FWP, Recurrent Delta Net) in settings 2 and 3; --preset paper-setting1|paper-setting2
-runs the paper's full grids (d = 64). Writes results.csv,
-results.json and capacity.png to --out; a sweep restarted with the same --out skips finished cells.
-
-Examples:
-  fastweights capacity --out runs/capacity
-  fastweights capacity --preset family --out runs/family
-  fastweights capacity --setting 1 --methods linear dpfp-1 --keys 8,16,24 --out runs/s1
+runs the paper's full grids (d = 64). --seeds N trains every cell with N seeds (--seed, --seed + 1,
+...) and reports each cell's median final loss with its min-max range. Writes results.csv,
+results.json (a row per cell and seed) and capacity.png to --out; a sweep restarted with the same
+--out skips finished cells.
 """
 
 from __future__ import annotations
@@ -34,6 +31,13 @@ from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, load_
 from ..tasks.retrieval import SETTINGS
 
 RESULT_FILES = ("results.csv", "results.json", "capacity.png")
+EXAMPLES = """\
+Examples:
+  fastweights capacity --out runs/capacity             # quick preset, seed 0
+  fastweights capacity --seeds 3 --out runs/capacity3  # quick preset, seeds 0, 1, 2: median (min-max)
+  fastweights capacity --preset family --out runs/family
+  fastweights capacity --setting 1 --methods linear dpfp-1 --keys 8,16,24 --seeds 3 --seed 10 --out runs/s1
+"""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -44,13 +48,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", metavar="N|all", help="keys queried per sequence (default: the preset's)")
     p.add_argument("--max-steps", type=int, metavar="N", help="step cap per cell (default: the preset's)")
     p.add_argument("--d", type=int, metavar="N", help="model width d (default: the preset's; 64 in the paper)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, the first of --seeds (default: 0)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every cell with N seeds, --seed to --seed + N - 1, and report the median final "
+                        "loss with its min-max range (default: 1)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--out", default="runs/capacity", help="output folder (default: runs/capacity)")
+    p.epilog = EXAMPLES
 
 
 def build_config(args: argparse.Namespace) -> SweepConfig:
     """The preset of ``args`` with the command-line overrides applied (``ValueError`` if invalid)."""
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     config = get_preset(args.preset)
     grids = config.grids
     if args.setting is not None:
@@ -68,7 +78,7 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
         if args.queries != "all" and not args.queries.isdigit():
             raise ValueError(f"--queries must be a positive int or 'all', got {args.queries!r}")
         queries = args.queries if args.queries == "all" else int(args.queries)
-    return SweepConfig(grids, train, queries, args.d if args.d is not None else config.d, args.seed)
+    return SweepConfig(grids, train, queries, args.d if args.d is not None else config.d, args.seed, args.seeds)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -83,19 +93,21 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) -> int:
     out = Path(args.out)
-    n_cells = len(list(config.cells()))
-    print(f"capacity sweep: preset {args.preset}, {n_cells} cells, d = {config.d}, queries = {config.queries}, "
-          f"max steps {config.train.max_steps}, device {device}, results in {out}/")
+    n_cells = len(list(config.cells())) // config.seeds
+    seeds = f"seed {config.seed}" if config.seeds == 1 else f"seeds {config.seed}-{config.seed + config.seeds - 1}"
+    print(f"capacity sweep: preset {args.preset}, {n_cells} cells x {seeds}, d = {config.d}, "
+          f"queries = {config.queries}, max steps {config.train.max_steps}, device {device}, results in {out}/")
     bar = tqdm(total=config.train.max_steps, unit="step", dynamic_ncols=True, leave=False)
 
     def on_start(i: int, n: int, cell) -> None:
-        setting, method, n_keys, _ = cell
+        setting, method, n_keys, _, seed = cell
         bar.reset(total=config.train.max_steps)
-        bar.set_description(f"[{i + 1}/{n}] setting {setting} {method} S={n_keys}")
+        bar.set_description(f"[{i + 1}/{n}] setting {setting} {method} S={n_keys} seed {seed}")
 
     def on_result(i: int, n: int, r, skipped: bool) -> None:
         how = "done before, skipped" if skipped else f"{r.steps} steps ({r.stopped}), {r.seconds:.1f} s"
-        tqdm.write(f"[{i + 1}/{n}] setting {r.setting} {r.method} S={r.n_keys}: loss {r.final_loss:.3g}, {how}")
+        tqdm.write(f"[{i + 1}/{n}] setting {r.setting} {r.method} S={r.n_keys} seed {r.seed}: "
+                   f"loss {r.final_loss:.3g}, {how}")
 
     def on_step(step: int, loss: float) -> None:
         bar.update(1)

@@ -4,7 +4,8 @@ Each finished cell is appended to ``results.json`` and ``results.csv`` in the ou
 once, so an interrupted sweep restarted with the same folder skips the cells already there (a
 cell is the same when its setting, method, S, queries, width d, seed and whole training rule,
 :class:`~fastweights.tasks.capacity.TrainConfig`, agree: a preset with another window or patience
-trains its own cells).
+trains its own cells). A sweep over several seeds trains and stores every cell once per seed, so
+a rerun with more seeds trains only the new ones.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .retrieval import check_setting, queryable
 
 Queries = Union[int, str]
 CellKey = Tuple[Union[int, float, str], ...]
+#: A cell trained with one seed: ``(setting, method, S, queries, seed)``.
+Cell = Tuple[int, str, int, int, int]
 CSV_NAME, JSON_NAME = "results.csv", "results.json"
 FIELDS = [f.name for f in dataclasses.fields(CellResult)]
 #: What identifies a cell's result: the cell and the training rule that produced it.
@@ -53,10 +56,11 @@ class Grid:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A whole sweep: its grids, the training rule and the model width.
+    """A whole sweep: its grids, the training rule, the model width and the seeds.
 
     ``queries``: keys queried per sequence, an int (at most the queryable positions; 1 is the
     paper's task) or ``'all'`` (every queryable pair: T queries, S // 4 in setting 3).
+    ``seeds``: how many seeds train each cell: ``seed``, ``seed + 1``, ..., ``seed + seeds - 1``.
     """
 
     grids: Tuple[Grid, ...]
@@ -64,6 +68,7 @@ class SweepConfig:
     queries: Queries = 1
     d: int = 64
     seed: int = 0
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         if not self.grids:
@@ -72,18 +77,22 @@ class SweepConfig:
             raise ValueError(f"queries must be a positive int or 'all', got {self.queries!r}")
         if not isinstance(self.d, int) or self.d < 1:
             raise ValueError(f"d must be a positive int, got {self.d!r}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be a positive int, got {self.seeds!r}")
 
-    def cells(self) -> Iterator[Tuple[int, str, int, int]]:
-        """``(setting, method, S, queries)`` of every cell, grid by grid, method by method."""
-        for grid in self.grids:
-            for method in grid.methods:
-                for s in grid.keys:
-                    w = queryable(grid.setting, s)
-                    yield grid.setting, method, s, w if self.queries == "all" else min(self.queries, w)
+    def cells(self) -> Iterator[Cell]:
+        """``(setting, method, S, queries, seed)`` of every cell and seed: seed by seed (the cells of
+        one seed form a whole sweep), then grid by grid, method by method."""
+        for seed in range(self.seed, self.seed + self.seeds):
+            for grid in self.grids:
+                for method in grid.methods:
+                    for s in grid.keys:
+                        w = queryable(grid.setting, s)
+                        yield grid.setting, method, s, w if self.queries == "all" else min(self.queries, w), seed
 
-    def cell_key(self, setting: int, method: str, n_keys: int, queries: int) -> CellKey:
+    def cell_key(self, setting: int, method: str, n_keys: int, queries: int, seed: int) -> CellKey:
         """What identifies a cell's result in the results files (the values of :data:`KEY_FIELDS`)."""
-        return (setting, method, n_keys, queries, self.d, self.seed) + dataclasses.astuple(self.train)
+        return (setting, method, n_keys, queries, self.d, seed) + dataclasses.astuple(self.train)
 
 
 def _key(row: CellResult) -> CellKey:
@@ -94,10 +103,11 @@ def _key(row: CellResult) -> CellKey:
 def quick() -> SweepConfig:
     """Both findings in minutes on a laptop CPU: the paper's task scaled down to width d = 16.
 
-    Setting 1: Linear (d_dot 16), DPFP-1 (32) and DPFP-2 (64) at S = 8..48: each fails once
-    S passes its d_dot, so at S = 24 Linear fails while both DPFPs solve the task; softmax, whose
-    memory grows with the sequence, solves every S. Setting 2 at
-    S = 8, 16: with repeated keys the sum rule stays near 0.25 while the delta rule solves it.
+    Setting 1: Linear (d_dot 16), DPFP-1 (32) and DPFP-2 (64) at S = 8..48: the S at which each
+    fails grows with its d_dot (in each of seeds 0-2 Linear fails from S = 16, DPFP-1 from 24 and
+    DPFP-2 at 48); softmax, whose memory grows with the sequence, solves every S. Setting 2 at
+    S = 8, 16: with repeated keys the sum rule stays near 0.25 while the delta rule solves it
+    (Linear + delta at S = 8; at 16 its smaller memory leaves 0.003-0.03).
     Every stored key is queried (multi-query), which makes few steps enough for a clear estimate.
     """
     return SweepConfig(
@@ -222,13 +232,14 @@ def run_sweep(
     config: SweepConfig,
     out: Union[str, Path],
     device: Union[str, torch.device] = "cpu",
-    on_start: Optional[Callable[[int, int, Tuple[int, str, int, int]], None]] = None,
+    on_start: Optional[Callable[[int, int, Cell], None]] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
     on_result: Optional[Callable[[int, int, CellResult, bool], None]] = None,
 ) -> List[CellResult]:
-    """Train every cell of ``config`` not yet in ``out``; return the sweep's cells in grid order.
+    """Train every (cell, seed) of ``config`` not yet in ``out``; return their results in the order of
+    :meth:`SweepConfig.cells`.
 
-    Callbacks: ``on_start(i, n, (setting, method, S, queries))`` before a cell is trained,
+    Callbacks: ``on_start(i, n, (setting, method, S, queries, seed))`` before a cell is trained,
     ``on_step(step, loss)`` after every training step (see :func:`train_cell`) and
     ``on_result(i, n, result, skipped)`` once a cell is trained or found done before.
     """
@@ -238,13 +249,13 @@ def run_sweep(
     cells = list(config.cells())
     results = []
     for i, cell in enumerate(cells):
-        setting, method, n_keys, queries = cell
+        setting, method, n_keys, queries, seed = cell
         result = done.get(config.cell_key(*cell))
         skipped = result is not None
         if not skipped:
             if on_start is not None:
                 on_start(i, len(cells), cell)
-            result = train_cell(method, setting, n_keys, queries=queries, d=config.d, seed=config.seed,
+            result = train_cell(method, setting, n_keys, queries=queries, d=config.d, seed=seed,
                                 device=device, config=config.train, on_step=on_step)
             rows.append(result)
             done[_key(result)] = result
