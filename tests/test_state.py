@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -63,6 +64,22 @@ def test_bad_states_and_files_are_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a state"):
         load_state(tmp_path / "weights.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]  # no half-written files
+
+
+def test_damaged_and_non_finite_states_are_refused_and_old_files_load(tmp_path) -> None:
+    path = tmp_path / "s.safetensors"
+    save_state(path, {"S": torch.full((2, 3), float("inf")), "pos": 4})
+    with pytest.raises(ValueError, match=r"^state file \S+s.safetensors holds non-finite values \(NaN or inf\) in S$"):
+        load_state(path)
+    save_state(path, {"S": torch.ones(64), "pos": 4})
+    data = bytearray(path.read_bytes())
+    data[-8:] = bytes(8)  # finite zeros: only the digest in the metadata sees them
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"^state file \S+ does not match the SHA-256 in its metadata"):
+        load_state(path)
+    structure = json.dumps({"S": {"__tensor__": "S"}, "pos": 4})
+    save_file({"S": torch.ones(64)}, str(path), metadata={"fastweights.state": structure})  # before the digest
+    assert load_state(path)["pos"] == 4
 
 
 def test_state_files_follow_the_umask(tmp_path) -> None:

@@ -14,7 +14,8 @@ any moment leaves complete checkpoints only (plus a temporary directory that the
 A resume still verifies one before trusting it (:func:`load_checkpoint`): a disk can truncate or
 flip bytes after the fact. The model directory that ``eval`` and ``generate`` read (``<out>/config.json``,
 ``<out>/model.safetensors``) is :mod:`fastweights.models.checkpoint`; ``<out>/model.safetensors`` is a
-copy of the newest checkpoint's weights.
+copy of the newest checkpoint's weights, whose SHA-256 ``<out>/config.json`` records (a checkpoint's
+own are in its manifest).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_write, atomic_write_text, file_sha256, fsync_dir, make_temp_dir
-from .models.checkpoint import WEIGHTS_FILE, load_weights, save_weights
-from .state import load_state, save_state
+from .models.checkpoint import WEIGHTS_FILE, load_weights, save_weights, write_weights
+from .state import load_state, nonfinite, save_state
 
 PathLike = Union[str, "os.PathLike[str]"]
 CHECKPOINTS_DIR = "checkpoints"
@@ -75,11 +76,6 @@ def named_tensors(obj: Any, prefix: str = "") -> Iterator[Tuple[str, Tensor]]:
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
             yield from named_tensors(value, f"{prefix}.{i}" if prefix else str(i))
-
-
-def nonfinite(named: Iterable[Tuple[str, Tensor]]) -> List[str]:
-    """The names of the floating-point tensors that hold a NaN or an infinity."""
-    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _torch_save(obj: Any, path: str) -> None:
@@ -129,8 +125,9 @@ def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str
 
 
 def publish_weights(out_dir: PathLike, ckpt: PathLike) -> None:
-    """Atomically copy a checkpoint's weights to the model directory's ``<out>/model.safetensors``."""
-    atomic_write(Path(out_dir) / WEIGHTS_FILE, lambda p: shutil.copyfile(Path(ckpt) / WEIGHTS_FILE, p))
+    """Atomically copy a checkpoint's weights to the model directory's ``<out>/model.safetensors``
+    (recording its SHA-256 in ``<out>/config.json``: :func:`~fastweights.models.checkpoint.write_weights`)."""
+    write_weights(Path(out_dir) / WEIGHTS_FILE, lambda p: shutil.copyfile(Path(ckpt) / WEIGHTS_FILE, p))
 
 
 def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.device]) -> Dict[str, Any]:
@@ -139,7 +136,8 @@ def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.d
 
     Verified: the files' SHA-256 against the manifest (checkpoints written before manifests existed
     have none and skip this), the weights load into ``model`` with every tensor matching and are
-    finite, the trainer state loads with ``weights_only=True``, is finite and is for the directory's step.
+    finite (:func:`~fastweights.models.checkpoint.load_weights`), the trainer state loads with
+    ``weights_only=True``, is finite and is for the directory's step.
 
     Raises:
         CheckpointError: any of these fails; ``model`` may then hold some of the checkpoint's weights.
@@ -148,9 +146,6 @@ def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.d
     try:
         _verify_manifest(ckpt)
         load_weights(model, ckpt / WEIGHTS_FILE, device)
-        bad = nonfinite(model.state_dict().items())
-        if bad:
-            raise CheckpointError(f"non-finite weights in {', '.join(bad[:3])}")
         state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("step") != checkpoint_step(ckpt):
             raise CheckpointError(f"{TRAINER_FILE} is not the trainer state of step {checkpoint_step(ckpt)}")

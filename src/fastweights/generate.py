@@ -59,7 +59,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] =
 
 def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
     """``ValueError`` unless ``temperature >= 0``, ``top_k`` a positive int or None, ``0 < top_p <= 1`` or None."""
-    if not isinstance(temperature, (int, float)) or temperature < 0:
+    if not isinstance(temperature, (int, float)) or not temperature >= 0:  # NaN too
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")

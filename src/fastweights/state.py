@@ -13,17 +13,22 @@ nesting (tuples come back as lists), so a stream (a chat, a log) can be paused a
     ...
     state = load_state("chat.safetensors")
     logits, state = model.step(next_id, state)   # as if it had never stopped
+
+The file's metadata also holds a SHA-256 of its tensors (names, dtypes, shapes and bytes), so that
+:func:`load_state` refuses a file damaged after it was written, as it refuses a truncated one and
+one holding NaN or inf; files written before the digest existed are checked without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -32,6 +37,7 @@ from .atomic import atomic_write
 PathLike = Union[str, os.PathLike]
 
 _STRUCTURE_KEY = "fastweights.state"
+_DIGEST_KEY = "fastweights.sha256"
 _TENSOR_LEAF = "__tensor__"
 
 
@@ -47,7 +53,7 @@ def save_state(path: PathLike, state: Any) -> None:
     """
     tensors: Dict[str, Tensor] = {}
     structure = _flatten(state, "", tensors)
-    metadata = {_STRUCTURE_KEY: json.dumps(structure)}
+    metadata = {_STRUCTURE_KEY: json.dumps(structure), _DIGEST_KEY: tensors_sha256(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -56,18 +62,76 @@ def load_state(path: PathLike, device: Optional[Union[str, torch.device]] = None
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is a safetensors file but not one written by :func:`save_state`.
+        ValueError: the file is empty, truncated or not a safetensors file, was not written by
+            :func:`save_state`, does not match the SHA-256 in its metadata (it changed after it was
+            written), or holds NaN or inf; one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no state file at {str(path)!r}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    metadata = read_safetensors_header(path, "state file").get("__metadata__") or {}
     if _STRUCTURE_KEY not in metadata:
         raise ValueError(f"{str(path)!r} is not a state written by fastweights.state.save_state "
                          f"(its metadata lacks {_STRUCTURE_KEY!r})")
-    tensors = load_file(str(path), device=str(device) if device is not None else "cpu")
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"cannot read state file {path}: {e}") from None
+    if _DIGEST_KEY in metadata and tensors_sha256(tensors) != metadata[_DIGEST_KEY]:
+        raise ValueError(f"state file {path} does not match the SHA-256 in its metadata: "
+                         "it changed after it was written (damaged on disk or in a copy)")
+    bad = nonfinite(sorted(tensors.items()))
+    if bad:
+        raise ValueError(f"state file {path} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}")
+    if device is not None:
+        tensors = {name: t.to(device) for name, t in tensors.items()}
     return _unflatten(json.loads(metadata[_STRUCTURE_KEY]), tensors)
+
+
+def read_safetensors_header(path: Path, what: str) -> Dict[str, Any]:
+    """The JSON header of the safetensors file ``path``, after checking that the file is complete:
+    8 bytes giving the header's length, the header, then exactly the tensor bytes it describes.
+
+    safetensors' own errors (``incomplete metadata, file not fully covered``) name neither the file
+    nor the sizes; these do.
+
+    Raises:
+        ValueError: one line ``<what> <path> is empty / truncated / not a safetensors file``.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes)")
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else size
+        header = f.read(length) if length <= size - 8 else None
+    if header is None:
+        raise ValueError(f"{what} {path} is truncated or not a safetensors file ({size:,} bytes, no complete header)")
+    try:
+        doc = json.loads(header)
+        end = max([entry["data_offsets"][1] for name, entry in doc.items() if name != "__metadata__"], default=0)
+        expected = 8 + length + int(end)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"{what} {path} is not a safetensors file (unreadable header: {e})") from None
+    if size != expected:
+        problem = "truncated" if size < expected else "longer than its header says"
+        raise ValueError(f"{what} {path} is {problem}: {size:,} bytes, its header describes {expected:,}")
+    return doc
+
+
+def tensors_sha256(tensors: Dict[str, Tensor]) -> str:
+    """The SHA-256 (hex) of named CPU tensors: each name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def nonfinite(named: Iterable[Tuple[str, Tensor]]) -> List[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def map_tensors(fn: Callable[[Tensor], Tensor], state: Any) -> Any:

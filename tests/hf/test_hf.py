@@ -1,10 +1,13 @@
 """The transformers integration: loading run directories, save_pretrained, forward, generate (greedy
 equal to fastweights' own decoding, left-padded batches, stop tokens, top-p, beam search), the
-tokenizers. Local directories only: nothing is fetched from the Hub."""
+tokenizers, missing folders. Local directories only: nothing is fetched from the Hub (damaged
+weights: tests/faults/test_weights_faults.py)."""
 
 from __future__ import annotations
 
 import json
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,15 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
+from fastweights.atomic import file_sha256  # noqa: E402
 from fastweights.generate import generate  # noqa: E402
 from fastweights.hf import FastWeightCache, FastWeightsConfig, FastWeightsForCausalLM  # noqa: E402
+from fastweights.hf.configuration import check_local_folder  # noqa: E402
 from fastweights.hf.modeling import CACHE_ARG  # noqa: E402
 from fastweights.models import load_model  # noqa: E402
+from fastweights.models.checkpoint import record_weights  # noqa: E402
 from fastweights.tasks.text import WordTokenizer  # noqa: E402
 
 from ..test_generate import PROMPTS, left_padded  # noqa: E402
@@ -36,6 +42,7 @@ def hf_model(attention: str) -> FastWeightsForCausalLM:
 
 def test_run_directory_loads_and_save_pretrained_round_trips(tmp_path: Path) -> None:
     write_model_dir(tmp_path / "run", "delta")
+    record_weights(tmp_path / "run")  # as `fastweights train` records it
     model = FastWeightsForCausalLM.from_pretrained(tmp_path / "run")
     lm, cfg = load_model(tmp_path / "run")
     assert model.config.lm_config == cfg and model.config.tokenizer["kind"] == "char"
@@ -46,6 +53,9 @@ def test_run_directory_loads_and_save_pretrained_round_trips(tmp_path: Path) -> 
     doc = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert doc["format"] == "fastweights-lm" and doc["model_type"] == "fastweights" and doc["model"] == cfg.to_dict()
     assert doc["tokenizer"] == {"kind": "char", "vocab_size": cfg.vocab_size}  # the run's other sections are kept
+    weights = tmp_path / "saved" / "model.safetensors"  # not the run's file: its digest is not carried over
+    assert doc["weights"] == {"sha256": file_sha256(weights), "bytes": weights.stat().st_size}
+    assert file_sha256(weights) != file_sha256(tmp_path / "run" / "model.safetensors")
     again, _ = load_model(tmp_path / "saved")  # fastweights reads what transformers wrote
     assert all(torch.equal(again.state_dict()[k], ours[k]) for k in ours)
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
@@ -167,3 +177,31 @@ def test_tokenizer_json_loads_in_transformers(tmp_path: Path, kind: str) -> None
         text = TEXT[:200]
         ids = tok(text)["input_ids"]
         assert ids == ours.encode(text) and tok.decode(ids) == ours.decode(ids)
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the network was touched")
+
+
+@pytest.mark.parametrize("name", ["runs/missing", "./missing", "{tmp}/missing", "~/no/such/folder"])
+def test_a_missing_local_folder_is_reported_at_once(tmp_path: Path, monkeypatch, name: str) -> None:
+    """transformers would take these for Hub repo ids (retrying the network, then blaming the Hub, or
+    rejecting a malformed repo id); offline mode off, and any connection refused."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    name = name.format(tmp=tmp_path)
+    for load in (AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained, AutoTokenizer.from_pretrained,
+                 FastWeightsForCausalLM.from_pretrained, FastWeightsConfig.from_pretrained):
+        with pytest.raises(FileNotFoundError, match=f"^no such folder: {re.escape(name)}$"):
+            load(name)
+    with pytest.raises(FileNotFoundError, match="^no such folder: "):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "missing")  # a path object
+
+
+def test_hub_repo_ids_are_left_to_transformers(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ["gpt2", "openai-community/gpt2", "runs"]:
+        check_local_folder(name)  # no local folder of that namespace (or the folder exists): not refused

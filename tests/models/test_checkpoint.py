@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastweights.atomic import file_sha256
 from fastweights.models import LanguageModel, LMConfig, load_model, read_config, save_weights, write_config
 
 
@@ -44,4 +45,18 @@ def test_errors(tmp_path: Path) -> None:
         load_model(tmp_path)
     save_weights(LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, d_ff=8)), tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="does not match the model: .*unexpected"):
+        load_model(tmp_path)
+
+
+def test_weights_of_other_shapes_and_a_malformed_digest_are_clear_errors(tmp_path: Path) -> None:
+    small = dict(d_model=8, n_layers=1, n_heads=2, d_ff=8)
+    write_config(tmp_path, LMConfig(vocab_size=10, **small))
+    save_weights(LanguageModel(LMConfig(vocab_size=12, **small)), tmp_path / "model.safetensors")
+    assert read_config(tmp_path)["weights"]["sha256"] == file_sha256(tmp_path / "model.safetensors")  # recorded
+    with pytest.raises(ValueError, match=r"does not fit the model: \S+ is \[12, 8\], the model's \[10, 8\]"):
+        load_model(tmp_path)
+    doc = read_config(tmp_path)
+    doc["weights"]["sha256"] = "not a digest"
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"config.json: its 'weights' section must hold 'sha256' \(64 hex digits\)"):
         load_model(tmp_path)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
     results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
                        segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
                        progress=not args.no_progress, documents=documents)
+    for r in results:  # finite weights can still overflow: never print a NaN score, never exit 0 with one
+        if not math.isfinite(r.nats):
+            raise ValueError(f"the {r.protocol} loss of {args.checkpoint} on the {args.split} split of {data} is "
+                             f"{r.nats} (not finite): the model's outputs overflow; no score to report")
 
     unit = "char" if corpus.tokenizer.kind == "char" else "token"
     print(f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {data}"

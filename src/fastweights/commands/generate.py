@@ -22,7 +22,7 @@ from typing import Any, Dict, List, TextIO
 import torch
 from torch import Tensor
 
-from ..arguments import check_output_path
+from ..arguments import check_device, check_output_path
 from ..errors import UsageError
 from ..generate import check_sampling, generate
 from ..models import LanguageModel, load_model
@@ -103,17 +103,30 @@ def check_loaded_state(state: Any, model: LanguageModel, path: Path) -> None:
                              f"is {shape}, the model's [B, {', '.join(map(str, empty.shape[1:]))}]")
 
 
-def main(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace) -> None:
+    """The options that need no model, checked before anything is loaded or printed (a ``ValueError``
+    naming the option)."""
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not -2**63 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in [-2**63, 2**64) (a 64-bit seed), got {args.seed}")
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    check_device(args.device)
     if args.save_state is not None:
         check_output_path(args.save_state, "--save-state")
+
+
+def main(args: argparse.Namespace) -> int:
+    check_args(args)
     model, _ = load_model(args.checkpoint, args.device)
     tokenizer = load_tokenizer(args.checkpoint)
     prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise UsageError(f"--prompt must hold at least one token, got {args.prompt!r}")
     stop = stop_ids(tokenizer, args.stop)
     state = load_state(args.load_state, args.device) if args.load_state is not None else None
     if state is not None:
         check_loaded_state(state, model, args.load_state)
-    check_sampling(args.temperature, args.top_k, args.top_p)
     generator = torch.Generator(args.device).manual_seed(args.seed)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()

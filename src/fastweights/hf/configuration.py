@@ -11,20 +11,38 @@ it describes, keeps the other sections as they were (``save_pretrained`` writes 
 adds the keys ``transformers`` writes (``model_type``, ``architectures``, ``transformers_version``).
 The generic names ``transformers`` reads (``vocab_size``, ``hidden_size``, ``num_hidden_layers``,
 ``num_attention_heads``, ``tie_word_embeddings``) are read-only views of the ``model`` section.
+The ``weights`` section (the digest of ``model.safetensors``) is not kept: it describes the file
+beside the ``config.json`` it was read from, and ``save_pretrained`` records the file it writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 from transformers import PretrainedConfig
 
 from ..models import LMConfig
-from ..models.checkpoint import FORMAT
+from ..models.checkpoint import FORMAT, WEIGHTS_RECORD
 
 MODEL_TYPE = "fastweights"
 _LM_FIELDS = frozenset(f.name for f in dataclasses.fields(LMConfig))
+
+
+def check_local_folder(name: Any) -> None:
+    """``FileNotFoundError("no such folder: <name>")`` when a ``from_pretrained`` argument names no
+    file or folder but can only be a local path: a path object, or a string that starts with ``/``,
+    ``.`` or ``~``, holds a backslash or more than one ``/``, or is ``<folder>/<name>`` where
+    ``<folder>`` is a local folder (``runs/typo``). ``transformers`` would take it for a Hub repo id:
+    retry the network for half a minute and blame the Hub, or reject it as a malformed repo id.
+    Anything else (``name``, ``namespace/name``) is left to ``transformers``."""
+    if not isinstance(name, (str, os.PathLike)) or os.path.exists(name):
+        return
+    text = os.fspath(name)
+    if (not isinstance(name, str) or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+            or os.path.isabs(text) or ("/" in text and os.path.isdir(text.split("/")[0]))):
+        raise FileNotFoundError(f"no such folder: {text}")
 
 
 class FastWeightsConfig(PretrainedConfig):
@@ -50,9 +68,16 @@ class FastWeightsConfig(PretrainedConfig):
         if format != FORMAT:
             raise ValueError(f"format must be {FORMAT!r} (a fastweights LM config), got {format!r}")
         overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in _LM_FIELDS}
+        kwargs.pop(WEIGHTS_RECORD, None)  # the digest of the weights read beside config.json (module docstring)
         self.model = LMConfig.from_dict({**(model if model is not None else {"vocab_size": 256}), **overrides}).to_dict()
         self.format, self.version = format, version
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> "FastWeightsConfig":
+        """``PretrainedConfig.from_pretrained``, after :func:`check_local_folder`."""
+        check_local_folder(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_lm_config(cls, cfg: LMConfig, **kwargs: Any) -> "FastWeightsConfig":

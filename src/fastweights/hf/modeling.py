@@ -10,10 +10,17 @@ Left-padded prompts (``attention_mask`` 0 before each row's first token) are rea
 so a row decodes exactly as it would alone; later columns must all be tokens. The state travels
 between ``generate`` steps in a :class:`~fastweights.hf.cache.FastWeightCache`, and each generated
 token is one :meth:`LanguageModel.step`, as in :func:`fastweights.generate.generate`.
+
+``from_pretrained`` on a local folder checks its ``model.safetensors`` as
+:func:`fastweights.models.load_model` does (complete, the SHA-256 ``config.json`` records, no NaN or
+inf: one ``ValueError`` or ``FileNotFoundError`` naming the file), and ``save_pretrained`` records
+that SHA-256 (:mod:`fastweights.models.checkpoint`).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,11 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..generate import prefill, unpad
-from ..models import LanguageModel
+from ..models import LanguageModel, read_config
+from ..models.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_RECORD, check_finite_weights, check_weights_file,
+                                 record_weights)
 from .cache import FastWeightCache
-from .configuration import FastWeightsConfig
+from .configuration import FastWeightsConfig, check_local_folder
 
 #: the keyword ``transformers`` passes the cache under (``past_key_values``, renamed ``cache`` in 5.2x)
 CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -54,6 +64,30 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
             self.add_module(name, module)
         self.__dict__["lm"] = lm  # outside the module tree: its modules are already registered above
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> "FastWeightsForCausalLM":
+        """``PreTrainedModel.from_pretrained``, after :func:`check_local_folder`; a local folder's
+        ``model.safetensors`` is checked before it is read and its weights after (module docstring).
+        A sharded save (``model.safetensors.index.json``) is left to ``transformers``."""
+        check_local_folder(pretrained_model_name_or_path)
+        folder = (Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+                  if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None)
+        local = folder is not None and folder.is_dir() and not (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+        if local:
+            record = read_config(folder).get(WEIGHTS_RECORD) if (folder / CONFIG_FILE).is_file() else None
+            check_weights_file(folder / WEIGHTS_FILE, record)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if local:
+            check_finite_weights(model, folder / WEIGHTS_FILE)
+        return model
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained``, then the SHA-256 of the ``model.safetensors`` written
+        recorded in ``config.json`` (which ``transformers`` writes first, without one)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and (Path(save_directory) / WEIGHTS_FILE).is_file():
+            record_weights(save_directory)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

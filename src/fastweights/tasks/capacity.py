@@ -138,7 +138,6 @@ class RetrievalModel(nn.Module):
     def forward(self, batch: RetrievalBatch) -> Tensor:
         """Scores ``y`` ``[B, Q, S]`` for every query of ``batch``."""
         B, T = batch.keys.shape
-        Q = batch.queries.shape[1]
         v = F.one_hot(batch.values, self.n_keys).to(self.embed.weight.dtype)  # [B, T, S]
         x = torch.cat([self.embed(batch.keys), v], dim=-1)  # [B, T, d + S]
         k = self.key_proj(x)  # [B, T, d]
