@@ -91,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
     data = resolve(args.data) if args.data is not None else Path(recorded["path"])
     if args.by_position and "sliding-window" == args.protocol:
         raise ValueError("--by-position scores the carried-state protocol; use --protocol carried-state or both")
-    corpus = load_corpus(data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction)
+    corpus = load_corpus(data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction,
+                         on_tokenize=lambda m: print(m, flush=True))
     if args.split not in corpus.splits:
         raise ValueError(f"--data {data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
