@@ -5,7 +5,8 @@ the same ``--out`` trains only the cells and seeds not yet there), then writes t
 that the README's "Capacity experiment" section quotes, each cell's median final loss with its
 min-max range over the seeds, with the command and the wall and CPU time of this run, to
 ``OUT/README-tables.md``, and prints them. ``--plot PATH`` saves the plot there too (the README's
-is ``docs/capacity.png``)::
+is ``docs/capacity.png``). Any other option goes to ``fastweights capacity`` as it is (e.g.
+``--keys 4 --max-steps 5`` for a trial in seconds)::
 
     python benchmarks/capacity_readme.py --out runs/capacity-readme --plot docs/capacity.png  # ~5 min of CPU time
 """
@@ -17,7 +18,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from fastweights.cli import build_parser
 from fastweights.cli import main as cli_main
@@ -26,21 +27,22 @@ from fastweights.tasks.capacity_report import format_table, plot_results
 from fastweights.tasks.capacity_sweep import run_sweep
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:
+    """This script's options, and the others (for ``fastweights capacity``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/capacity-readme", help="sweep folder (default: runs/capacity-readme)")
     p.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per cell (default: 3)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for torch (default: 1)")
     p.add_argument("--plot", metavar="PATH", help="also save the plot here, e.g. docs/capacity.png")
-    args = p.parse_args(argv)
+    args, capacity_options = p.parse_known_args(argv)
     if args.plot and not Path(args.plot).resolve().parent.is_dir():
         p.error(f"--plot {args.plot}: its folder does not exist")  # before the sweep, not after it
-    return args
+    return args, capacity_options
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    command = ["capacity", "--seeds", str(args.seeds), "--threads", str(args.threads), "--out", args.out]
+    args, capacity_options = parse_args(argv)
+    command = ["capacity", "--seeds", str(args.seeds), "--threads", str(args.threads), "--out", args.out, *capacity_options]
     wall, cpu = time.perf_counter(), time.process_time()
     status = cli_main(command)
     if status:
@@ -50,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.plot:
         plot_results(rows, args.plot)
     this = shlex.join(["python", "benchmarks/capacity_readme.py", *(sys.argv[1:] if argv is None else argv)])
-    text = (f"Final loss of `fastweights {shlex.join(command)}` (quick preset), written by `{this}`: "
+    text = (f"Final loss of `fastweights {shlex.join(command)}` written by `{this}`: "
             f"{wall:.0f} s wall, {cpu:.0f} s of CPU time this run; the cells' training took "
             f"{sum(r.seconds for r in rows):.0f} s in all.\n\n{format_table(rows)}\n")
     path = Path(args.out) / "README-tables.md"

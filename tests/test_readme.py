@@ -34,9 +34,12 @@ import ast
 import codecs
 import contextlib
 import io
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +66,6 @@ NOT_RUN: Dict[str, str] = {
     r"^\. \.venv/bin/activate$": "activates that environment",
     r"^pip install ": "installs packages: CI installs fastweights with its extras before the tests",
     r"^python -m pytest$": "the whole test suite, which CI runs itself (this file included)",
-    r"^python benchmarks/capacity_readme\.py ": "the quick capacity preset with 3 seeds (~5 min of CPU time), "
-                                               "and the script has no option to scale it down",
     r"--device cuda": "needs a CUDA GPU",
     r"^bash benchmarks/gpu\.sh$": "needs a CUDA GPU (the CUDA tests and the GPU benchmarks)",
     r"^torchrun --nproc_per_node 8 ": "8 processes, one per GPU",
@@ -89,6 +90,12 @@ SCALED: Dict[str, List[str]] = {
                  "--layers", "1", "--heads", "2", "--d-ff", "32"],
     "bench kernels": ["--arch", "sm_90", "--dtype", "bf16", "--dk", "16", "--rules", "sum",
                       "--cache-dir", "{cache}/kernels"],
+}
+
+#: documented options appended to each ``python benchmarks/SCRIPT`` command (run in a fresh process,
+#: from a folder that has the repository's ``docs/`` folder, as in the repository's root), by script
+SCRIPTS: Dict[str, List[str]] = {
+    "benchmarks/capacity_readme.py": ["--seeds", "2", "--keys", "4", "--max-steps", "5", "--methods", "linear"],
 }
 
 #: files the docs' commands read as the user's own, and what stands in for them
@@ -143,6 +150,10 @@ class Command:
         if "fastweights.cli" in self.words[1:] and self.words[self.words.index("fastweights.cli") - 1] == "-m":
             return list(self.words[self.words.index("fastweights.cli") + 1:])
         return None
+
+    def script(self) -> Optional[str]:
+        """The repository script it runs (``python benchmarks/X.py ...``), or None."""
+        return self.words[1] if len(self.words) > 1 and self.words[0] == "python" and self.words[1] in SCRIPTS else None
 
     def not_run(self) -> Optional[str]:
         """Why the test does not run it (:data:`NOT_RUN`), or None."""
@@ -231,6 +242,15 @@ def run_fastweights(argv: List[str], env: Tuple[Tuple[str, str], ...], cache: Pa
         except SystemExit as e:  # argparse rejected the command line
             status = e.code
     assert status == 0, f"`fastweights {shlex.join(argv)}` exited with status {status} (its output is above)"
+
+
+def run_script(command: Command) -> None:
+    """Run ``python benchmarks/SCRIPT ARGS`` with :data:`SCRIPTS`' options appended, in a fresh process
+    in the current directory (given an empty ``docs/``, as the repository's root has); it must succeed."""
+    Path("docs").mkdir(exist_ok=True)
+    argv = [sys.executable, str(ROOT / command.words[1]), *command.words[2:], *SCRIPTS[command.words[1]]]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **dict(command.env)}, timeout=300)
+    assert done.returncode == 0, f"`{shlex.join(argv)}` exited with status {done.returncode}:\n{done.stderr[-3000:]}"
 
 
 def parse(command: Command) -> argparse.Namespace:
@@ -391,6 +411,9 @@ def test_shell_example(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyP
         pytest.skip("; ".join(f"`{c.text}`: {c.not_run()}" for c in shell_commands(block)))
     monkeypatch.chdir(tmp_path)
     for command in commands:
+        if command.script():
+            run_script(command)
+            continue
         argv = command.fastweights_argv()
         assert argv is not None, f"{command.id}: `{command.text}` is neither run by this test nor listed in NOT_RUN"
         checkpoint = getattr(parse(command), "checkpoint", None)
