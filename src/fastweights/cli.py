@@ -2,7 +2,7 @@
 
 Each command module has a docstring (its help, ending with an ``Examples:`` section),
 ``configure(parser)`` and ``main(args) -> int``, and may define ``hint(option) -> str | None`` to
-suggest what an unknown option may have meant. Every command gets ``--threads N``
+suggest what an unknown option may have meant (before the closest real option). Every command gets ``--threads N``
 (:mod:`fastweights.threads`), applied before it runs and undone after.
 
 A command reports a user error by raising ``ValueError`` (e.g. :class:`~fastweights.errors.UsageError`):

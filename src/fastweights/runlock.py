@@ -8,7 +8,7 @@ in any way, SIGKILL included, so a lock never outlives its process and needs no 
 clean-up. Its content names the holder (PID, host, command, start time) for the refusal message.
 A holder that ends normally (or by an exception, Ctrl-C included) deletes the file while it still
 holds the lock, so finished run directories hold no ``.lock``; a process that locked the file
-just before it was deleted sees that the path no longer names the file it locked and starts over,
+just before it was deleted sees that the file it locked has no name any more and starts over,
 so two processes never hold locks on two files of the same name. A killed holder leaves the file,
 unlocked, and the next run takes it. Locks are per open file, so a second :func:`run_lock` on the
 same directory in the same process is refused too.
@@ -75,9 +75,8 @@ def run_lock(directory: PathLike, command: str) -> Iterator[Path]:
 
 
 def _lock(path: Path, directory: Path) -> int:
-    """A descriptor of ``path`` holding its exclusive lock, where ``path`` still names the locked
-    file (a holder deletes it on the way out: a lock taken on the deleted file is dropped and taken
-    again on the new one)."""
+    """A descriptor of ``path`` holding its exclusive lock, on a file that still has its name (a holder
+    deletes it on the way out: a lock taken on the deleted file is dropped and taken again on the new one)."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
@@ -88,10 +87,6 @@ def _lock(path: Path, directory: Path) -> int:
                 f"--out {directory} is in use by {describe_holder(path)}: one directory has one writer; "
                 f"wait for that run to end or choose another --out"
             ) from None
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
+        if os.fstat(fd).st_nlink > 0:  # not deleted by the holder that just finished
             return fd
         os.close(fd)

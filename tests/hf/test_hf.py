@@ -187,7 +187,7 @@ def _no_network(*args, **kwargs):
 def test_a_missing_local_folder_is_reported_at_once(tmp_path: Path, monkeypatch, name: str) -> None:
     """transformers would take these for Hub repo ids (retrying the network, then blaming the Hub, or
     rejecting a malformed repo id); offline mode off, and any connection refused."""
-    (tmp_path / "runs").mkdir()
+    write_model_dir(tmp_path / "runs" / "other", "delta")  # runs/ holds fastweights runs
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket.socket, "connect", _no_network)
@@ -203,5 +203,7 @@ def test_a_missing_local_folder_is_reported_at_once(tmp_path: Path, monkeypatch,
 def test_hub_repo_ids_are_left_to_transformers(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
-    for name in ["gpt2", "openai-community/gpt2", "runs"]:
-        check_local_folder(name)  # no local folder of that namespace (or the folder exists): not refused
+    (tmp_path / "Qwen" / "Qwen2-7B").mkdir(parents=True)  # a Hub download into a local Qwen/ folder
+    (tmp_path / "Qwen" / "Qwen2-7B" / "config.json").write_text('{"model_type": "qwen2"}')
+    for name in ["gpt2", "openai-community/gpt2", "runs", "runs/missing", "Qwen/Qwen2-0.5B"]:
+        check_local_folder(name)  # no local folder of fastweights runs of that name (or it exists): not refused

@@ -60,3 +60,35 @@ def test_weights_of_other_shapes_and_a_malformed_digest_are_clear_errors(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"config.json: its 'weights' section must hold 'sha256' \(64 hex digits\)"):
         load_model(tmp_path)
+
+
+def test_weights_replaced_while_they_are_read_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training run publishing new weights between a reader's config.json and its weights file:
+    the reader sees a digest mismatch, finds a new digest recorded and loads the new weights."""
+    from fastweights.models import checkpoint
+
+    cfg = LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)
+    write_config(tmp_path, cfg)
+    save_weights(LanguageModel(cfg), tmp_path / "model.safetensors")
+    stale = read_config(tmp_path)  # what the reader read before the new weights came
+    torch.manual_seed(1)
+    newer = LanguageModel(cfg)
+    save_weights(newer, tmp_path / "model.safetensors")
+    reads = []
+    real = checkpoint.read_config
+
+    def first_stale(directory):
+        reads.append(directory)
+        return stale if len(reads) == 1 else real(directory)
+
+    monkeypatch.setattr(checkpoint, "read_config", first_stale)
+    loaded, _ = load_model(tmp_path)
+    assert len(reads) == 3  # the stale read, the check that the record changed, the fresh read
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), newer.state_dict().values()))
+
+
+def test_weights_beside_another_programs_config_are_written_without_a_digest(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    save_weights(LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)),
+                 tmp_path / "model.safetensors")
+    assert (tmp_path / "config.json").read_text() == '{"model_type": "gpt2"}' and (tmp_path / "model.safetensors").is_file()

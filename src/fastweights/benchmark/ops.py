@@ -56,6 +56,7 @@ import ctypes
 import json
 import os
 import platform
+import signal
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -311,9 +312,16 @@ def _child_peak_mb(cell: Cell, chunk_size: int, threads: int) -> float:
 
 
 def peak_memory_mb(cell: Cell, cfg: BenchConfig) -> float:
-    """:func:`_child_peak_mb` in a spawned process, whose heap no earlier cell has fragmented."""
+    """:func:`_child_peak_mb` in a spawned process, whose heap no earlier cell has fragmented. The child
+    starts with Ctrl-C ignored (Python keeps an ignored SIGINT ignored), so that Ctrl-C stops only this
+    process, with the command line's one line, and not the child with a traceback of its own."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_child_peak_mb, cell, cfg.chunk_size, cfg.threads).result()
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            future = pool.submit(_child_peak_mb, cell, cfg.chunk_size, cfg.threads)  # starts the child
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        return future.result()
 
 
 def _timed(cell: Cell, cfg: BenchConfig, repeat: int) -> Dict[str, float]:

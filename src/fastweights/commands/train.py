@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import sys
 from contextlib import contextmanager
@@ -81,13 +80,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def hint(option: str) -> Optional[str]:
-    """``--set FIELD=VALUE`` for an unknown option that names (or contains) a model or training
-    setting, e.g. ``--max-steps`` -> ``--set steps=VALUE``; None if none is close."""
+    """``--set FIELD=VALUE`` for an unknown option that names a model or training setting or has one
+    as a word, e.g. ``--lr`` -> ``--set lr=VALUE``, ``--max-steps`` -> ``--set steps=VALUE``; else None."""
     name = option.lstrip("-").replace("-", "_")
     fields = [f.name for cls in (LMConfig, TrainConfig) for f in dataclasses.fields(cls)]
-    words = name.split("_")
-    found = ([name] if name in fields else []) or [f for f in fields if f in words] \
-        or difflib.get_close_matches(name, fields, n=1)
+    found = [name] if name in fields else [f for f in fields if f in name.split("_")]
     return f"--set {found[0]}=VALUE" if found else None
 
 
@@ -128,6 +125,8 @@ def main(args: argparse.Namespace) -> int:
         if info.is_main and result:
             print(f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
                   f"{result['tokens_per_s']:,.0f} tokens/s -> {args.out}")
+        if dist.is_initialized():
+            dist.barrier()  # every process done with its collectives before the group is torn down
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -21,7 +21,8 @@ The three ``Auto`` classes' ``from_pretrained`` also report a missing local fold
 ``FileNotFoundError("no such folder: runs/typo")`` at once (:func:`~fastweights.hf.configuration.check_local_folder`):
 ``transformers`` would take it for a Hub repo id. The check runs before the model type is known (it
 is read from the folder), so it applies to every model loaded through these classes; it refuses
-only names that no Hub repo id can have, and ``<folder>/<name>`` where ``<folder>`` is a local folder.
+only names that no Hub repo id can have, and ``<folder>/<name>`` where ``<folder>`` is a local folder
+holding fastweights run directories.
 """
 
 from __future__ import annotations

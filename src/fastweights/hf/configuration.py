@@ -18,13 +18,15 @@ beside the ``config.json`` it was read from, and ``save_pretrained`` records the
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from transformers import PretrainedConfig
 
 from ..models import LMConfig
-from ..models.checkpoint import FORMAT, WEIGHTS_RECORD
+from ..models.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_RECORD
 
 MODEL_TYPE = "fastweights"
 _LM_FIELDS = frozenset(f.name for f in dataclasses.fields(LMConfig))
@@ -34,15 +36,29 @@ def check_local_folder(name: Any) -> None:
     """``FileNotFoundError("no such folder: <name>")`` when a ``from_pretrained`` argument names no
     file or folder but can only be a local path: a path object, or a string that starts with ``/``,
     ``.`` or ``~``, holds a backslash or more than one ``/``, or is ``<folder>/<name>`` where
-    ``<folder>`` is a local folder (``runs/typo``). ``transformers`` would take it for a Hub repo id:
-    retry the network for half a minute and blame the Hub, or reject it as a malformed repo id.
-    Anything else (``name``, ``namespace/name``) is left to ``transformers``."""
+    ``<folder>`` is a local folder of fastweights run directories (``runs/typo``). ``transformers``
+    would take it for a Hub repo id: retry the network for half a minute and blame the Hub, or reject
+    it as a malformed repo id. Anything else (``name``, ``namespace/name``, also beside a local
+    ``namespace/`` folder of other models) is left to ``transformers``."""
     if not isinstance(name, (str, os.PathLike)) or os.path.exists(name):
         return
     text = os.fspath(name)
     if (not isinstance(name, str) or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
-            or os.path.isabs(text) or ("/" in text and os.path.isdir(text.split("/")[0]))):
+            or os.path.isabs(text) or ("/" in text and _holds_runs(text.split("/")[0]))):
         raise FileNotFoundError(f"no such folder: {text}")
+
+
+def _holds_runs(folder: str) -> bool:
+    """Whether local ``folder`` has a fastweights model directory among its sub-folders."""
+    if not os.path.isdir(folder):
+        return False
+    for config in Path(folder).glob(f"*/{CONFIG_FILE}"):
+        try:
+            if json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 class FastWeightsConfig(PretrainedConfig):

@@ -83,12 +83,21 @@ def write_weights(path: Union[str, Path], write: Callable[[str], None]) -> None:
     """Atomically write a weights file with ``write(tmp_path)``; when it is the ``model.safetensors``
     of a directory with a ``config.json``, record its SHA-256 and size there (see the module docstring)."""
     path = Path(path)
-    recorded = path.name == WEIGHTS_FILE and (path.parent / CONFIG_FILE).is_file()
+    recorded = path.name == WEIGHTS_FILE and _is_model_directory(path.parent)
     if recorded:
         _set_weights_record(path.parent, None)
     atomic_write(path, write)
     if recorded:
         record_weights(path.parent)
+
+
+def _is_model_directory(directory: Path) -> bool:
+    """Whether ``directory`` has a fastweights ``config.json`` (another program's, or none: no digest to keep)."""
+    try:
+        read_config(directory)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def record_weights(directory: Union[str, Path]) -> None:
@@ -175,8 +184,15 @@ def load_model(directory: Union[str, Path], device: Union[str, torch.device] = "
 
     Returns ``(model, cfg)`` with the model on ``device`` in eval mode.
     """
-    doc = read_config(directory)
-    cfg = LMConfig.from_dict(doc["model"])
-    model = LanguageModel(cfg)
-    load_weights(model, Path(directory) / WEIGHTS_FILE, device, doc.get(WEIGHTS_RECORD))
+    for attempt in range(2):
+        doc = read_config(directory)
+        cfg = LMConfig.from_dict(doc["model"])
+        model = LanguageModel(cfg)
+        try:
+            load_weights(model, Path(directory) / WEIGHTS_FILE, device, doc.get(WEIGHTS_RECORD))
+        except ValueError:
+            if attempt == 0 and read_config(directory).get(WEIGHTS_RECORD) != doc.get(WEIGHTS_RECORD):
+                continue  # a training run replaced the weights while they were read: read the new ones
+            raise
+        break
     return model.to(device).eval(), cfg
