@@ -42,7 +42,16 @@ def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Li
 
 def main(argv: Optional[List[str]] = None) -> int:
     args, capacity_options = parse_args(argv)
-    command = ["capacity", "--seeds", str(args.seeds), "--threads", str(args.threads), "--out", args.out, *capacity_options]
+    command = [
+        "capacity",
+        "--seeds",
+        str(args.seeds),
+        "--threads",
+        str(args.threads),
+        "--out",
+        args.out,
+        *capacity_options,
+    ]
     wall, cpu = time.perf_counter(), time.process_time()
     status = cli_main(command)
     if status:
@@ -52,9 +61,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.plot:
         plot_results(rows, args.plot)
     this = shlex.join(["python", "benchmarks/capacity_readme.py", *(sys.argv[1:] if argv is None else argv)])
-    text = (f"Final loss of `fastweights {shlex.join(command)}` written by `{this}`: "
-            f"{wall:.0f} s wall, {cpu:.0f} s of CPU time this run; the cells' training took "
-            f"{sum(r.seconds for r in rows):.0f} s in all.\n\n{format_table(rows)}\n")
+    text = (
+        f"Final loss of `fastweights {shlex.join(command)}` written by `{this}`: "
+        f"{wall:.0f} s wall, {cpu:.0f} s of CPU time this run; the cells' training took "
+        f"{sum(r.seconds for r in rows):.0f} s in all.\n\n{format_table(rows)}\n"
+    )
     path = Path(args.out) / "README-tables.md"
     path.write_text(text)
     print(f"\n{text}\nwrote {path}" + (f" and {args.plot}" if args.plot else ""))

@@ -52,15 +52,23 @@ def measure(attention: str, length: int, args: Dict) -> Dict:
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=args["vocab"], d_model=args["d_model"], n_layers=args["layers"], n_heads=args["heads"],
-                   d_ff=4 * args["d_model"], pos_emb="none", context=args["chunk"], attention=attention)
+    cfg = LMConfig(
+        vocab_size=args["vocab"],
+        d_model=args["d_model"],
+        n_layers=args["layers"],
+        n_heads=args["heads"],
+        d_ff=4 * args["d_model"],
+        pos_emb="none",
+        context=args["chunk"],
+        attention=attention,
+    )
     model = LanguageModel(cfg).eval()
     tokens = torch.randint(0, cfg.vocab_size, (1, length + args["decode"]))  # [1, T + decode]
     state = None
     with torch.inference_mode():
         t0 = time.perf_counter()
         for a in range(0, length, args["chunk"]):
-            _, _, state = model(tokens[:, a:min(a + args["chunk"], length)], state=state, return_logits=False)
+            _, _, state = model(tokens[:, a : min(a + args["chunk"], length)], state=state, return_logits=False)
         prefill_s = time.perf_counter() - t0
         times = []
         for i, t in enumerate(range(length, length + args["decode"])):
@@ -69,8 +77,15 @@ def measure(attention: str, length: int, args: Dict) -> Dict:
             if i >= args["warmup"]:
                 times.append(time.perf_counter() - t0)
     state_mb = sum(x.numel() * x.element_size() for layer in state["layers"] for x in layer.values()) / 2**20
-    return {"attention": attention, "context": length, "ms_per_token": 1e3 * statistics.median(times),
-            "state_mb": state_mb, "rss_mb": rss_mb(), "prefill_s": prefill_s, "params": model.num_params()}
+    return {
+        "attention": attention,
+        "context": length,
+        "ms_per_token": 1e3 * statistics.median(times),
+        "state_mb": state_mb,
+        "rss_mb": rss_mb(),
+        "prefill_s": prefill_s,
+        "params": model.num_params(),
+    }
 
 
 def plot(rows: List[Dict], path: Path) -> None:
@@ -87,10 +102,20 @@ def plot(rows: List[Dict], path: Path) -> None:
         axes[0].plot(x, [r["ms_per_token"] for r in mine], "o-", color=color, label=attention)
         axes[1].plot(x, [r["rss_mb"] for r in mine], "o-", color=color, label=f"{attention}: process RSS")
         axes[1].plot(x, [r["state_mb"] for r in mine], "s--", color=color, label=f"{attention}: state")
-    axes[0].set(xscale="log", yscale="log", xlabel="context length (tokens already read)", ylabel="ms per decoded token",
-                title="decode latency")
-    axes[1].set(xscale="log", yscale="log", xlabel="context length (tokens already read)", ylabel="MB",
-                title="memory while decoding")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="context length (tokens already read)",
+        ylabel="ms per decoded token",
+        title="decode latency",
+    )
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="context length (tokens already read)",
+        ylabel="MB",
+        title="memory while decoding",
+    )
     for ax in axes:
         ticks = sorted({r["context"] for r in rows})
         ax.set_xticks(ticks, [f"{t // 1024}k" if t >= 1024 else str(t) for t in ticks])
@@ -118,8 +143,16 @@ def main() -> None:
     args = p.parse_args()
     if not 0 <= args.warmup < args.decode:
         p.error(f"--warmup must be in [0, --decode={args.decode}), got {args.warmup}")
-    config = {"decode": args.decode, "warmup": args.warmup, "chunk": args.chunk, "d_model": args.d_model, "layers": args.layers,
-              "heads": args.heads, "vocab": args.vocab, "threads": args.threads}
+    config = {
+        "decode": args.decode,
+        "warmup": args.warmup,
+        "chunk": args.chunk,
+        "d_model": args.d_model,
+        "layers": args.layers,
+        "heads": args.heads,
+        "vocab": args.vocab,
+        "threads": args.threads,
+    }
 
     rows = []
     print("| attention | context | ms / token | state MB | RSS MB | prefill s |")
@@ -129,11 +162,16 @@ def main() -> None:
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # fresh process: clean RSS
                 r = pool.submit(measure, attention, length, config).result()
             rows.append(r)
-            print(f"| {attention} | {length} | {r['ms_per_token']:.2f} | {r['state_mb']:.2f} | {r['rss_mb']:.0f} "
-                  f"| {r['prefill_s']:.1f} |", flush=True)
+            print(
+                f"| {attention} | {length} | {r['ms_per_token']:.2f} | {r['state_mb']:.2f} | {r['rss_mb']:.0f} "
+                f"| {r['prefill_s']:.1f} |",
+                flush=True,
+            )
     params = ", ".join(f"{a} {r['params']:,}" for a, r in {r["attention"]: r for r in rows}.items())
-    print(f"\nparameters: {params}; d_model {args.d_model}, {args.layers} layers, {args.heads} heads; "
-          f"{args.threads} thread(s); median of {args.decode - args.warmup} decode steps")
+    print(
+        f"\nparameters: {params}; d_model {args.d_model}, {args.layers} layers, {args.heads} heads; "
+        f"{args.threads} thread(s); median of {args.decode - args.warmup} decode steps"
+    )
     plot(rows, args.png)
     json_path = args.json or args.png.with_suffix(".json")
     json_path.write_text(json.dumps({"config": config, "rows": rows}, indent=1))

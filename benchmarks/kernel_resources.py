@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from fastweights.benchmark.kernels import DTYPES, Job, compile_job
 from fastweights.ops import get_op
-from fastweights.ops._triton.chunk import KERNELS, capability
 from fastweights.ops._triton import default_cache_dir
+from fastweights.ops._triton.chunk import KERNELS, capability
 from fastweights.ops._triton.launch import SHARED_LIMIT, family
 
 NAMES = {v: k for k, v in DTYPES.items()}
@@ -33,8 +33,9 @@ def exercise(rule: str, dtype: torch.dtype, d: int) -> None:
     beta = torch.rand(2, 200, 4, device="cuda", dtype=dtype, requires_grad=True)
     s0 = torch.randn(2, 4, d, d, device="cuda", requires_grad=True)
     extra = {"g": F.logsigmoid(torch.randn(2, 200, 4, device="cuda", dtype=dtype))} if rule == "gated_delta" else {}
-    o, s = get_op(rule, "triton")(q, F.normalize(k, dim=-1), v, beta, initial_state=s0, output_final_state=True,
-                                  **extra)
+    o, s = get_op(rule, "triton")(
+        q, F.normalize(k, dim=-1), v, beta, initial_state=s0, output_final_state=True, **extra
+    )
     (o.float().sum() + s.sum()).backward()
 
 
@@ -69,10 +70,24 @@ def main() -> int:
                     # Triton's n_spills is the driver's local memory per thread in 4-byte words (spills and stack)
                     fits = spills == 0 and shared <= SHARED_LIMIT.get(arch, predicted.limit)
                     mismatches += fits != predicted.fits
-                    rows.append(dict(kernel=name, rule=rule, dtype=dtype, d=d, warps=compiled.metadata.num_warps,
-                                     stages=compiled.metadata.num_stages, regs=regs, predicted_regs=predicted.registers,
-                                     local_words=spills, predicted_spilled_bytes=predicted.spilled, shared=shared,
-                                     predicted_shared=predicted.shared, fits=fits, predicted_fits=predicted.fits))
+                    rows.append(
+                        dict(
+                            kernel=name,
+                            rule=rule,
+                            dtype=dtype,
+                            d=d,
+                            warps=compiled.metadata.num_warps,
+                            stages=compiled.metadata.num_stages,
+                            regs=regs,
+                            predicted_regs=predicted.registers,
+                            local_words=spills,
+                            predicted_spilled_bytes=predicted.spilled,
+                            shared=shared,
+                            predicted_shared=predicted.shared,
+                            fits=fits,
+                            predicted_fits=predicted.fits,
+                        )
+                    )
     head = list(rows[0]) if rows else []
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:

@@ -1,7 +1,7 @@
 """Op benchmark (same as `fastweights bench ops`): see fastweights/benchmark/ops.py for what it measures.
 
-    python benchmarks/ops.py                          # sum + delta, L = 512..32768, ~10 min on 2 cores
-    python benchmarks/ops.py --lengths 512 2048 --rules delta --peers
+python benchmarks/ops.py                          # sum + delta, L = 512..32768, ~10 min on 2 cores
+python benchmarks/ops.py --lengths 512 2048 --rules delta --peers
 """
 
 from __future__ import annotations

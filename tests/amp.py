@@ -17,9 +17,23 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 UPCAST = {
-    torch.sum, torch.Tensor.sum, F.normalize, torch.exp, torch.Tensor.exp, torch.cumsum, torch.Tensor.cumsum,
-    torch.softmax, F.softmax, torch.Tensor.softmax, F.log_softmax, torch.norm, torch.Tensor.norm,
-    torch.linalg.vector_norm, torch.pow, torch.Tensor.pow, torch.Tensor.__pow__,
+    torch.sum,
+    torch.Tensor.sum,
+    F.normalize,
+    torch.exp,
+    torch.Tensor.exp,
+    torch.cumsum,
+    torch.Tensor.cumsum,
+    torch.softmax,
+    F.softmax,
+    torch.Tensor.softmax,
+    F.log_softmax,
+    torch.norm,
+    torch.Tensor.norm,
+    torch.linalg.vector_norm,
+    torch.pow,
+    torch.Tensor.pow,
+    torch.Tensor.__pow__,
 }
 
 

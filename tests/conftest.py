@@ -7,7 +7,9 @@ before Triton is first imported, so it is set here, before any test module loads
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,3 +29,13 @@ def device(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """A small word-level text file (``corpus.txt``), the same for every test that asks for it."""
+    rng = np.random.default_rng(0)
+    words = ["to be", "or not", "that is", "the question", "whether", "'tis nobler", "in the mind"]
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(" ".join(rng.choice(words, 6)) + ".\n" for _ in range(300)))
+    return path

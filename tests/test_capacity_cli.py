@@ -24,7 +24,12 @@ def test_cli_writes_table_csv_json_and_png(tmp_path, capsys):
     assert "| linear | 4 |" in stdout and "| dpfp-1+delta | 8 |" in stdout  # d_dot at d = 4
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["method"], r["n_keys"]) for r in rows] == [("linear", "3"), ("linear", "4"), ("dpfp-1+delta", "3"), ("dpfp-1+delta", "4")]
+    assert [(r["method"], r["n_keys"]) for r in rows] == [
+        ("linear", "3"),
+        ("linear", "4"),
+        ("dpfp-1+delta", "3"),
+        ("dpfp-1+delta", "4"),
+    ]
     for col in ("method", "feature_map", "rule", "d_dot", "n_keys", "final_loss", "steps", "seconds"):
         assert col in rows[0]
     assert rows[2]["feature_map"] == "dpfp" and rows[2]["rule"] == "delta" and rows[2]["queries"] == "2"
@@ -35,7 +40,9 @@ def test_cli_writes_table_csv_json_and_png(tmp_path, capsys):
 
 
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
-    config = SweepConfig((Grid(1, ("linear", "dpfp-1"), (3, 4)),), TrainConfig(max_steps=4, eval_batches=1), queries=1, d=4)
+    config = SweepConfig(
+        (Grid(1, ("linear", "dpfp-1"), (3, 4)),), TrainConfig(max_steps=4, eval_batches=1), queries=1, d=4
+    )
     trained = []
 
     def interrupt_in_third_cell(i, n, cell):
@@ -50,8 +57,12 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
     trained.clear()
     skipped = []
-    rows = run_sweep(config, tmp_path, on_start=lambda i, n, cell: trained.append(cell[1:3]),
-                     on_result=lambda i, n, r, was_done: was_done and skipped.append((r.method, r.n_keys)))
+    rows = run_sweep(
+        config,
+        tmp_path,
+        on_start=lambda i, n, cell: trained.append(cell[1:3]),
+        on_result=lambda i, n, r, was_done: was_done and skipped.append((r.method, r.n_keys)),
+    )
     assert skipped == [("linear", 3), ("linear", 4)]
     assert trained == [("dpfp-1", 3), ("dpfp-1", 4)]
     assert rows[:2] == first  # the stored results, untouched
@@ -76,8 +87,10 @@ def test_a_cell_trained_under_another_training_rule_is_trained_again(tmp_path):
     grid = (Grid(1, ("linear",), (3,)),)
     trained = []
     for patience in (1, 2, 2):
-        config = SweepConfig(grid, TrainConfig(max_steps=4, window=2, patience=patience, eval_batches=1), queries=1, d=4)
-        run_sweep(config, tmp_path, on_start=lambda i, n, cell: trained.append(patience))
+        config = SweepConfig(
+            grid, TrainConfig(max_steps=4, window=2, patience=patience, eval_batches=1), queries=1, d=4
+        )
+        run_sweep(config, tmp_path, on_start=lambda i, n, cell: trained.append(patience))  # noqa: B023 (used within this iteration)
     assert trained == [1, 2]  # the third run found its cell done
     rows = load_results(tmp_path)
     assert [(r.patience, r.window, r.lr) for r in rows] == [(1, 2, 1e-3), (2, 2, 1e-3)]
@@ -91,8 +104,11 @@ def test_results_of_an_older_version_are_refused(tmp_path):
     for row in doc["cells"]:
         del row["window"], row["patience"]
     (tmp_path / "results.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="is not a results file of this experiment \\(its cells lack window, patience: "
-                                         "written by an older version\\); use another --out"):
+    with pytest.raises(
+        ValueError,
+        match="is not a results file of this experiment \\(its cells lack window, patience: "
+        "written by an older version\\); use another --out",
+    ):
         run_sweep(config, tmp_path)
 
 
@@ -117,8 +133,21 @@ def test_a_second_sweep_on_the_same_out_is_refused_at_once(tmp_path, capsys):
 
 
 def test_seeds_train_a_row_per_seed_and_a_rerun_with_more_seeds_trains_only_the_new_ones(tmp_path, capsys):
-    base = ["capacity", "--setting", "1", "--methods", "linear", "--keys", "3", "--max-steps", "3", "--d", "4",
-            "--out", str(tmp_path)]
+    base = [
+        "capacity",
+        "--setting",
+        "1",
+        "--methods",
+        "linear",
+        "--keys",
+        "3",
+        "--max-steps",
+        "3",
+        "--d",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*base, "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     rows = load_results(tmp_path)

@@ -39,8 +39,24 @@ def test_demo_parallel_equals_recurrent(rule: str, capsys: pytest.CaptureFixture
 
 def test_bench_ops_writes_rows(tmp_path: Path) -> None:
     path = tmp_path / "ops.json"
-    main(["bench", "ops", "--rules", "delta", "--lengths", "100", "--heads", "2", "--dim", "12",
-          "--repeat", "1", "--json", str(path)])
+    main(
+        [
+            "bench",
+            "ops",
+            "--rules",
+            "delta",
+            "--lengths",
+            "100",
+            "--heads",
+            "2",
+            "--dim",
+            "12",
+            "--repeat",
+            "1",
+            "--json",
+            str(path),
+        ]
+    )
     result = json.loads(path.read_text())
     forms = {row["form"] for row in result["rows"] if row["rule"] == "delta"}
     assert {"naive", "chunk"} <= forms

@@ -25,6 +25,7 @@ from .tiny_lm import write_model_dir
 
 def leaf_parsers() -> Iterator[Tuple[str, argparse.ArgumentParser]]:
     """``("bench ops", parser)``... for every command that runs (sub-commands of sub-commands included)."""
+
     def walk(prefix: str, parser: argparse.ArgumentParser) -> Iterator[Tuple[str, argparse.ArgumentParser]]:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs:
@@ -32,6 +33,7 @@ def leaf_parsers() -> Iterator[Tuple[str, argparse.ArgumentParser]]:
         for action in subs:
             for name, child in action.choices.items():
                 yield from walk(f"{prefix} {name}".strip(), child)
+
     yield from walk("", build_parser())
 
 
@@ -62,9 +64,9 @@ def test_every_command_has_examples_that_parse(name: str, parser: argparse.Argum
     for line in found:
         words = shlex.split(line, comments=True)
         if words[0] != "fastweights":  # e.g. torchrun ... -m fastweights.cli train ...
-            words = ["fastweights"] + words[words.index("fastweights.cli") + 1:]
+            words = ["fastweights"] + words[words.index("fastweights.cli") + 1 :]
         full.parse_args(words[1:])  # an unknown option or bad value exits (SystemExit)
-        own += words[1:1 + len(name.split())] == name.split()  # (an example may show what follows, e.g. train)
+        own += words[1 : 1 + len(name.split())] == name.split()  # (an example may show what follows, e.g. train)
     assert own, f"fastweights {name} --help shows no example of fastweights {name}"
 
 
@@ -78,7 +80,7 @@ def test_default_threads_leaves_busy_cpus_alone(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     for busy, expected in [(1, 1), (0, 2), (7, 1)]:  # one core busy; idle: torch's default; never below one
-        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
+        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)  # noqa: B023 (used within this iteration)
         assert threads.default_threads() == expected
     monkeypatch.setenv(threads.ENV, "2")
     assert threads.default_threads() == 2  # the user's own choice
@@ -97,8 +99,9 @@ def test_busy_cpus_counts_this_process_cpus_now_or_falls_back_to_the_load(monkey
     assert threads.busy_cpus(seconds=0) == 2
 
 
-def test_threads_apply_while_the_command_runs_and_are_restored(monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_threads_apply_while_the_command_runs_and_are_restored(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from fastweights.commands import demo
 
     seen = []
@@ -118,16 +121,32 @@ def test_bad_threads_is_one_line(value: str, capsys: pytest.CaptureFixture) -> N
     assert "fastweights demo: error: argument --threads: expected a positive integer" in err
 
 
-@pytest.mark.parametrize("argv,usage,hint", [
-    (["train", "--preset", "shakespeare-char", "--out", "x", "--max-steps", "5"], "fastweights train", "--set steps=VALUE"),
-    (["train", "--preset", "shakespeare-char", "--out", "x", "--d-model=64"], "fastweights train", "--set d_model=VALUE"),
-    (["eval", "--checkpoint", "runs/x", "--max-tokns", "5"], "fastweights eval", "--max-tokens"),
-    (["train", "--preset", "shakespeare-char", "--out", "x", "--lr", "1e-3"], "fastweights train", "--set lr=VALUE"),
-    (["train", "--preset", "shakespeare-char", "--out", "x", "--out-dir", "y"], "fastweights train", "--out"),
-    (["bench", "ops", "--lenghts", "512"], "fastweights bench ops", "--lengths"),
-])
-def test_unknown_option_gets_the_commands_usage_and_a_hint(argv: List[str], usage: str, hint: str,
-                                                            capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv,usage,hint",
+    [
+        (
+            ["train", "--preset", "shakespeare-char", "--out", "x", "--max-steps", "5"],
+            "fastweights train",
+            "--set steps=VALUE",
+        ),
+        (
+            ["train", "--preset", "shakespeare-char", "--out", "x", "--d-model=64"],
+            "fastweights train",
+            "--set d_model=VALUE",
+        ),
+        (["eval", "--checkpoint", "runs/x", "--max-tokns", "5"], "fastweights eval", "--max-tokens"),
+        (
+            ["train", "--preset", "shakespeare-char", "--out", "x", "--lr", "1e-3"],
+            "fastweights train",
+            "--set lr=VALUE",
+        ),
+        (["train", "--preset", "shakespeare-char", "--out", "x", "--out-dir", "y"], "fastweights train", "--out"),
+        (["bench", "ops", "--lenghts", "512"], "fastweights bench ops", "--lengths"),
+    ],
+)
+def test_unknown_option_gets_the_commands_usage_and_a_hint(
+    argv: List[str], usage: str, hint: str, capsys: pytest.CaptureFixture
+) -> None:
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -136,8 +155,9 @@ def test_unknown_option_gets_the_commands_usage_and_a_hint(argv: List[str], usag
     assert f"(did you mean {hint}?)" in err.splitlines()[-1], err
 
 
-def test_ctrl_c_in_generate_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_ctrl_c_in_generate_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from fastweights.models import LanguageModel
 
     write_model_dir(tmp_path / "run", "delta")
@@ -146,7 +166,10 @@ def test_ctrl_c_in_generate_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
         raise KeyboardInterrupt
 
     monkeypatch.setattr(LanguageModel, "step", interrupted)
-    assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "To", "--max-new-tokens", "5"]) == EXIT_INTERRUPTED
+    assert (
+        main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "To", "--max-new-tokens", "5"])
+        == EXIT_INTERRUPTED
+    )
     err = capsys.readouterr().err.strip()
     assert err == "fastweights generate: interrupted"
 
@@ -157,11 +180,43 @@ def test_ctrl_c_in_train_says_where_it_stopped_and_how_to_resume(tmp_path: Path)
     text = tmp_path / "text.txt"
     text.write_text("to be or not to be, that is the question " * 400)
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "fastweights.cli", "train", "--preset", "shakespeare-char", "--attention", "delta",
-            "--data", str(text), "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress",
-            "--threads", "1", "--set", "steps=100000", "--set", "ckpt_every=2", "--set", "eval_every=100000",
-            "--set", "d_model=16", "--set", "n_layers=1", "--set", "n_heads=2", "--set", "context=16",
-            "--set", "batch_size=2", "--set", "warmup=1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "fastweights.cli",
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--attention",
+        "delta",
+        "--data",
+        str(text),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--set",
+        "steps=100000",
+        "--set",
+        "ckpt_every=2",
+        "--set",
+        "eval_every=100000",
+        "--set",
+        "d_model=16",
+        "--set",
+        "n_layers=1",
+        "--set",
+        "n_heads=2",
+        "--set",
+        "context=16",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "warmup=1",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((out / "checkpoints").glob("step-*")) and time.monotonic() < deadline and proc.poll() is None:
@@ -171,7 +226,10 @@ def test_ctrl_c_in_train_says_where_it_stopped_and_how_to_resume(tmp_path: Path)
     assert proc.returncode == EXIT_INTERRUPTED, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    found = re.fullmatch(r"fastweights train: interrupted: training stopped at step (\d+) of 100000; its last "
-                         r"checkpoint is step (\d+): the same command with --resume continues from there", lines[0])
+    found = re.fullmatch(
+        r"fastweights train: interrupted: training stopped at step (\d+) of 100000; its last "
+        r"checkpoint is step (\d+): the same command with --resume continues from there",
+        lines[0],
+    )
     assert found and int(found[2]) <= int(found[1]), lines[0]
     assert not (out / ".lock").exists()

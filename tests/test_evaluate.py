@@ -33,19 +33,21 @@ def test_sliding_window_equals_direct_last_position_scoring(attention: str) -> N
     nll = []
     with torch.no_grad():
         for t in range(1, len(ids)):  # each target from (at most) the 8 tokens before it
-            logits = model(ids[max(0, t - 8):t][None])[0][0, -1]  # [V]
+            logits = model(ids[max(0, t - 8) : t][None])[0][0, -1]  # [V]
             nll.append(-F.log_softmax(logits, -1)[ids[t]].item())
     result = sliding_window_loss(model, ids, context=8, stride=1, batch_size=5)
     assert result.tokens == 36 and result.context == 8
     assert result.nats == pytest.approx(sum(nll) / len(nll), rel=1e-5)
-    assert result.bits == pytest.approx(result.nats / math.log(2)) and result.perplexity == pytest.approx(math.exp(result.nats))
+    assert result.bits == pytest.approx(result.nats / math.log(2)) and result.perplexity == pytest.approx(
+        math.exp(result.nats)
+    )
 
 
 def test_stride_equal_to_context_scores_disjoint_blocks() -> None:
     model = tiny_model("linear", context=8)
     ids = torch.randint(0, model.cfg.vocab_size, (33,))  # 32 targets = 4 blocks of 8
     with torch.no_grad():
-        losses = [model(ids[a:a + 8][None], targets=ids[a + 1:a + 9][None])[1] for a in range(0, 32, 8)]
+        losses = [model(ids[a : a + 8][None], targets=ids[a + 1 : a + 9][None])[1] for a in range(0, 32, 8)]
     result = sliding_window_loss(model, ids, context=8, stride=8)
     assert result.nats == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
 
@@ -70,7 +72,9 @@ def test_carried_state_restarts_learned_positions_per_segment() -> None:
         for a in range(0, 20, 8):  # segments [0, 8), [8, 16), [16, 20), each at positions 0..
             if state is not None:
                 state["pos"] = 0
-            _, loss, state = model(ids[None, a:min(a + 8, 20)], targets=ids[None, a + 1:min(a + 9, 21)], state=state)
+            _, loss, state = model(
+                ids[None, a : min(a + 8, 20)], targets=ids[None, a + 1 : min(a + 9, 21)], state=state
+            )
             total += loss.item() * (min(a + 8, 20) - a)
     assert carried_state_loss(model, ids, segment=8).nats == pytest.approx(total / 20, rel=1e-5)
 
@@ -107,8 +111,18 @@ def test_eval_command_reports_both_protocols(tmp_path, monkeypatch, capsys) -> N
     write_model_dir(tmp_path / "delta", "delta")
     write_model_dir(tmp_path / "softmax", "softmax")
     out_json = tmp_path / "eval.json"
-    args = ["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--max-tokens", "200",
-            "--no-progress", "--json", str(out_json)]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(tmp_path / "delta"),
+        "--data",
+        str(text_file),
+        "--max-tokens",
+        "200",
+        "--no-progress",
+        "--json",
+        str(out_json),
+    ]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "sliding-window" in out and "carried-state" in out and "bits/char" in out
@@ -119,8 +133,21 @@ def test_eval_command_reports_both_protocols(tmp_path, monkeypatch, capsys) -> N
     assert [r["nats"] for r in doc["results"]] == pytest.approx([r.nats for r in expected], rel=1e-6)
     assert all(r["tokens"] == 200 for r in doc["results"])
 
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "softmax"), "--data", str(text_file), "--stride", "16",
-                     "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "softmax"),
+                "--data",
+                str(text_file),
+                "--stride",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "n/a" in capsys.readouterr().out
     assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--split", "test"]) == 2
     assert "no 'test' split" in capsys.readouterr().err
@@ -137,8 +164,23 @@ def test_eval_command_on_a_word_level_corpus_reports_perplexity(tmp_path, monkey
     tokenizer = WordTokenizer.from_lines(lines[:50])
     write_model_dir(tmp_path / "model", "dpfp-2+delta", tokenizer)
     out_json = tmp_path / "eval.json"
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "model"), "--data", str(corpus_dir), "--split", "test",
-                     "--no-progress", "--json", str(out_json)]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "model"),
+                "--data",
+                str(corpus_dir),
+                "--split",
+                "test",
+                "--no-progress",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     assert "nats/token" in capsys.readouterr().out
     n_test = len(tokenizer.encode("\n".join(lines[65:]) + "\n"))
     assert [r["tokens"] for r in json.loads(out_json.read_text())["results"]] == [n_test - 1] * 2
@@ -170,10 +212,30 @@ def test_eval_by_position_prints_the_table_and_plots(tmp_path, monkeypatch, caps
     text_file.write_text(TEXT * 4)
     write_model_dir(tmp_path / "delta", "delta")
     png = tmp_path / "plots" / "position.png"
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--protocol", "carried-state",
-                     "--by-position", "--stream-length", "200", "--plot", str(png), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "delta"),
+                "--data",
+                str(text_file),
+                "--protocol",
+                "carried-state",
+                "--by-position",
+                "--stream-length",
+                "200",
+                "--plot",
+                str(png),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| position | nats/char | mean ‖S‖_F |" in out and "| 0-64 |" in out and "| 64-256 |" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--plot", str(png)]) == 2
+    assert (
+        cli_main(["eval", "--checkpoint", str(tmp_path / "delta"), "--data", str(text_file), "--plot", str(png)]) == 2
+    )
     assert "--plot draws the --by-position profile" in capsys.readouterr().err

@@ -37,7 +37,9 @@ def assert_same_state(mine: dict, ref: dict) -> None:
         if "length" in b:  # a KV cache: buffers may differ in capacity
             assert a["length"] == b["length"]
             for key in ("k", "v"):
-                torch.testing.assert_close(a[key][:, :, :a["length"]], b[key][:, :, :b["length"]], rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(
+                    a[key][:, :, : a["length"]], b[key][:, :, : b["length"]], rtol=1e-4, atol=1e-4
+                )
         else:
             for key in b:
                 torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-4)
@@ -52,7 +54,7 @@ def test_greedy_generation_follows_the_full_forward(attention: str) -> None:
     seq = prompt + new
     with torch.no_grad():
         logits = model(torch.tensor([seq]))[0][0]  # [13, V]
-    assert new == logits[len(prompt) - 1:-1].argmax(-1).tolist()
+    assert new == logits[len(prompt) - 1 : -1].argmax(-1).tolist()
 
 
 def test_learned_positions_slide_a_window_past_the_context() -> None:
@@ -62,7 +64,7 @@ def test_learned_positions_slide_a_window_past_the_context() -> None:
     seq = prompt + new
     with torch.no_grad():
         for i in range(len(prompt), len(seq)):  # nanoGPT: each token from the last `context` tokens
-            window = torch.tensor([seq[max(0, i - 8):i]])
+            window = torch.tensor([seq[max(0, i - 8) : i]])
             assert seq[i] == int(model(window)[0][0, -1].argmax())
 
 
@@ -104,11 +106,15 @@ def test_generate_command_pauses_and_resumes_a_stream(tmp_path, capsys) -> None:
     write_model_dir(tmp_path / "model", "delta")
     saved = tmp_path / "stream.safetensors"
     common = ["--checkpoint", str(tmp_path / "model"), "--temperature", "0"]
-    assert cli_main(["generate", *common, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--save-state", str(saved)]) == 0
+    assert (
+        cli_main(["generate", *common, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--save-state", str(saved)]) == 0
+    )
     first = capsys.readouterr().out.rstrip("\n")
     assert first.startswith("ROMEO:") and len(first) == len("ROMEO:") + 12
     assert load_state(saved)["pos"] == len("ROMEO:") + 12
-    assert cli_main(["generate", *common, "--prompt", " the", "--max-new-tokens", "10", "--load-state", str(saved)]) == 0
+    assert (
+        cli_main(["generate", *common, "--prompt", " the", "--max-new-tokens", "10", "--load-state", str(saved)]) == 0
+    )
     resumed = capsys.readouterr().out.rstrip("\n")
     # uninterrupted: the whole text read at once, then the same 10 tokens
     assert cli_main(["generate", *common, "--prompt", first + " the", "--max-new-tokens", "10"]) == 0
@@ -179,8 +185,13 @@ def test_stop_tokens_end_a_row_and_its_state(attention: str) -> None:
 def test_on_token_streams_every_token_in_order() -> None:
     model = tiny_model("delta")
     seen: list = []
-    new, _ = generate(model, PROMPTS, 5, generator=torch.Generator().manual_seed(3),
-                      on_token=lambda row, token: seen.append((row, token)))
+    new, _ = generate(
+        model,
+        PROMPTS,
+        5,
+        generator=torch.Generator().manual_seed(3),
+        on_token=lambda row, token: seen.append((row, token)),
+    )
     assert [[t for r, t in seen if r == row] for row in range(len(PROMPTS))] == new
     assert [r for r, _ in seen[:3]] == [0, 1, 2]  # one token per row per step, as sampled
 

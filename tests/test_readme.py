@@ -74,9 +74,27 @@ NOT_RUN: Dict[str, str] = {
 }
 
 #: settings appended to a ``fastweights train`` command so that it finishes in a second
-TINY_RUN = ["--set", "steps=2", "--set", "warmup=1", "--set", "d_model=16", "--set", "n_layers=1", "--set", "n_heads=2",
-            "--set", "batch_size=2", "--set", "eval_every=2", "--set", "eval_batches=1", "--set", "ckpt_every=2",
-            "--no-progress"]
+TINY_RUN = [
+    "--set",
+    "steps=2",
+    "--set",
+    "warmup=1",
+    "--set",
+    "d_model=16",
+    "--set",
+    "n_layers=1",
+    "--set",
+    "n_heads=2",
+    "--set",
+    "batch_size=2",
+    "--set",
+    "eval_every=2",
+    "--set",
+    "eval_batches=1",
+    "--set",
+    "ckpt_every=2",
+    "--no-progress",
+]
 
 #: documented options appended to each ``fastweights`` command (the last value of an option wins),
 #: by (sub-)command; ``{cache}`` is a directory kept for the whole module
@@ -86,10 +104,36 @@ SCALED: Dict[str, List[str]] = {
     "generate": ["--max-new-tokens", "5"],
     "capacity": ["--keys", "4", "--max-steps", "5"],
     "bench ops": ["--lengths", "64", "--repeat", "1", "--heads", "1", "--dim", "16", "--json", "ops.json"],
-    "bench lm": ["--contexts", "16", "--tokens", "32", "--steps", "1", "--warmup", "0", "--d-model", "16",
-                 "--layers", "1", "--heads", "2", "--d-ff", "32"],
-    "bench kernels": ["--arch", "sm_90", "--dtype", "bf16", "--dk", "16", "--rules", "sum",
-                      "--cache-dir", "{cache}/kernels"],
+    "bench lm": [
+        "--contexts",
+        "16",
+        "--tokens",
+        "32",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--d-ff",
+        "32",
+    ],
+    "bench kernels": [
+        "--arch",
+        "sm_90",
+        "--dtype",
+        "bf16",
+        "--dk",
+        "16",
+        "--rules",
+        "sum",
+        "--cache-dir",
+        "{cache}/kernels",
+    ],
 }
 
 #: documented options appended to each ``python benchmarks/SCRIPT`` command (run in a fresh process,
@@ -148,7 +192,7 @@ class Command:
         if self.words[0] == "fastweights":
             return list(self.words[1:])
         if "fastweights.cli" in self.words[1:] and self.words[self.words.index("fastweights.cli") - 1] == "-m":
-            return list(self.words[self.words.index("fastweights.cli") + 1:])
+            return list(self.words[self.words.index("fastweights.cli") + 1 :])
         return None
 
     def script(self) -> Optional[str]:
@@ -197,7 +241,7 @@ def shell_commands(block: Block) -> List[Command]:
         if loop is None:
             unrolled.append(line)
             continue
-        body, lines = lines[:lines.index("done")], lines[lines.index("done") + 1:]
+        body, lines = lines[: lines.index("done")], lines[lines.index("done") + 1 :]
         variable = re.compile(rf"\$(?:{loop[1]}\b|\{{{loop[1]}\}})")
         unrolled += [variable.sub(value, b) for value in loop[2].split() for b in body]
     commands: List[Command] = []
@@ -205,7 +249,7 @@ def shell_commands(block: Block) -> List[Command]:
         line = ANSI_C_STRING.sub(lambda m: shlex.quote(codecs.decode(m[1], "unicode_escape")), line)
         words = shlex.split(line, comments=True)
         while words:
-            part, words = (words[:words.index("&&")], words[words.index("&&") + 1:]) if "&&" in words else (words, [])
+            part, words = (words[: words.index("&&")], words[words.index("&&") + 1 :]) if "&&" in words else (words, [])
             env: List[Tuple[str, str]] = []
             while ENV_ASSIGNMENT.fullmatch(part[0]):
                 env.append(ENV_ASSIGNMENT.fullmatch(part.pop(0)).groups())
@@ -262,8 +306,14 @@ def parse(command: Command) -> argparse.Namespace:
 
 def train_command(out: str) -> Command:
     """The docs' ``fastweights train`` command that creates run directory ``out``."""
-    found = [c for c in COMMANDS if c.words[:2] == ("fastweights", "train") and not c.not_run()
-             and "--resume" not in c.words and str(parse(c).out) == out]
+    found = [
+        c
+        for c in COMMANDS
+        if c.words[:2] == ("fastweights", "train")
+        and not c.not_run()
+        and "--resume" not in c.words
+        and str(parse(c).out) == out
+    ]
     assert found, f"the docs read {out} but no `fastweights train ... --out {out}` of theirs creates it"
     return found[0]
 
@@ -351,8 +401,12 @@ def run_python(block: Block) -> List[Tuple[ast.stmt, str]]:
 
 
 def _is_print(statement: ast.stmt) -> bool:
-    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call)
-            and isinstance(statement.value.func, ast.Name) and statement.value.func.id == "print")
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Call)
+        and isinstance(statement.value.func, ast.Name)
+        and statement.value.func.id == "print"
+    )
 
 
 def test_the_docs_have_examples() -> None:
@@ -375,14 +429,15 @@ def test_the_tables_are_current() -> None:
 
 
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
-def test_python_example(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        trained_run: Callable[[str], Path]) -> None:
+def test_python_example(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_run: Callable[[str], Path]
+) -> None:
     for module in sorted(set(IMPORT.findall(block.code))):
         pytest.importorskip(module)  # an optional extra (transformers) may be absent
     for out in sorted(set(RUN_DIR.findall(block.code))):
         assert list(train_command(out).words) in inline_commands(block.above), (
-            f"{block.id} reads {out}: say right above it which command makes it, "
-            f"`{train_command(out).text}`")
+            f"{block.id} reads {out}: say right above it which command makes it, `{train_command(out).text}`"
+        )
         shutil.copytree(trained_run(out), tmp_path / out)
     monkeypatch.chdir(tmp_path)
     printed = run_python(block)
@@ -392,7 +447,8 @@ def test_python_example(block: Block, tmp_path: Path, monkeypatch: pytest.Monkey
         if _is_print(statement) and statement.end_lineno in inline:
             shown = inline[statement.end_lineno]
             assert shows(shown, text.removesuffix("\n"), remarks=True), (
-                f"{block.id}, line {statement.end_lineno}: shows {shown!r}, printed {text!r}")
+                f"{block.id}, line {statement.end_lineno}: shows {shown!r}, printed {text!r}"
+            )
     everything = "".join(text for _, text in printed)
     if after and EXAMPLE.match(after[0]):
         assert block.id in EXAMPLE_OUTPUTS, f"{block.id}: only EXAMPLE_OUTPUTS' blocks may show an example"
@@ -404,8 +460,9 @@ def test_python_example(block: Block, tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b.id for b in SHELL_BLOCKS])
-def test_shell_example(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path,
-                       trained_run: Callable[[str], Path]) -> None:
+def test_shell_example(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, trained_run: Callable[[str], Path]
+) -> None:
     commands = [c for c in shell_commands(block) if not c.not_run()]
     if not commands:
         pytest.skip("; ".join(f"`{c.text}`: {c.not_run()}" for c in shell_commands(block)))

@@ -23,7 +23,9 @@ def test_round_trip_keeps_nesting_dtypes_and_scalars(tmp_path) -> None:
             {"k": torch.zeros(2, 3, 0, 4), "v": torch.randn(6, 4)[:, :2]},  # empty, and a strided view
             {"h": torch.randn(3).to(torch.bfloat16), "n": torch.arange(5)},
         ],
-        "note": None, "scale": 0.5, "flag": True,
+        "note": None,
+        "scale": 0.5,
+        "flag": True,
     }
     path = tmp_path / "s.safetensors"
     save_state(path, state)

@@ -19,31 +19,56 @@ import torch
 import torch.distributed as dist
 
 from fastweights import cli
+from fastweights.checkpoints import latest_checkpoint
 from fastweights.models import LMConfig, TrainConfig, get_run_preset, load_model, read_config
 from fastweights.ops import list_rules
 from fastweights.tasks.text import load_corpus, load_tokenizer
-from fastweights.checkpoints import latest_checkpoint
 from fastweights.train import eval_windows, lr_at, read_metrics, sample_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "d_model=16", "--set", "n_layers=2", "--set", "n_heads=2", "--set", "d_ff=32", "--set", "context=16",
-        "--set", "chunk_size=8", "--set", "batch_size=4", "--set", "warmup=5", "--set", "eval_batches=2",
-        "--set", "log_every=1", "--no-progress"]
-
-
-@pytest.fixture
-def text_file(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    words = ["to be", "or not", "that is", "the question", "whether", "'tis nobler", "in the mind"]
-    path = tmp_path / "corpus.txt"
-    path.write_text("".join(" ".join(rng.choice(words, 6)) + ".\n" for _ in range(300)))
-    return path
+TINY = [
+    "--set",
+    "d_model=16",
+    "--set",
+    "n_layers=2",
+    "--set",
+    "n_heads=2",
+    "--set",
+    "d_ff=32",
+    "--set",
+    "context=16",
+    "--set",
+    "chunk_size=8",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "warmup=5",
+    "--set",
+    "eval_batches=2",
+    "--set",
+    "log_every=1",
+    "--no-progress",
+]
 
 
 def tiny_cfgs(vocab_size: int, **train_kw) -> tuple:
-    model = LMConfig(vocab_size=vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, attention="delta",
-                     pos_emb="none", chunk_size=8)
-    return model, TrainConfig(**{**dict(batch_size=4, steps=12, warmup=3, eval_every=6, eval_batches=2, ckpt_every=6, log_every=1), **train_kw})
+    model = LMConfig(
+        vocab_size=vocab_size,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=32,
+        context=16,
+        attention="delta",
+        pos_emb="none",
+        chunk_size=8,
+    )
+    return model, TrainConfig(
+        **{
+            **dict(batch_size=4, steps=12, warmup=3, eval_every=6, eval_batches=2, ckpt_every=6, log_every=1),
+            **train_kw,
+        }
+    )
 
 
 def losses(out: Path) -> List[tuple]:
@@ -52,7 +77,9 @@ def losses(out: Path) -> List[tuple]:
 
 def run_cli(args: List[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def test_schedule() -> None:
@@ -132,9 +159,30 @@ def test_bf16_autocast_on_cpu(text_file: Path, tmp_path: Path) -> None:
 
 
 def test_sigkill_then_resume_equals_uninterrupted(text_file: Path, tmp_path: Path) -> None:
-    args = ["-m", "fastweights.cli", "train", "--preset", "shakespeare-char", "--attention", "delta", "--data", str(text_file),
-            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=150", "--set", "ckpt_every=10", "--set", "eval_every=50",
-            "--set", "d_model=32", "--set", "dropout=0.1"]
+    args = [
+        "-m",
+        "fastweights.cli",
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--attention",
+        "delta",
+        "--data",
+        str(text_file),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY,
+        "--set",
+        "steps=150",
+        "--set",
+        "ckpt_every=10",
+        "--set",
+        "eval_every=50",
+        "--set",
+        "d_model=32",
+        "--set",
+        "dropout=0.1",
+    ]
     full = run_cli(args + ["--out", str(tmp_path / "full")])
     assert full.wait(timeout=300) == 0, full.stdout.read()
     killed_out = tmp_path / "killed"
@@ -158,13 +206,48 @@ def test_sigkill_then_resume_equals_uninterrupted(text_file: Path, tmp_path: Pat
 def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str, mode: str) -> None:
     """DDP and FSDP2 on 2 processes equal 1 process (losses to 1e-5, weights to 1e-4), windowed or
     streamed (each process its own streams and states); the sharded run's checkpoint is whole."""
-    args = ["train", "--preset", "shakespeare-char", "--attention", "dpfp-2+delta", "--data", str(text_file),
-            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=5", "--set", "eval_every=5", "--set", "ckpt_every=5",
-            "--set", f"carry_state={carry}", "--set", "grad_accum=2", "--device", "cpu"]
+    args = [
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--attention",
+        "dpfp-2+delta",
+        "--data",
+        str(text_file),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY,
+        "--set",
+        "steps=5",
+        "--set",
+        "eval_every=5",
+        "--set",
+        "ckpt_every=5",
+        "--set",
+        f"carry_state={carry}",
+        "--set",
+        "grad_accum=2",
+        "--device",
+        "cpu",
+    ]
     one = run_cli(["-m", "fastweights.cli", *args, "--out", str(tmp_path / "one")])
     assert one.wait(timeout=300) == 0, one.stdout.read()
-    two = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", *args,
-                   "--set", f"data_parallel={mode}", "--out", str(tmp_path / "two")])
+    two = run_cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fastweights.cli",
+            *args,
+            "--set",
+            f"data_parallel={mode}",
+            "--out",
+            str(tmp_path / "two"),
+        ]
+    )
     assert two.wait(timeout=300) == 0, two.stdout.read()
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [r[0] for r in a] == [r[0] for r in b] == [1, 2, 3, 4, 5]
@@ -179,10 +262,33 @@ def test_two_processes_match_one(text_file: Path, tmp_path: Path, carry: str, mo
 def test_sharded_run_resumes_where_it_stopped(text_file: Path, tmp_path: Path) -> None:
     """FSDP2 on 2 processes: 3 steps, then --resume to 5, equals 5 steps in one go (the optimizer's
     sharded state goes through the whole-model checkpoint and back)."""
-    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli", "train",
-            "--preset", "shakespeare-char", "--attention", "linear+gated_delta", "--data", str(text_file),
-            "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "eval_every=5", "--set", "ckpt_every=1",
-            "--set", "data_parallel=fsdp", "--device", "cpu"]
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastweights.cli",
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--attention",
+        "linear+gated_delta",
+        "--data",
+        str(text_file),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *TINY,
+        "--set",
+        "eval_every=5",
+        "--set",
+        "ckpt_every=1",
+        "--set",
+        "data_parallel=fsdp",
+        "--device",
+        "cpu",
+    ]
     for out, steps, extra in (("full", 5, []), ("cut", 3, []), ("cut", 5, ["--resume"])):
         run = run_cli([*args, "--set", f"steps={steps}", "--out", str(tmp_path / out), *extra])
         assert run.wait(timeout=300) == 0, run.stdout.read()
@@ -198,11 +304,37 @@ def test_sharded_run_resumes_where_it_stopped(text_file: Path, tmp_path: Path) -
 def test_sharding_what_it_cannot_shard_is_refused_before_writing(text_file: Path, tmp_path: Path) -> None:
     """FSDP with an untied adaptive softmax (unused clusters get no gradient on some processes): one line
     from each process, exit 2 (torchrun adds its own report), --out untouched."""
-    run = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fastweights.cli",
-                   "train", "--preset", "shakespeare-char", "--attention", "delta", "--data", str(text_file),
-                   "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "adaptive_cutoffs=[4]",
-                   "--set", "tie_embeddings=false", "--set", "data_parallel=fsdp", "--device", "cpu",
-                   "--out", str(tmp_path / "run")])
+    run = run_cli(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fastweights.cli",
+            "train",
+            "--preset",
+            "shakespeare-char",
+            "--attention",
+            "delta",
+            "--data",
+            str(text_file),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *TINY,
+            "--set",
+            "adaptive_cutoffs=[4]",
+            "--set",
+            "tie_embeddings=false",
+            "--set",
+            "data_parallel=fsdp",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     out = run.stdout.read()
     assert run.wait(timeout=300) != 0
     assert "fastweights train: error: data_parallel=fsdp with an untied adaptive softmax" in out
@@ -220,8 +352,18 @@ def test_cli_help_lists_presets_and_attentions(capsys: pytest.CaptureFixture) ->
 
 
 def test_cli_errors(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    base = ["train", "--preset", "shakespeare-char", "--data", str(text_file), "--out", str(tmp_path / "o"),
-            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    base = [
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--data",
+        str(text_file),
+        "--out",
+        str(tmp_path / "o"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     for args, message in [
         (["--attention", "cosine"], "unknown attention variant 'cosine'"),
         (["--set", "vocab_size=10"], "vocab_size comes from the data"),
@@ -238,8 +380,27 @@ def test_cli_errors(text_file: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_a_preset_trains_on_its_own_corpus_without_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """shakespeare-char names tiny Shakespeare, which ships with fastweights: no --data needed."""
     out = tmp_path / "run"
-    assert cli.main(["train", "--preset", "shakespeare-char", "--attention", "linear", "--out", str(out),
-                     "--cache-dir", str(tmp_path / "cache"), *TINY, "--set", "steps=2", "--set", "eval_batches=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--preset",
+                "shakespeare-char",
+                "--attention",
+                "linear",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                *TINY,
+                "--set",
+                "steps=2",
+                "--set",
+                "eval_batches=1",
+            ]
+        )
+        == 0
+    )
     data = read_config(out)["data"]
     assert data["path"].endswith("tinyshakespeare.txt") and data["tokens"]["train"] > 1_000_000
     assert "tinyshakespeare.txt (char, vocabulary 65" in capsys.readouterr().out

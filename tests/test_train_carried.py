@@ -25,7 +25,7 @@ from fastweights.state import load_state
 from fastweights.tasks.text import load_corpus
 from fastweights.train import read_metrics, train
 
-from .test_train import losses, text_file, tiny_cfgs  # noqa: F401 (text_file: a fixture)
+from .test_train import losses, tiny_cfgs
 
 
 def carried_cfgs(vocab_size: int, **kw) -> tuple:
@@ -75,8 +75,11 @@ def wiki_dir(tmp_path: Path) -> Path:
     """A WikiText-like directory: articles of 3-8 lines under `` = Title = `` lines."""
     rng = np.random.default_rng(1)
     words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then"]
-    docs = [f" = Article {d} = \n" + "".join(" " + " ".join(rng.choice(words, 8)) + " \n" for _ in range(rng.integers(3, 9)))
-            for d in range(30)]
+    docs = [
+        f" = Article {d} = \n"
+        + "".join(" " + " ".join(rng.choice(words, 8)) + " \n" for _ in range(rng.integers(3, 9)))
+        for d in range(30)
+    ]
     root = tmp_path / "wiki"
     root.mkdir()
     (root / "wiki.train.tokens").write_text("".join(docs[:24]))
@@ -145,22 +148,28 @@ def test_validation_uses_the_carried_protocol_as_eval_does(text_file: Path, tmp_
     assert [r["val_protocol"] for r in rows if r["val_loss"]] == ["carried-state"]
     model, _ = load_model(out)
     max_tokens = train_cfg.eval_batches * train_cfg.batch_size * model_cfg.context
-    (result,) = evaluate(model, torch.from_numpy(np.asarray(corpus.val, dtype=np.int64)), model_cfg.context,
-                         protocols=("carried-state",), max_tokens=max_tokens)
+    (result,) = evaluate(
+        model,
+        torch.from_numpy(np.asarray(corpus.val, dtype=np.int64)),
+        model_cfg.context,
+        protocols=("carried-state",),
+        max_tokens=max_tokens,
+    )
     assert float(rows[-1]["val_loss"]) == pytest.approx(result.nats, rel=1e-6)
     assert result.tokens == min(max_tokens, len(corpus.val) - 1)
 
 
-def test_validation_with_resets_at_documents_is_what_eval_reports(wiki_dir: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_validation_with_resets_at_documents_is_what_eval_reports(
+    wiki_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """A reset_documents run validates with the state emptied at the validation split's article
     starts (its metrics say so); `fastweights eval` does the same by default and differs with
     --no-reset-documents."""
     monkeypatch.setenv("FASTWEIGHTS_CACHE", str(tmp_path / "cache"))
     corpus = load_corpus(wiki_dir)
-    model_cfg, train_cfg = carried_cfgs(corpus.tokenizer.vocab_size, reset_documents=True, steps=6, eval_every=6,
-                                        eval_batches=3)
+    model_cfg, train_cfg = carried_cfgs(
+        corpus.tokenizer.vocab_size, reset_documents=True, steps=6, eval_every=6, eval_batches=3
+    )
     out = tmp_path / "run"
     train(model_cfg, train_cfg, corpus, out, progress=False)
     rows = [r for r in read_metrics(out) if r["val_loss"]]
@@ -169,8 +178,18 @@ def test_validation_with_resets_at_documents_is_what_eval_reports(wiki_dir: Path
     assert (corpus.documents["val"][1:] < max_tokens).any()  # resets inside the scored tokens
     scores = {}
     for flag in ("--reset-documents", "--no-reset-documents", None):
-        args = ["eval", "--checkpoint", str(out), "--protocol", "carried-state", "--max-tokens", str(max_tokens),
-                "--json", str(tmp_path / "eval.json"), "--no-progress"]
+        args = [
+            "eval",
+            "--checkpoint",
+            str(out),
+            "--protocol",
+            "carried-state",
+            "--max-tokens",
+            str(max_tokens),
+            "--json",
+            str(tmp_path / "eval.json"),
+            "--no-progress",
+        ]
         assert cli_main(args + ([flag] if flag else [])) == 0
         scores[flag] = json.loads((tmp_path / "eval.json").read_text())["results"][0]["nats"]
     assert scores[None] == scores["--reset-documents"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-6)
@@ -239,8 +258,17 @@ def recall_losses(tmp_path: Path, seed: int, data_seed: int) -> Tuple[Dict[Tuple
     corpus = load_corpus(path, cache_dir=tmp_path / "cache")
     letters, (query,) = corpus.tokenizer.encode(RECALL_LETTERS), corpus.tokenizer.encode("?")
     context, steps, n = 8, 1500, 512
-    model_cfg = LMConfig(vocab_size=corpus.tokenizer.vocab_size, d_model=64, n_layers=1, n_heads=4, d_ff=128,
-                         context=context, attention="identity+delta", pos_emb="none", chunk_size=context)
+    model_cfg = LMConfig(
+        vocab_size=corpus.tokenizer.vocab_size,
+        d_model=64,
+        n_layers=1,
+        n_heads=4,
+        d_ff=128,
+        context=context,
+        attention="identity+delta",
+        pos_emb="none",
+        chunk_size=context,
+    )
     starts = range(0, len(corpus.val) - n - 1, n)
     ids = np.stack([np.asarray(corpus.val[a : a + n + 1], dtype=np.int64) for a in starts])  # [S, n + 1]
     recall = recall_targets(ids, letters, query, context)  # [S, n]
@@ -251,9 +279,25 @@ def recall_losses(tmp_path: Path, seed: int, data_seed: int) -> Tuple[Dict[Tuple
         losses = {}
         for carry in (True, False):
             run = tmp_path / f"carry-{carry}"
-            train(model_cfg, TrainConfig(batch_size=16, steps=steps, lr=3e-2, min_lr=3e-3, warmup=20, eval_every=steps,
-                                         eval_batches=1, ckpt_every=steps, log_every=100, seed=seed, carry_state=carry),
-                  corpus, run, progress=False)
+            train(
+                model_cfg,
+                TrainConfig(
+                    batch_size=16,
+                    steps=steps,
+                    lr=3e-2,
+                    min_lr=3e-3,
+                    warmup=20,
+                    eval_every=steps,
+                    eval_batches=1,
+                    ckpt_every=steps,
+                    log_every=100,
+                    seed=seed,
+                    carry_state=carry,
+                ),
+                corpus,
+                run,
+                progress=False,
+            )
             model, _ = load_model(run)
             nll = segment_nll(model, torch.from_numpy(ids), context, carry=carry).numpy()  # [S, n]
             losses[carry, "train"] = float(read_metrics(run)[-1]["train_loss"])

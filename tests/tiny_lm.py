@@ -13,17 +13,32 @@ from fastweights.tasks.text import CharTokenizer, Tokenizer, save_tokenizer
 #: every attention variant of list_attentions(), with its parameter filled in
 VARIANTS: List[str] = [a.replace("<nu>", "2").replace("<m>", "8") for a in list_attentions()]
 
-TEXT = "".join(f"{w} the {v} of line {i}.\n" for i, (w, v) in enumerate(zip(["To be", "Or not", "ROMEO:", "JULIET:"] * 20,
-                                                                           ["end", "tale", "heart", "night", "sea"] * 16)))
+TEXT = "".join(
+    f"{w} the {v} of line {i}.\n"
+    for i, (w, v) in enumerate(
+        zip(["To be", "Or not", "ROMEO:", "JULIET:"] * 20, ["end", "tale", "heart", "night", "sea"] * 16)
+    )
+)
 
 
-def tiny_model(attention: str, vocab_size: int = 23, context: int = 16, pos_emb: str = "auto", seed: int = 0) -> LanguageModel:
+def tiny_model(
+    attention: str, vocab_size: int = 23, context: int = 16, pos_emb: str = "auto", seed: int = 0
+) -> LanguageModel:
     """A 2-layer width-16 model in eval mode; ``pos_emb='auto'``: learned for softmax, none otherwise."""
     if pos_emb == "auto":
         pos_emb = "learned" if attention == "softmax" else "none"
     torch.manual_seed(seed)
-    cfg = LMConfig(vocab_size=vocab_size, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=context,
-                   attention=attention, pos_emb=pos_emb, chunk_size=4)
+    cfg = LMConfig(
+        vocab_size=vocab_size,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=32,
+        context=context,
+        attention=attention,
+        pos_emb=pos_emb,
+        chunk_size=4,
+    )
     model = LanguageModel(cfg).eval()
     with torch.no_grad():  # larger weights than the init so that logits differ visibly between tokens
         for p in model.parameters():
@@ -38,7 +53,11 @@ def write_model_dir(directory: Path, attention: str, tokenizer: Optional[Tokeniz
     model = tiny_model(attention, vocab_size=tokenizer.vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(model, directory / "model.safetensors")
-    write_config(directory, model.cfg, tokenizer={"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
-                 data={"val_fraction": 0.25})
+    write_config(
+        directory,
+        model.cfg,
+        tokenizer={"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size},
+        data={"val_fraction": 0.25},
+    )
     save_tokenizer(tokenizer, directory)
     return tokenizer

@@ -12,6 +12,15 @@ from .ops import get_op, list_ops
 __version__ = "0.1.0"
 
 __all__ = [
-    "FastWeightAttention", "SoftmaxAttention", "FeatureMap", "LanguageModel",
-    "generate", "get_feature_map", "list_feature_maps", "load_model", "register_feature_map", "get_op", "list_ops",
+    "FastWeightAttention",
+    "SoftmaxAttention",
+    "FeatureMap",
+    "LanguageModel",
+    "generate",
+    "get_feature_map",
+    "list_feature_maps",
+    "load_model",
+    "register_feature_map",
+    "get_op",
+    "list_ops",
 ]

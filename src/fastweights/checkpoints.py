@@ -6,7 +6,8 @@ before a resume, the newest two kept.
                                                         (torch.save; read with weights_only=True)
                                     carry.safetensors   streamed training only: the carried states of every
                                                         process (fastweights.state, safetensors)
-                                    manifest.json       {"step": 100, "sha256": {"model.safetensors": ..., "trainer.pt": ...}}
+                                    manifest.json       {"step": 100,
+                                                         "sha256": {"model.safetensors": ..., "trainer.pt": ...}}
     <out>/checkpoints/rejected-step-00000200/           one that failed verification, moved aside by a resume
 
 A checkpoint is built in a temporary directory, fsynced and renamed into place, so a run killed at
@@ -83,8 +84,9 @@ def _torch_save(obj: Any, path: str) -> None:
         torch.save(obj, f)
 
 
-def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str, Any], step: int,
-                    carry: Optional[Any] = None) -> Path:
+def save_checkpoint(
+    out_dir: PathLike, model: nn.Module, trainer_state: Dict[str, Any], step: int, carry: Optional[Any] = None
+) -> Path:
     """Write ``checkpoints/step-<step>`` (weights, trainer state, the ``carry`` states of streamed
     training if any, manifest), copy its weights to ``<out>/model.safetensors`` and delete all but
     the newest :data:`KEEP_CHECKPOINTS` checkpoints.
@@ -114,8 +116,11 @@ def save_checkpoint(out_dir: PathLike, model: nn.Module, trainer_state: Dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.filename is not None and Path(e.filename).parent == tmp:
             # name the file the checkpoint would have had, not the temporary directory just removed
-            raise OSError(e.errno, f"{e.strerror} (writing the checkpoint of step {step})",
-                          os.fspath(final / Path(e.filename).name)) from e
+            raise OSError(
+                e.errno,
+                f"{e.strerror} (writing the checkpoint of step {step})",
+                os.fspath(final / Path(e.filename).name),
+            ) from e
         raise
     fsync_dir(root)
     publish_weights(out, final)
@@ -167,7 +172,9 @@ def _verify_manifest(ckpt: Path) -> None:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     for name, expected in manifest["sha256"].items():
         if file_sha256(ckpt / name) != expected:
-            raise CheckpointError(f"{name} does not match the SHA-256 in {MANIFEST_FILE} (the file changed after it was written)")
+            raise CheckpointError(
+                f"{name} does not match the SHA-256 in {MANIFEST_FILE} (the file changed after it was written)"
+            )
 
 
 def reject_checkpoint(ckpt: PathLike) -> Path:

@@ -37,13 +37,19 @@ COMMANDS = {
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
-def add_command(sub: "argparse._SubParsersAction", name: str, module, hint: Optional[Callable] = None) -> argparse.ArgumentParser:
+def add_command(
+    sub: "argparse._SubParsersAction", name: str, module, hint: Optional[Callable] = None
+) -> argparse.ArgumentParser:
     """Add sub-command ``name`` from ``module`` (its docstring as help, ``module.configure``,
     ``module.main``) with the shared ``--threads``; a module with sub-commands of its own adds the
     option to each of them instead (it sets ``HAS_SUBCOMMANDS``)."""
     doc = (module.__doc__ or "").strip()
-    p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name,
+        help=doc.splitlines()[0] if doc else None,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.configure(p)
     if not getattr(module, "HAS_SUBCOMMANDS", False):
         add_threads_argument(p)
@@ -71,7 +77,9 @@ def _reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     option = next((e.split("=", 1)[0] for e in extras if e.startswith("--")), None)
     if option is not None:
         hint = args._hint(option) if getattr(args, "_hint", None) else None
-        close = difflib.get_close_matches(option, [o for o in command._option_string_actions if o.startswith("--")], n=1)
+        close = difflib.get_close_matches(
+            option, [o for o in command._option_string_actions if o.startswith("--")], n=1
+        )
         if hint or close:
             message += f" (did you mean {hint or close[0]}?)"
     command.error(message)

@@ -39,8 +39,9 @@ class DataParallel:
         find_unused_parameters: DDP's option (an adaptive softmax leaves unused clusters).
     """
 
-    def __init__(self, model: nn.Module, mode: str, world: int, device: torch.device,
-                 find_unused_parameters: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, mode: str, world: int, device: torch.device, find_unused_parameters: bool = False
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"data_parallel must be one of {', '.join(MODES)}, got {mode!r}")
         self.model, self.device, self.find_unused = model, device, find_unused_parameters
@@ -118,8 +119,9 @@ class DataParallel:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         self._resharded()
-        return get_optimizer_state_dict(self.model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(
+            self.model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
 
     def weights_target(self) -> nn.Module:
         """The module a checkpoint's weights are loaded into before :meth:`load`: the model, or (sharded)
@@ -132,8 +134,11 @@ class DataParallel:
         if not self.sharded:
             optimizer.load_state_dict(optimizer_state)
             return
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                               set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, self.replica.state_dict(), options=options)

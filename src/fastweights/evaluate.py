@@ -81,8 +81,9 @@ def window_starts(n_tokens: int, context: int, stride: int) -> Tuple[Tensor, Ten
         raise ValueError(f"need at least 2 tokens to score one, got {n_tokens}")
     L = min(context, n_tokens - 1)
     last = n_tokens - 1 - L  # the start of the window that predicts the final token
-    starts = torch.cat([torch.zeros(1, dtype=torch.long),
-                        (torch.arange(1, -(-last // stride) + 1) * stride).clamp(max=last)])  # [W]
+    starts = torch.cat(
+        [torch.zeros(1, dtype=torch.long), (torch.arange(1, -(-last // stride) + 1) * stride).clamp(max=last)]
+    )  # [W]
     n_scored = torch.cat([torch.tensor([L]), starts.diff()])  # [W]
     return starts, n_scored
 
@@ -114,9 +115,11 @@ def sliding_window_loss(
     position = torch.arange(L)  # [L]
     total, count = 0.0, 0
     model.eval()
-    with tqdm(total=len(ids) - 1, unit="tok", desc=f"sliding window L={L} stride={stride}", disable=not progress) as bar:
+    with tqdm(
+        total=len(ids) - 1, unit="tok", desc=f"sliding window L={L} stride={stride}", disable=not progress
+    ) as bar:
         for i in range(0, len(starts), batch_size):
-            a, n = starts[i:i + batch_size], n_scored[i:i + batch_size]  # [b], [b]
+            a, n = starts[i : i + batch_size], n_scored[i : i + batch_size]  # [b], [b]
             window = ids[a[:, None] + offsets]  # [b, L + 1]
             x, y = window[:, :-1], window[:, 1:].clone()  # [b, L] each
             y[position[None, :] < (L - n)[:, None]] = IGNORE  # keep the last n_i positions
@@ -128,8 +131,9 @@ def sliding_window_loss(
 
 
 @torch.no_grad()
-def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bool = False,
-                       documents: Optional[Sequence[int]] = None) -> EvalResult:
+def carried_state_loss(
+    model: nn.Module, ids: Tensor, segment: int, progress: bool = False, documents: Optional[Sequence[int]] = None
+) -> EvalResult:
     """Protocol (b): consecutive segments of ``segment`` tokens, the fast weights carried across.
 
     Args:
@@ -150,8 +154,10 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
     if len(ids) < 2:
         raise ValueError(f"need at least 2 tokens to score one, got {len(ids)}")
     if not is_fast_weight_model(model):
-        raise ValueError("carried_state_loss needs a fast-weight model; this one has softmax attention "
-                         "(its KV cache would grow with the stream)")
+        raise ValueError(
+            "carried_state_loss needs a fast-weight model; this one has softmax attention "
+            "(its KV cache would grow with the stream)"
+        )
     total, state = 0.0, None
     model.eval()
     device = _device(model)
@@ -161,12 +167,13 @@ def carried_state_loss(model: nn.Module, ids: Tensor, segment: int, progress: bo
         starts[torch.from_numpy(offsets[offsets < len(ids)])] = True
     with tqdm(total=len(ids) - 1, unit="tok", desc=f"carried state segment={segment}", disable=not progress) as bar:
         for a in range(0, len(ids) - 1, segment):
-            chunk = ids[a:a + segment + 1]  # [T + 1], T <= segment
+            chunk = ids[a : a + segment + 1]  # [T + 1], T <= segment
             if state is not None:
                 state = {**state, "pos": 0}  # new segment: positions restart, fast weights carry on
             resets = starts[a : a + len(chunk) - 1]  # [T]
-            logits, _, state = model(chunk[None, :-1].to(device), state=state,
-                                     resets=resets[None].to(device) if bool(resets.any()) else None)  # [1, T, V]
+            logits, _, state = model(
+                chunk[None, :-1].to(device), state=state, resets=resets[None].to(device) if bool(resets.any()) else None
+            )  # [1, T, V]
             total += _nll_sum(logits, chunk[None, 1:])
             bar.update(len(chunk) - 1)
     return EvalResult("carried-state", segment, len(ids) - 1, total / (len(ids) - 1))
@@ -196,13 +203,16 @@ class PositionProfile:
             idx = [i for i, s in enumerate(self.start) if lo <= s < hi]
             if idx:
                 label = f"{_short(lo)}-{_short(hi)}" if hi != math.inf else f"{_short(lo)}+"
-                out.append((label, sum(self.nats[i] for i in idx) / len(idx), sum(self.state_norm[i] for i in idx) / len(idx)))
+                out.append(
+                    (label, sum(self.nats[i] for i in idx) / len(idx), sum(self.state_norm[i] for i in idx) / len(idx))
+                )
         return out
 
 
 @torch.no_grad()
-def position_profile(model: nn.Module, ids: Tensor, segment: int, stream_length: int = 8192,
-                     progress: bool = False) -> PositionProfile:
+def position_profile(
+    model: nn.Module, ids: Tensor, segment: int, stream_length: int = 8192, progress: bool = False
+) -> PositionProfile:
     """:class:`PositionProfile` of a fast-weight model: ``ids`` cut into ``len(ids) // stream_length``
     streams (at least one, of the whole split when it is shorter), read side by side in segments of
     ``segment`` tokens with the state carried (as :func:`carried_state_loss` reads one stream), the
@@ -226,7 +236,9 @@ def position_profile(model: nn.Module, ids: Tensor, segment: int, stream_length:
         logits, _, state = model(chunk[:, :-1], state=state)  # [n, T, V]
         start.append(a)
         nats.append(_nll_sum(logits, chunk[:, 1:]) / chunk[:, 1:].numel())
-        norms.append(torch.stack([layer["S"].float().flatten(-2).norm(dim=-1).mean() for layer in state["layers"]]).mean().item())
+        norms.append(
+            torch.stack([layer["S"].float().flatten(-2).norm(dim=-1).mean() for layer in state["layers"]]).mean().item()
+        )
     return PositionProfile(segment, n, start, nats, norms)
 
 
@@ -263,7 +275,7 @@ def evaluate(
     ids = _check_ids(ids)
     if max_tokens is not None:
         _check_positive(max_tokens=max_tokens)
-        ids = ids[:max_tokens + 1]
+        ids = ids[: max_tokens + 1]
     results = []
     if "sliding-window" in protocols:
         results.append(sliding_window_loss(model, ids, context, stride, batch_size, progress))
@@ -274,8 +286,9 @@ def evaluate(
 
 def _nll_sum(logits: Tensor, targets: Tensor) -> float:
     """Summed cross-entropy (nats) of ``logits [B, T, V]`` against ``targets [B, T]`` (-100 ignored)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device),
-                           ignore_index=IGNORE, reduction="sum").item()
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten().to(logits.device), ignore_index=IGNORE, reduction="sum"
+    ).item()
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -33,8 +33,13 @@ from .models.lm import LMState
 Prompts = Union[Sequence[int], Sequence[Sequence[int]], Tensor]
 
 
-def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                generator: Optional[torch.Generator] = None, top_p: Optional[float] = None) -> Tensor:
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    top_p: Optional[float] = None,
+) -> Tensor:
     """Draw one token per row of ``logits [B, V]`` (logits or log-probabilities) -> ``[B]``.
 
     ``p ~ softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and then to
@@ -178,20 +183,24 @@ def unpad(input_ids: Tensor, attention_mask: Optional[Tensor]) -> List[List[int]
     if attention_mask is None:
         return input_ids.tolist()
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of the prompt {list(input_ids.shape)}, "
-                         f"got {list(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have the shape of the prompt {list(input_ids.shape)}, "
+            f"got {list(attention_mask.shape)}"
+        )
     mask = attention_mask.long().cpu()  # [B, P]
     lengths = mask.sum(-1)  # [B]
     P = mask.shape[1]
     expected = (torch.arange(P)[None, :] >= P - lengths[:, None]).long()  # [B, P]: zeros then ones
     if not torch.equal(mask, expected) or int(lengths.min()) < 1:
-        raise ValueError("attention_mask must be left padding (each row: zeros, then at least one 1), "
-                         f"got rows {mask.tolist()}")
-    return [ids[P - n:] for ids, n in zip(input_ids.tolist(), lengths.tolist())]
+        raise ValueError(
+            f"attention_mask must be left padding (each row: zeros, then at least one 1), got rows {mask.tolist()}"
+        )
+    return [ids[P - n :] for ids, n in zip(input_ids.tolist(), lengths.tolist())]
 
 
-def prefill(model: nn.Module, prompts: Sequence[Sequence[int]], state: Optional[LMState] = None,
-            fresh: Collection[int] = ()) -> Tuple[List[Tensor], LMState]:
+def prefill(
+    model: nn.Module, prompts: Sequence[Sequence[int]], state: Optional[LMState] = None, fresh: Collection[int] = ()
+) -> Tuple[List[Tensor], LMState]:
     """Read each prompt as if it were alone; returns the logits of each (``[P_i, V]``) and the batch state.
 
     Prompts of one length run as one ``[b, P]`` forward (from their rows of ``state``, or from an
@@ -213,8 +222,9 @@ def prefill(model: nn.Module, prompts: Sequence[Sequence[int]], state: Optional[
     return logits, merge(model, parts, len(prompts))
 
 
-def advance(model: nn.Module, tokens: Tensor, state: LMState,
-            recent: Optional[List[List[int]]] = None) -> Tuple[Tensor, LMState]:
+def advance(
+    model: nn.Module, tokens: Tensor, state: LMState, recent: Optional[List[List[int]]] = None
+) -> Tuple[Tensor, LMState]:
     """Read one token per row (``tokens: [b]``) -> ``(logits [b, V], state)``: a :meth:`step`, except
     for rows whose learned positions are used up, which re-read their ``recent`` tokens (the last
     ``context``, ending with this token) from an empty state: a sliding window."""
@@ -274,8 +284,10 @@ def stack_states(model: nn.Module, states: Sequence[LMState]) -> LMState:
     positions = [s["pos"] for s in states]
     if all(not isinstance(p, Tensor) for p in positions) and len(set(positions)) == 1:
         return {"pos": positions[0], "layers": layers}
-    per_row = [p.cpu() if isinstance(p, Tensor) else torch.full((batch_size(model, s),), p, dtype=torch.long)
-               for p, s in zip(positions, states)]
+    per_row = [
+        p.cpu() if isinstance(p, Tensor) else torch.full((batch_size(model, s),), p, dtype=torch.long)
+        for p, s in zip(positions, states)
+    ]
     return {"pos": torch.cat(per_row), "layers": layers}
 
 

@@ -64,8 +64,12 @@ def run_lock(directory: PathLike, command: str) -> Iterator[Path]:
     path = directory / LOCK_FILE
     fd = _lock(path, directory)
     try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield path

@@ -6,7 +6,8 @@ KV cache ``{"k", "v"}`` or a language-model state ``{"pos": int, "layers": [laye
 :func:`save_state` writes its tensors to one ``.safetensors`` file under dotted names
 (``layers.0.S``) and the nesting, with the scalars, as JSON in the file's metadata; no pickle is
 involved, so loading an untrusted file cannot run code. :func:`load_state` rebuilds the same
-nesting (tuples come back as lists), so a stream (a chat, a log) can be paused and later continued exactly where it stopped::
+nesting (tuples come back as lists), so a stream (a chat, a log) can be paused and later continued
+exactly where it stopped::
 
     logits, _, state = model(prompt_ids)
     save_state("chat.safetensors", state)
@@ -71,15 +72,19 @@ def load_state(path: PathLike, device: Optional[Union[str, torch.device]] = None
         raise FileNotFoundError(f"no state file at {str(path)!r}")
     metadata = read_safetensors_header(path, "state file").get("__metadata__") or {}
     if _STRUCTURE_KEY not in metadata:
-        raise ValueError(f"{str(path)!r} is not a state written by fastweights.state.save_state "
-                         f"(its metadata lacks {_STRUCTURE_KEY!r})")
+        raise ValueError(
+            f"{str(path)!r} is not a state written by fastweights.state.save_state "
+            f"(its metadata lacks {_STRUCTURE_KEY!r})"
+        )
     try:
         tensors = load_file(str(path))
     except SafetensorError as e:
         raise ValueError(f"cannot read state file {path}: {e}") from None
     if _DIGEST_KEY in metadata and tensors_sha256(tensors) != metadata[_DIGEST_KEY]:
-        raise ValueError(f"state file {path} does not match the SHA-256 in its metadata: "
-                         "it changed after it was written (damaged on disk or in a copy)")
+        raise ValueError(
+            f"state file {path} does not match the SHA-256 in its metadata: "
+            "it changed after it was written (damaged on disk or in a copy)"
+        )
     bad = nonfinite(sorted(tensors.items()))
     if bad:
         raise ValueError(f"state file {path} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}")
@@ -157,16 +162,22 @@ def _flatten(node: Any, name: str, tensors: Dict[str, Tensor]) -> Any:
         out = {}
         for key, value in node.items():
             if not isinstance(key, str):
-                raise TypeError(f"state dict keys must be str, got {type(key).__name__} ({key!r}) at {name or '<root>'!r}")
+                raise TypeError(
+                    f"state dict keys must be str, got {type(key).__name__} ({key!r}) at {name or '<root>'!r}"
+                )
             if "." in key or key == _TENSOR_LEAF:
-                raise ValueError(f"state dict key {key!r} at {name or '<root>'!r} may not contain '.' or be {_TENSOR_LEAF!r}")
+                raise ValueError(
+                    f"state dict key {key!r} at {name or '<root>'!r} may not contain '.' or be {_TENSOR_LEAF!r}"
+                )
             out[key] = _flatten(value, f"{name}.{key}" if name else key, tensors)
         return out
     if isinstance(node, (list, tuple)):
         return [_flatten(value, f"{name}.{i}" if name else str(i), tensors) for i, value in enumerate(node)]
     if node is None or isinstance(node, (bool, int, float)):
         return node
-    raise TypeError(f"state leaves must be tensors or int/float/bool/None, got {type(node).__name__} at {name or '<root>'!r}")
+    raise TypeError(
+        f"state leaves must be tensors or int/float/bool/None, got {type(node).__name__} at {name or '<root>'!r}"
+    )
 
 
 def _unflatten(skeleton: Any, tensors: Dict[str, Tensor]) -> Any:

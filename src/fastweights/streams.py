@@ -54,8 +54,14 @@ class TokenStreams:
     ([[3, 4, 5, 6], [13, 14, 15, 16]], [[False, True, False], [False, False, False]])
     """
 
-    def __init__(self, data: np.ndarray, n_streams: int, context: int, documents: Optional[np.ndarray] = None,
-                 shift_seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        data: np.ndarray,
+        n_streams: int,
+        context: int,
+        documents: Optional[np.ndarray] = None,
+        shift_seed: Optional[int] = None,
+    ) -> None:
         if n_streams < 1 or context < 1:
             raise ValueError(f"n_streams and context must be >= 1, got {n_streams} and {context}")
         self.data, self.n_streams, self.context, self.shift_seed = data, n_streams, context, shift_seed
@@ -63,8 +69,10 @@ class TokenStreams:
         room = context - 1 if shift_seed is not None else 0  # the largest shift
         self.steps_per_pass = (self.stream_length - room) // context
         if self.steps_per_pass < 1:
-            raise ValueError(f"the training split has {len(data)} tokens: too few for {n_streams} streams of at least "
-                             f"context = {context} tokens (needs {n_streams * (context + room) + 1}); lower batch_size or context")
+            raise ValueError(
+                f"the training split has {len(data)} tokens: too few for {n_streams} streams of at least "
+                f"context = {context} tokens (needs {n_streams * (context + room) + 1}); lower batch_size or context"
+            )
         self.starts = np.arange(n_streams) * self.stream_length  # [n]
         self.documents = documents
         self.position = 0  #: steps already taken in the current pass
@@ -94,16 +102,22 @@ class TokenStreams:
 
     def state_dict(self) -> Dict[str, int]:
         """What a checkpoint keeps to resume the streams exactly."""
-        return {"position": self.position, "passes": self.passes, "n_streams": self.n_streams, "context": self.context,
-                "stream_length": self.stream_length}
+        return {
+            "position": self.position,
+            "passes": self.passes,
+            "n_streams": self.n_streams,
+            "context": self.context,
+            "stream_length": self.stream_length,
+        }
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         """Continue from :meth:`state_dict`; the streams must be cut the same way."""
         mine = self.state_dict()
         for key in ("n_streams", "context", "stream_length"):
             if state[key] != mine[key]:
-                raise ValueError(f"the checkpoint's streams have {key} = {state[key]}, these have {mine[key]} "
-                                 f"(a different training split, batch size or context)")
+                raise ValueError(
+                    f"the checkpoint's streams have {key} = {state[key]}, these have {mine[key]} "
+                    f"(a different training split, batch size or context)"
+                )
         self.position = int(state["position"])
         self.passes = int(state.get("passes", 0))  # absent from checkpoints written before shifts
-

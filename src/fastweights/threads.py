@@ -55,8 +55,13 @@ def busy_cpus(seconds: float = 0.1) -> int:
         before = _cpu_times()
         time.sleep(seconds)
         after = _cpu_times()
-        return round(sum((after[c][0] - b[0]) / (after[c][1] - b[1]) for c, b in before.items()
-                         if c in after and after[c][1] > b[1]))
+        return round(
+            sum(
+                (after[c][0] - b[0]) / (after[c][1] - b[1])
+                for c, b in before.items()
+                if c in after and after[c][1] > b[1]
+            )
+        )
     except (OSError, AttributeError, ValueError, IndexError):
         pass
     try:
@@ -86,10 +91,13 @@ def _positive(text: str) -> int:
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads N`` to a command's parser (``args.threads``: None until :func:`set_threads`)."""
     parser.add_argument(
-        "--threads", type=_positive, metavar="N",
+        "--threads",
+        type=_positive,
+        metavar="N",
         help=f"CPU threads for torch (default: ${ENV} if set, else the CPUs that other work leaves idle, "
-             f"at most torch's default of {torch.get_num_threads()}; fewer threads are much faster than "
-             f"threads that share a core with another job)")
+        f"at most torch's default of {torch.get_num_threads()}; fewer threads are much faster than "
+        f"threads that share a core with another job)",
+    )
 
 
 def set_threads(requested: Optional[int]) -> int:

@@ -72,8 +72,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write, atomic_write_text, naming_os_errors, remove_temporaries
-from .checkpoints import (CHECKPOINTS_DIR, CheckpointError, checkpoint_step, list_checkpoints,
-                          load_checkpoint, nonfinite, publish_weights, reject_checkpoint, save_checkpoint)
+from .checkpoints import (
+    CHECKPOINTS_DIR,
+    CheckpointError,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    nonfinite,
+    publish_weights,
+    reject_checkpoint,
+    save_checkpoint,
+)
 from .data_parallel import DataParallel
 from .errors import Interrupted, describe_os_error
 from .evaluate import carried_state_loss, is_fast_weight_model
@@ -89,7 +98,10 @@ LOSS_PLOT = "loss.png"
 METRICS_FIELDS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s", "elapsed_s", "val_protocol"]
 _ADDED_FIELDS = ("val_protocol",)  # absent from the metrics of runs written before it
 RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE, LOSS_PLOT)
-RESUMABLE_CHANGES = ("steps", "compile")  #: training settings a --resume may change (steps: only more)  # what the run directory's top level holds
+RESUMABLE_CHANGES = (
+    "steps",
+    "compile",
+)  #: training settings a --resume may change (steps: only more)  # what the run directory's top level holds
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -158,7 +170,8 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dty
 # ---------------------------------------------------------------------------- schedule and optimiser
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up ``lr * (step + 1) / warmup`` for ``step < warmup``, then cosine from ``lr`` to
-    ``min_lr`` at ``cfg.steps``: ``min_lr + (lr - min_lr) (1 + cos(pi p)) / 2``, ``p = (step - warmup) / (steps - warmup)``."""
+    ``min_lr`` at ``cfg.steps``: ``min_lr + (lr - min_lr) (1 + cos(pi p)) / 2``,
+    ``p = (step - warmup) / (steps - warmup)``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
@@ -178,8 +191,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 # ---------------------------------------------------------------------------- data
 def _require_tokens(split: str, n_tokens: int, context: int, extra: int) -> None:
     if n_tokens < context + extra:
-        raise ValueError(f"the {split} has {n_tokens} tokens, fewer than context + {extra} = {context + extra}; "
-                         f"use more data or a smaller context")
+        raise ValueError(
+            f"the {split} has {n_tokens} tokens, fewer than context + {extra} = {context + extra}; "
+            f"use more data or a smaller context"
+        )
 
 
 def check_splits(corpus: Corpus, context: int) -> None:
@@ -206,19 +221,33 @@ def eval_windows(n_tokens: int, context: int, max_windows: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: np.ndarray, context: int, batch_size: int, max_windows: int, info: DistInfo,
-             amp: Optional[torch.dtype] = None) -> float:
+def evaluate(
+    model: nn.Module,
+    data: np.ndarray,
+    context: int,
+    batch_size: int,
+    max_windows: int,
+    info: DistInfo,
+    amp: Optional[torch.dtype] = None,
+) -> float:
     """Mean next-token cross-entropy (nats) over :func:`eval_windows` of ``data``, split over processes."""
     starts = eval_windows(len(data), context, max_windows)[info.rank :: info.world]
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=info.device)  # [sum of losses, count]
     for i in range(0, len(starts), batch_size):
-        win = torch.from_numpy(np.stack([np.asarray(data[s : s + context + 1], dtype=np.int64) for s in starts[i : i + batch_size]]))
+        win = torch.from_numpy(
+            np.stack([np.asarray(data[s : s + context + 1], dtype=np.int64) for s in starts[i : i + batch_size]])
+        )
         win = win.to(info.device)  # [b, context + 1]
         with autocast_context(info.device, amp):
             _, loss, _ = model(win[:, :-1], win[:, 1:], return_logits=False)
-        total += torch.stack([loss.double() * win[:, 1:].numel(), torch.tensor(float(win[:, 1:].numel()), dtype=torch.float64, device=info.device)])
+        total += torch.stack(
+            [
+                loss.double() * win[:, 1:].numel(),
+                torch.tensor(float(win[:, 1:].numel()), dtype=torch.float64, device=info.device),
+            ]
+        )
     if info.world > 1:
         dist.all_reduce(total)
     model.train(was_training)
@@ -248,10 +277,17 @@ def plot_losses(rows: List[Dict[str, str]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([int(r["step"]) for r in rows], [float(r["train_loss"]) for r in rows], lw=1, label="train (mean since the last row)")
+    ax.plot(
+        [int(r["step"]) for r in rows],
+        [float(r["train_loss"]) for r in rows],
+        lw=1,
+        label="train (mean since the last row)",
+    )
     val = [r for r in rows if r.get("val_loss")]
     protocol = next((r.get("val_protocol") for r in val if r.get("val_protocol")), "")
-    ax.plot([int(r["step"]) for r in val], [float(r["val_loss"]) for r in val], "o-", label=f"validation {protocol}".strip())
+    ax.plot(
+        [int(r["step"]) for r in val], [float(r["val_loss"]) for r in val], "o-", label=f"validation {protocol}".strip()
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
@@ -273,8 +309,13 @@ class _Metrics:
             return
         rows = read_metrics(out_dir) if resume_step is not None else []
         # drop rows a killed run wrote past its checkpoint, and a row it was killed (or ran out of disk) writing
-        rows = [r for r in rows if all(r.get(k) is not None for k in METRICS_FIELDS if k not in _ADDED_FIELDS)
-                and r["step"].isdigit() and int(r["step"]) <= (resume_step or 0)]
+        rows = [
+            r
+            for r in rows
+            if all(r.get(k) is not None for k in METRICS_FIELDS if k not in _ADDED_FIELDS)
+            and r["step"].isdigit()
+            and int(r["step"]) <= (resume_step or 0)
+        ]
         lines = [",".join(METRICS_FIELDS)] + [",".join(r.get(k) or "" for k in METRICS_FIELDS) for r in rows]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
         try:
@@ -334,21 +375,30 @@ def train(
         OSError: writing failed (e.g. a full disk), naming the file; the checkpoints are intact.
     """
     if model_cfg.vocab_size != corpus.tokenizer.vocab_size:
-        raise ValueError(f"vocabulary mismatch: model vocab_size {model_cfg.vocab_size}, corpus tokenizer {corpus.tokenizer.vocab_size}")
+        raise ValueError(
+            f"vocabulary mismatch: model vocab_size {model_cfg.vocab_size}, "
+            f"corpus tokenizer {corpus.tokenizer.vocab_size}"
+        )
     info = setup_distributed(device)
     micro = train_cfg.batch_size // train_cfg.grad_accum
     if micro % info.world:
-        raise ValueError(f"batch_size / grad_accum = {micro} must be divisible by the number of processes ({info.world})")
+        raise ValueError(
+            f"batch_size / grad_accum = {micro} must be divisible by the number of processes ({info.world})"
+        )
     local = micro // info.world
     if train_cfg.data_parallel == "fsdp" and info.world > 1:
         if train_cfg.reset_documents:
-            raise ValueError("data_parallel=fsdp with reset_documents=true: the processes would run different "
-                             "numbers of block calls per step (each resets at its own streams' documents); "
-                             "use data_parallel=ddp")
+            raise ValueError(
+                "data_parallel=fsdp with reset_documents=true: the processes would run different "
+                "numbers of block calls per step (each resets at its own streams' documents); "
+                "use data_parallel=ddp"
+            )
         if model_cfg.adaptive_cutoffs is not None and not model_cfg.tie_embeddings:
-            raise ValueError("data_parallel=fsdp with an untied adaptive softmax: a cluster no target of a process "
-                             "fell into gets no gradient there, and FSDP needs every parameter's gradient on every "
-                             "process; tie the embeddings (tie_embeddings=true) or use data_parallel=ddp")
+            raise ValueError(
+                "data_parallel=fsdp with an untied adaptive softmax: a cluster no target of a process "
+                "fell into gets no gradient there, and FSDP needs every parameter's gradient on every "
+                "process; tie the embeddings (tie_embeddings=true) or use data_parallel=ddp"
+            )
     check_splits(corpus, model_cfg.context)
     out = Path(out_dir)
     if resume and not (out / CONFIG_FILE).is_file():
@@ -358,8 +408,13 @@ def train(
     model = LanguageModel(model_cfg).to(info.device)
     streams = _streams(model, corpus, model_cfg, train_cfg)
     # an adaptive softmax leaves the clusters no target fell into without gradients
-    parallel = DataParallel(model, train_cfg.data_parallel, info.world, info.device,
-                            find_unused_parameters=model_cfg.adaptive_cutoffs is not None)
+    parallel = DataParallel(
+        model,
+        train_cfg.data_parallel,
+        info.world,
+        info.device,
+        find_unused_parameters=model_cfg.adaptive_cutoffs is not None,
+    )
     carried: List[Optional[Dict[str, Any]]] = [None] * train_cfg.grad_accum  # per micro-batch: this process's rows
     optimizer = make_optimizer(model, train_cfg, info.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_cfg) / train_cfg.lr)
@@ -371,13 +426,19 @@ def train(
         _on_main(info, lambda: held.enter_context(run_lock(out, "fastweights train")))
         _on_main(info, lambda: _prepare_out_dir(out, model_cfg, train_cfg, corpus, resume))
         if train_cfg.warmup >= train_cfg.steps and info.is_main:  # once the run is sure to start
-            log.warning("warmup (%d) >= steps (%d): the learning rate never reaches lr = %g", train_cfg.warmup,
-                        train_cfg.steps, train_cfg.lr)
+            log.warning(
+                "warmup (%d) >= steps (%d): the learning rate never reaches lr = %g",
+                train_cfg.warmup,
+                train_cfg.steps,
+                train_cfg.lr,
+            )
         state = _restore(out, parallel, optimizer, scheduler, info) if resume else None
         if state is not None:
             data_gen.set_state(state["data_rng"])
             if len(state["rng"]) != info.world:
-                raise ValueError(f"the checkpoint was written by {len(state['rng'])} processes, this run has {info.world}")
+                raise ValueError(
+                    f"the checkpoint was written by {len(state['rng'])} processes, this run has {info.world}"
+                )
             torch.set_rng_state(state["rng"][info.rank]["cpu"])
             if info.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"][info.rank]["cuda"], info.device)
@@ -385,7 +446,10 @@ def train(
             if streams is not None:
                 streams.load_state_dict(state["streams"])
                 carried = map_tensors(lambda t: t.to(info.device), state["carry"]["ranks"][info.rank])
-            guard.bad_steps, guard.last_good = state.get("bad_steps", 0), step  # no bad_steps in checkpoints older than the guard
+            guard.bad_steps, guard.last_good = (
+                state.get("bad_steps", 0),
+                step,
+            )  # no bad_steps in checkpoints older than the guard
         ddp = parallel.runner(torch.compile(model) if train_cfg.compile else model)
         eval_info = DistInfo(0, 1, info.device) if parallel.sharded else info  # sharded: every process evaluates alike
         amp = autocast_dtype(train_cfg, info.device)
@@ -393,7 +457,13 @@ def train(
         tokens_per_step = train_cfg.batch_size * model_cfg.context
         max_norm = train_cfg.grad_clip if train_cfg.grad_clip > 0 else math.inf  # inf: measure the norm only
         last: Dict[str, float] = {}
-        bar = tqdm(total=train_cfg.steps, initial=step, disable=not (progress and info.is_main), dynamic_ncols=True, unit="step")
+        bar = tqdm(
+            total=train_cfg.steps,
+            initial=step,
+            disable=not (progress and info.is_main),
+            dynamic_ncols=True,
+            unit="step",
+        )
         t_log, tok_log = time.perf_counter(), 0
         postfix: Dict[str, str] = {}  # what the bar shows after the step number; a status while validating or saving
         model.train()
@@ -417,8 +487,9 @@ def train(
                     batch = batch[info.rank * local : (info.rank + 1) * local].to(info.device)  # [local, context + 1]
                     with parallel.accumulating(ddp, last=i == train_cfg.grad_accum - 1):
                         with autocast_context(info.device, amp):
-                            _, loss, new_state = ddp(batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False,
-                                                     resets=resets)
+                            _, loss, new_state = ddp(
+                                batch[:, :-1], batch[:, 1:], state=carried[i], return_logits=False, resets=resets
+                            )
                         (loss / train_cfg.grad_accum).backward()  # outside autocast, as PyTorch recommends
                     if streams is not None:  # truncated BPTT: the state carries on, its graph does not
                         carried[i] = {"pos": 0, "layers": map_tensors(Tensor.detach, new_state["layers"])}
@@ -443,20 +514,48 @@ def train(
                     bar.set_postfix_str("validating...", refresh=True)
                     t_eval = time.perf_counter()
                     if streams is None:
-                        val_loss = evaluate(model, corpus.val, model_cfg.context, micro // info.world,
-                                            train_cfg.eval_batches * micro, eval_info, amp)
+                        val_loss = evaluate(
+                            model,
+                            corpus.val,
+                            model_cfg.context,
+                            micro // info.world,
+                            train_cfg.eval_batches * micro,
+                            eval_info,
+                            amp,
+                        )
                     else:
-                        val_loss = evaluate_carried(model, corpus.val, model_cfg.context,
-                                                    train_cfg.eval_batches * micro * model_cfg.context,  # the windows' tokens
-                                                    corpus.documents.get("val") if train_cfg.reset_documents else None)
+                        val_loss = evaluate_carried(
+                            model,
+                            corpus.val,
+                            model_cfg.context,
+                            train_cfg.eval_batches * micro * model_cfg.context,  # the windows' tokens
+                            corpus.documents.get("val") if train_cfg.reset_documents else None,
+                        )
                     t_log += time.perf_counter() - t_eval  # evaluation time is not training throughput
                 if step % train_cfg.log_every == 0 or val_loss is not None:
                     now = time.perf_counter()
                     tps = tok_log / max(now - t_log, 1e-9)
-                    last = {"step": step, "train_loss": window[0] / window[1], "val_loss": val_loss, "tokens_per_s": tps}
-                    metrics.log(step, val_protocol=None if val_loss is None else "windows" if streams is None
-                                else "carried-state (reset at documents)" if train_cfg.reset_documents else "carried-state",
-                                lr=lr, train_loss=last["train_loss"], val_loss=val_loss, tokens_per_s=tps, elapsed_s=elapsed)
+                    last = {
+                        "step": step,
+                        "train_loss": window[0] / window[1],
+                        "val_loss": val_loss,
+                        "tokens_per_s": tps,
+                    }
+                    metrics.log(
+                        step,
+                        val_protocol=None
+                        if val_loss is None
+                        else "windows"
+                        if streams is None
+                        else "carried-state (reset at documents)"
+                        if train_cfg.reset_documents
+                        else "carried-state",
+                        lr=lr,
+                        train_loss=last["train_loss"],
+                        val_loss=val_loss,
+                        tokens_per_s=tps,
+                        elapsed_s=elapsed,
+                    )
                     postfix = {"loss": f"{last['train_loss']:.4f}", "tok/s": f"{tps:,.0f}"}
                     if val_loss is not None:
                         postfix["val"] = f"{val_loss:.4f}"
@@ -465,17 +564,34 @@ def train(
                 if step % train_cfg.ckpt_every == 0 or step == train_cfg.steps:
                     bar.set_postfix_str(f"writing checkpoint step-{step:08d}...", refresh=True)
                     guard.check_finite(step, parallel.named_tensors(optimizer))
-                    progress_state = {"step": step, "loss_window": window, "elapsed_s": elapsed, "bad_steps": guard.bad_steps}
+                    progress_state = {
+                        "step": step,
+                        "loss_window": window,
+                        "elapsed_s": elapsed,
+                        "bad_steps": guard.bad_steps,
+                    }
                     if streams is not None:
                         progress_state["streams"] = streams.state_dict()
-                    _checkpoint(out, parallel, optimizer, scheduler, data_gen, info, progress_state,
-                                carried if streams is not None else None)
+                    _checkpoint(
+                        out,
+                        parallel,
+                        optimizer,
+                        scheduler,
+                        data_gen,
+                        info,
+                        progress_state,
+                        carried if streams is not None else None,
+                    )
                     guard.last_good = step
                     bar.set_postfix(postfix, refresh=False)
         except KeyboardInterrupt:
             written = list_checkpoints(out)  # what is on disk, whatever the signal interrupted
-            saved = (f"its last checkpoint is step {checkpoint_step(written[-1])}: the same command with --resume "
-                     "continues from there" if written else "no checkpoint was written yet")
+            saved = (
+                f"its last checkpoint is step {checkpoint_step(written[-1])}: the same command with --resume "
+                "continues from there"
+                if written
+                else "no checkpoint was written yet"
+            )
             raise Interrupted(f"training stopped at step {step} of {train_cfg.steps}; {saved}") from None
         finally:
             bar.close()
@@ -502,21 +618,31 @@ class _NonFiniteGuard:
             self.bad_steps = 0
             return True
         self.bad_steps += 1
-        what = (f"non-finite loss at step {step} (loss {loss})" if not math.isfinite(loss) else
-                f"non-finite gradient norm at step {step} (loss {loss:.4f}, gradient norm {grad_norm})")
+        what = (
+            f"non-finite loss at step {step} (loss {loss})"
+            if not math.isfinite(loss)
+            else f"non-finite gradient norm at step {step} (loss {loss:.4f}, gradient norm {grad_norm})"
+        )
         if self.bad_steps > self.max_bad_steps:
-            skipped = (f" after {self.max_bad_steps} skipped step(s) in a row (max_bad_steps={self.max_bad_steps})"
-                       if self.max_bad_steps else "")
+            skipped = (
+                f" after {self.max_bad_steps} skipped step(s) in a row (max_bad_steps={self.max_bad_steps})"
+                if self.max_bad_steps
+                else ""
+            )
             raise NonFiniteError(what + skipped + self._last_good())
         if warn:
-            log.warning("%s: update skipped (%d of max_bad_steps=%d in a row)", what, self.bad_steps, self.max_bad_steps)
+            log.warning(
+                "%s: update skipped (%d of max_bad_steps=%d in a row)", what, self.bad_steps, self.max_bad_steps
+            )
         return False
 
     def check_finite(self, step: int, named: Iterable[Tuple[str, Tensor]]) -> None:
         """Raise unless every tensor about to be checkpointed after ``step`` is finite."""
         bad = nonfinite(named)
         if bad:
-            raise NonFiniteError(f"non-finite values after step {step} in {', '.join(bad[:3])}; not checkpointed" + self._last_good())
+            raise NonFiniteError(
+                f"non-finite values after step {step} in {', '.join(bad[:3])}; not checkpointed" + self._last_good()
+            )
 
     def _last_good(self) -> str:
         if self.last_good is None:
@@ -524,9 +650,16 @@ class _NonFiniteGuard:
         return f"; the last good checkpoint is step {self.last_good} in {self.out}"
 
 
-def _checkpoint(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer, scheduler: Any,
-                data_gen: torch.Generator, info: DistInfo, progress: Dict[str, Any],
-                carried: Optional[List[Any]] = None) -> None:
+def _checkpoint(
+    out: Path,
+    parallel: DataParallel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data_gen: torch.Generator,
+    info: DistInfo,
+    progress: Dict[str, Any],
+    carried: Optional[List[Any]] = None,
+) -> None:
     """Write a checkpoint (main process) of the model, the optimizer, the scheduler, the data sampler,
     every process's RNG states, ``progress`` (step, loss window, elapsed time, bad steps, stream
     position) and, in streamed training, every process's ``carried`` states (one per micro-batch)."""
@@ -538,8 +671,13 @@ def _checkpoint(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimi
         rngs, carries = [None] * info.world, [None] * info.world
         dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
         dist.all_gather_object(carries, carries[0])
-    state = {"optimizer": parallel.optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
-             "data_rng": data_gen.get_state(), "rng": rngs, **progress}
+    state = {
+        "optimizer": parallel.optimizer_state(optimizer),
+        "scheduler": scheduler.state_dict(),
+        "data_rng": data_gen.get_state(),
+        "rng": rngs,
+        **progress,
+    }
     carry = {"ranks": carries} if carried is not None else None
     model = parallel.checkpoint_model()  # sharded: the weights gathered onto the main process
     _on_main(info, lambda: save_checkpoint(out, model, state, progress["step"], carry))
@@ -550,20 +688,30 @@ def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: T
     if not train_cfg.carry_state:
         return None
     if not is_fast_weight_model(model):
-        raise ValueError(f"carry_state=true needs fast-weight attention, got attention={model_cfg.attention!r}: softmax "
-                         f"attention's state (its KV cache) grows with the text; train it on windows (carry_state=false)")
+        raise ValueError(
+            f"carry_state=true needs fast-weight attention, got attention={model_cfg.attention!r}: softmax "
+            f"attention's state (its KV cache) grows with the text; train it on windows (carry_state=false)"
+        )
     documents = None
     if train_cfg.reset_documents:
         documents = corpus.documents.get("train", np.zeros(0, dtype=np.int64))
         if not len(documents):
-            raise ValueError("reset_documents=true, but the training split marks no documents (lines ' = Title = ', "
-                             "as WikiText marks its articles); set reset_documents=false")
-    return TokenStreams(corpus.train, train_cfg.batch_size, model_cfg.context, documents,
-                        shift_seed=train_cfg.seed if train_cfg.shift_streams else None)
+            raise ValueError(
+                "reset_documents=true, but the training split marks no documents (lines ' = Title = ', "
+                "as WikiText marks its articles); set reset_documents=false"
+            )
+    return TokenStreams(
+        corpus.train,
+        train_cfg.batch_size,
+        model_cfg.context,
+        documents,
+        shift_seed=train_cfg.seed if train_cfg.shift_streams else None,
+    )
 
 
-def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_tokens: int,
-                     documents: Optional[np.ndarray] = None) -> float:
+def evaluate_carried(
+    model: nn.Module, data: np.ndarray, context: int, max_tokens: int, documents: Optional[np.ndarray] = None
+) -> float:
     """Validation loss of a streamed run: the carried-state protocol over the first ``max_tokens + 1``
     ids of ``data`` (all of it when shorter), the state emptied at ``documents`` (offsets) when
     given, as ``fastweights eval --protocol carried-state --max-tokens`` computes it. Every process
@@ -573,7 +721,6 @@ def evaluate_carried(model: nn.Module, data: np.ndarray, context: int, max_token
     loss = carried_state_loss(model, ids, context, documents=documents).nats
     model.train(was_training)
     return loss
-
 
 
 def _on_main(info: DistInfo, fn: Callable[[], T]) -> Optional[T]:
@@ -603,20 +750,34 @@ def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, cor
         if not has_run:
             raise FileNotFoundError(f"--resume: {out} holds no run (no {CONFIG_FILE})")
         saved = read_config(out)
-        for name, cls, cfg, key in (("model", LMConfig, model_cfg, "model"), ("training", TrainConfig, train_cfg, "train")):
+        for name, cls, cfg, key in (
+            ("model", LMConfig, model_cfg, "model"),
+            ("training", TrainConfig, train_cfg, "train"),
+        ):
             try:  # the saved config as this version reads it: fields added since take their defaults
                 saved_cfg = cls.from_dict(saved.get(key, {}))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"--resume: the {name} config saved in {out} is not valid: {e}") from None
             old, new = saved_cfg.to_dict(), cfg.to_dict()
-            diff = {k: (old[k], v) for k, v in new.items()
-                    if old[k] != v and not (cls is TrainConfig and k in RESUMABLE_CHANGES and (k != "steps" or v > old[k]))}
+            diff = {
+                k: (old[k], v)
+                for k, v in new.items()
+                if old[k] != v and not (cls is TrainConfig and k in RESUMABLE_CHANGES and (k != "steps" or v > old[k]))
+            }
             if diff:
-                raise ValueError(f"--resume: the {name} config differs from the saved run in {out} (saved, given): {diff}")
+                raise ValueError(
+                    f"--resume: the {name} config differs from the saved run in {out} (saved, given): {diff}"
+                )
         check_same_tokenizer(corpus.tokenizer, out)
         if saved.get("train") != train_cfg.to_dict():  # e.g. more steps: the run directory says what it now is
-            write_config(out, model_cfg, **{**{k: v for k, v in saved.items() if k not in ("format", "version", "model_type", "model")},
-                                            "train": train_cfg.to_dict()})
+            write_config(
+                out,
+                model_cfg,
+                **{
+                    **{k: v for k, v in saved.items() if k not in ("format", "version", "model_type", "model")},
+                    "train": train_cfg.to_dict(),
+                },
+            )
     elif has_run:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     remove_temporaries(out, RUN_FILES)  # only ours: --out may be a directory that holds other files
@@ -624,12 +785,18 @@ def _prepare_out_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, cor
         remove_temporaries(out / CHECKPOINTS_DIR)
     if not resume:
         save_tokenizer(corpus.tokenizer, out)
-        write_config(out, model_cfg, tokenizer={"kind": corpus.tokenizer.kind, "vocab_size": corpus.tokenizer.vocab_size},
-                     data=corpus.info, train=train_cfg.to_dict())
+        write_config(
+            out,
+            model_cfg,
+            tokenizer={"kind": corpus.tokenizer.kind, "vocab_size": corpus.tokenizer.vocab_size},
+            data=corpus.info,
+            train=train_cfg.to_dict(),
+        )
 
 
-def _restore(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer, scheduler: Any,
-             info: DistInfo) -> Optional[Dict[str, Any]]:
+def _restore(
+    out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer, scheduler: Any, info: DistInfo
+) -> Optional[Dict[str, Any]]:
     """Load the newest checkpoint that verifies into the model, ``optimizer`` and ``scheduler`` and
     return its trainer state (``None`` when the run has none yet).
 
@@ -648,18 +815,22 @@ def _restore(out: Path, parallel: DataParallel, optimizer: torch.optim.Optimizer
                 parallel.load(optimizer, state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
             except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"checkpoint {ckpt} is unusable: its optimizer state does not fit this model: {e}") from e
+                raise CheckpointError(
+                    f"checkpoint {ckpt} is unusable: its optimizer state does not fit this model: {e}"
+                ) from e
         except CheckpointError as e:
             if info.is_main:
                 log.warning("%s; trying the previous checkpoint", e)
             rejected.append(ckpt)
             continue
         if rejected:
-            _on_main(info, lambda: _set_aside(out, rejected, ckpt))
+            _on_main(info, lambda: _set_aside(out, rejected, ckpt))  # noqa: B023 (used within this iteration)
         return state
     if candidates:
-        raise CheckpointError(f"--resume: no usable checkpoint in {out / CHECKPOINTS_DIR} (see the warnings above); "
-                              f"move them away to restart the run from step 0")
+        raise CheckpointError(
+            f"--resume: no usable checkpoint in {out / CHECKPOINTS_DIR} (see the warnings above); "
+            f"move them away to restart the run from step 0"
+        )
     return None
 
 
@@ -667,5 +838,9 @@ def _set_aside(out: Path, rejected: List[Path], chosen: Path) -> None:
     """Move the rejected checkpoints aside and make the chosen one's weights the model directory's."""
     moved = [reject_checkpoint(p) for p in rejected]
     publish_weights(out, chosen)
-    log.warning("resuming from step %d (%s); moved the unusable checkpoints aside: %s",
-                checkpoint_step(chosen), chosen, ", ".join(str(p) for p in moved))
+    log.warning(
+        "resuming from step %d (%s); moved the unusable checkpoints aside: %s",
+        checkpoint_step(chosen),
+        chosen,
+        ", ".join(str(p) for p in moved),
+    )

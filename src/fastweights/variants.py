@@ -50,9 +50,11 @@ def describe_attentions() -> str:
     """The attention-name grammar in one line, for help texts and errors."""
     maps = ", ".join(["linear (ELU + 1)", "relu", "identity", "dpfp-<nu>", "favor-<m>"])
     rules = ", ".join(f"{r} (default)" if r == DEFAULT_RULE else r for r in list_rules())
-    return (f"'softmax', or '<map>[+<rule>][{RECURRENT}]' with <map> one of {maps} and <rule> one of {rules} "
-            f"('{RECURRENT}': a recurrent FWP, whose slow net also reads its previous output); "
-            f"'delta' = 'linear+delta', 'rdn' (Recurrent Delta Net) = 'linear+delta{RECURRENT}'")
+    return (
+        f"'softmax', or '<map>[+<rule>][{RECURRENT}]' with <map> one of {maps} and <rule> one of {rules} "
+        f"('{RECURRENT}': a recurrent FWP, whose slow net also reads its previous output); "
+        f"'delta' = 'linear+delta', 'rdn' (Recurrent Delta Net) = 'linear+delta{RECURRENT}'"
+    )
 
 
 def parse_attention(name: str) -> AttentionSpec:

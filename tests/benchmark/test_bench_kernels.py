@@ -23,16 +23,35 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "fastweights.cli", "bench", "kernels", "--workers", "2",
-                           "--cache-dir", str(tmp_path / "cache"), *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastweights.cli",
+            "bench",
+            "kernels",
+            "--workers",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
-@pytest.mark.parametrize("archs,args", [
-    ("sm_80,sm_90", ("--rules", "delta", "--dtype", "bf16", "--dk", "64")),
-    ("sm_80,sm_90", ("--rules", "delta", "--dtype", "fp32", "--dk", "256")),
-    ("sm_86,sm_90", ("--rules", "sum", "--dtype", "fp16", "--dk", "32,48", "--dv", "100")),
-    ("sm_80,sm_90", ("--rules", "gated_delta", "--dtype", "bf16,fp32", "--dk", "128")),
-], ids=["delta-bf16-64", "delta-fp32-256", "sum-fp16-32x100", "gated-bf16-fp32-128"])
+@pytest.mark.parametrize(
+    "archs,args",
+    [
+        ("sm_80,sm_90", ("--rules", "delta", "--dtype", "bf16", "--dk", "64")),
+        ("sm_80,sm_90", ("--rules", "delta", "--dtype", "fp32", "--dk", "256")),
+        ("sm_86,sm_90", ("--rules", "sum", "--dtype", "fp16", "--dk", "32,48", "--dv", "100")),
+        ("sm_80,sm_90", ("--rules", "gated_delta", "--dtype", "bf16,fp32", "--dk", "128")),
+    ],
+    ids=["delta-bf16-64", "delta-fp32-256", "sum-fp16-32x100", "gated-bf16-fp32-128"],
+)
 def test_launched_kernels_fit(tmp_path: Path, archs: str, args) -> None:
     out = tmp_path / "rows.json"
     result = _bench(tmp_path, "--arch", archs, *args, "--json", str(out))
@@ -50,8 +69,16 @@ def test_a_kernel_that_does_not_fit_is_reported() -> None:
     overflows sm_86's shared memory."""
     from fastweights.benchmark.kernels import Job, run
 
-    job = Job("sum", "output_fwd", 86, "fp32", 256, 256, 64,
-              override=(("BK", 256), ("BV", 256), ("num_stages", 4), ("PRECISION", "ieee")))
+    job = Job(
+        "sum",
+        "output_fwd",
+        86,
+        "fp32",
+        256,
+        256,
+        64,
+        override=(("BK", 256), ("BV", 256), ("num_stages", 4), ("PRECISION", "ieee")),
+    )
     (row,) = run([job], workers=1, progress=False)
     assert not row.fits and (row.spilled > 0 or row.shared > row.limit)
 
@@ -76,7 +103,8 @@ def test_a_shape_no_candidate_fits_is_declined_naming_the_limit(monkeypatch) -> 
     monkeypatch.setattr(fit, "chosen", chosen)
     assert fit.unfit(True, True, torch.bfloat16, 256, 20, 80) == (
         "its Triton kernel state_bwd has no launch configuration that fits sm_80 for d_k = 256, d_v = 20 in "
-        "bfloat16: with 4 warps it spills 16 bytes of registers to local memory (255 registers)")
+        "bfloat16: with 4 warps it spills 16 bytes of registers to local memory (255 registers)"
+    )
     monkeypatch.setattr(fit, "chosen", lambda kernel, *args: (None, fit.Resources(128, 0, 6144, 166_912)))
     assert fit.unfit(False, False, torch.bfloat16, 64, 64, 80) is None
 

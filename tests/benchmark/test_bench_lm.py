@@ -14,8 +14,24 @@ from fastweights.benchmark import lm
 from fastweights.cli import main
 from fastweights.ops import list_backends
 
-TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--vocab", "32",
-        "--tokens", "64", "--steps", "1", "--warmup", "1"]
+TINY = [
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--vocab",
+    "32",
+    "--tokens",
+    "64",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+]
 RULES = {"linear": "sum", "delta": "delta"}
 
 

@@ -69,7 +69,10 @@ def sha1(data: bytes) -> str:
     return "sha1:" + hashlib.sha1(data).hexdigest()
 
 
-SPLITS = {f"wiki.{s}.tokens": f" = Title {s} = \n the {s} words are here . \n".encode() * 200 for s in ("train", "valid", "test")}
+SPLITS = {
+    f"wiki.{s}.tokens": f" = Title {s} = \n the {s} words are here . \n".encode() * 200
+    for s in ("train", "valid", "test")
+}
 
 
 def make_zip(folder: str, files: Dict[str, bytes]) -> bytes:
@@ -84,8 +87,13 @@ def make_zip(folder: str, files: Dict[str, bytes]) -> bytes:
 def wiki(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """A WikiText-like source ``tiny-wiki`` (a zip of three splits) served locally."""
     server = Server({"tiny-wiki.zip": make_zip("tiny-wiki", SPLITS)})
-    source = Source("tiny-wiki", "test corpus", (server.url("tiny-wiki.zip"),),
-                    {name: sha1(data) for name, data in SPLITS.items()}, archive="tiny-wiki")
+    source = Source(
+        "tiny-wiki",
+        "test corpus",
+        (server.url("tiny-wiki.zip"),),
+        {name: sha1(data) for name, data in SPLITS.items()},
+        archive="tiny-wiki",
+    )
     monkeypatch.setitem(SOURCES, "tiny-wiki", source)
     yield server
     server.close()
@@ -136,7 +144,9 @@ def test_a_corrupt_download_is_refused_and_deleted(wiki: Server, tmp_path: Path)
     assert list((tmp_path / "tiny-wiki").iterdir()) == []
 
 
-def test_a_single_file_source_and_a_mirror_after_a_dead_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_single_file_source_and_a_mirror_after_a_dead_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = b"To be, or not to be\n" * 50
     server = Server({"play.txt": text})
     try:
@@ -156,7 +166,9 @@ def test_offline_is_one_clear_error(wiki: Server, tmp_path: Path, capsys: pytest
 
 def test_resolve_names_paths_and_missing_downloads(tmp_path: Path) -> None:
     assert resolve(tmp_path / "mine.txt") == tmp_path / "mine.txt"
-    with pytest.raises(UsageError, match=r"--data wikitext-2: the corpus is not downloaded yet; run `fastweights data wikitext-2`"):
+    with pytest.raises(
+        UsageError, match=r"--data wikitext-2: the corpus is not downloaded yet; run `fastweights data wikitext-2`"
+    ):
         resolve("wikitext-2", tmp_path)
 
 

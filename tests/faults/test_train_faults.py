@@ -39,16 +39,40 @@ from ..test_train import REPO, losses, run_cli, tiny_cfgs
 from ..tiny_lm import TEXT
 
 #: the tiny model and schedule of tests/test_train.py's tiny_cfgs, as --set overrides of the shakespeare-char preset
-TINY_SET = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, chunk_size=8, batch_size=4, warmup=3,
-                eval_batches=2, log_every=1)
+TINY_SET = dict(
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    d_ff=32,
+    context=16,
+    chunk_size=8,
+    batch_size=4,
+    warmup=3,
+    eval_batches=2,
+    log_every=1,
+)
 STEPS = 8
 
 
 def cli_args(data: Path, out: Path, cache: Path, *extra: str, **settings) -> List[str]:
     """`fastweights train` arguments for the tiny delta-rule model, with ``settings`` as --set overrides."""
     sets = [a for k, v in {**TINY_SET, **settings}.items() for a in ("--set", f"{k}={v}")]
-    return ["train", "--preset", "shakespeare-char", "--attention", "delta", "--data", str(data), "--out", str(out),
-            "--cache-dir", str(cache), "--no-progress", *sets, *extra]
+    return [
+        "train",
+        "--preset",
+        "shakespeare-char",
+        "--attention",
+        "delta",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+        *sets,
+        *extra,
+    ]
 
 
 def error_line(capsys: pytest.CaptureFixture) -> str:
@@ -80,7 +104,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 def tiny_run(data: Dict[str, Path], **train_kw):
     corpus = load_corpus(data["text"], cache_dir=data["cache"])
-    return (corpus, *tiny_cfgs(corpus.tokenizer.vocab_size, **{"steps": STEPS, "ckpt_every": 4, "eval_every": 4, **train_kw}))
+    return (
+        corpus,
+        *tiny_cfgs(corpus.tokenizer.vocab_size, **{"steps": STEPS, "ckpt_every": 4, "eval_every": 4, **train_kw}),
+    )
 
 
 # ---------------------------------------------------------------------------- corrupted checkpoints
@@ -105,8 +132,9 @@ CORRUPTIONS: Dict[str, Callable[[Path], None]] = {
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(data, tmp_path: Path, corruption: str,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(
+    data, tmp_path: Path, corruption: str, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "run"
     shutil.copytree(data["reference"], out)
     CORRUPTIONS[corruption](out / "checkpoints" / "step-00000008")
@@ -160,7 +188,9 @@ class _InfiniteGradient(torch.autograd.Function):
         return grad * math.inf
 
 
-def poison_steps(monkeypatch: pytest.MonkeyPatch, steps: Set[int], poison: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def poison_steps(
+    monkeypatch: pytest.MonkeyPatch, steps: Set[int], poison: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
     """Apply ``poison`` to the training loss of the given steps (1-based, one micro-step per step)."""
     forward, calls = LanguageModel.forward, itertools.count(1)
 
@@ -177,23 +207,36 @@ def nan_loss(loss: torch.Tensor) -> torch.Tensor:
     return loss * math.nan
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_good_checkpoints(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_the_run_and_keeps_the_good_checkpoints(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "run"
     corpus, model_cfg, train_cfg = tiny_run(data, ckpt_every=1)
     poison_steps(monkeypatch, {6}, nan_loss)
-    with pytest.raises(NonFiniteError, match=re.escape(f"non-finite loss at step 6 (loss nan); the last good checkpoint is step 5 in {out}")):
+    with pytest.raises(
+        NonFiniteError,
+        match=re.escape(f"non-finite loss at step 6 (loss nan); the last good checkpoint is step 5 in {out}"),
+    ):
         train(model_cfg, train_cfg, corpus, out, progress=False)
     assert [c.name for c in list_checkpoints(out)] == ["step-00000004", "step-00000005"]
-    assert all(all_finite(c / "model.safetensors") for c in list_checkpoints(out)) and all_finite(out / "model.safetensors")
+    assert all(all_finite(c / "model.safetensors") for c in list_checkpoints(out)) and all_finite(
+        out / "model.safetensors"
+    )
     monkeypatch.undo()  # the cause is gone: resuming finishes the run as if nothing had happened
     train(model_cfg, train_cfg, corpus, out, resume=True, progress=False)
     assert (out / "model.safetensors").read_bytes() == (data["reference"] / "model.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("poison, what", [(nan_loss, r"loss at step 3 \(loss nan\)"),
-                                          (_InfiniteGradient.apply, r"gradient norm at step 3 \(loss [0-9.]+, gradient norm (inf|nan)\)")])
-def test_bad_steps_are_skipped_up_to_max_bad_steps(data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture, poison, what: str) -> None:
+@pytest.mark.parametrize(
+    "poison, what",
+    [
+        (nan_loss, r"loss at step 3 \(loss nan\)"),
+        (_InfiniteGradient.apply, r"gradient norm at step 3 \(loss [0-9.]+, gradient norm (inf|nan)\)"),
+    ],
+)
+def test_bad_steps_are_skipped_up_to_max_bad_steps(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, poison, what: str
+) -> None:
     corpus, model_cfg, train_cfg = tiny_run(data, max_bad_steps=1, steps=4)
     poison_steps(monkeypatch, {3}, poison)
     with caplog.at_level(logging.WARNING, logger="fastweights.train"):
@@ -201,8 +244,11 @@ def test_bad_steps_are_skipped_up_to_max_bad_steps(data, tmp_path: Path, monkeyp
     assert re.search(f"non-finite {what}: update skipped \\(1 of max_bad_steps=1 in a row\\)", caplog.text)
     assert all_finite(tmp_path / "one" / "model.safetensors") and len(losses(tmp_path / "one")) == 4
     poison_steps(monkeypatch, {3, 4}, poison)  # two in a row: one more than allowed
-    with pytest.raises(NonFiniteError, match=r"at step 4 .*after 1 skipped step\(s\) in a row \(max_bad_steps=1\); "
-                                             r"no checkpoint was written to .* yet"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"at step 4 .*after 1 skipped step\(s\) in a row \(max_bad_steps=1\); "
+        r"no checkpoint was written to .* yet",
+    ):
         train(model_cfg, train_cfg, corpus, tmp_path / "two", progress=False)
 
 
@@ -210,7 +256,9 @@ def test_non_finite_weights_are_never_checkpointed(data, tmp_path: Path, monkeyp
     corpus, model_cfg, train_cfg = tiny_run(data, ckpt_every=2)
     step, calls = torch.optim.AdamW.step, itertools.count(1)
 
-    def poisoning_step(self, *args, **kwargs):  # the 4th update leaves an infinite weight (its loss and gradients were finite)
+    def poisoning_step(
+        self, *args, **kwargs
+    ):  # the 4th update leaves an infinite weight (its loss and gradients were finite)
         result = step(self, *args, **kwargs)
         if next(calls) == 4:
             with torch.no_grad():
@@ -218,7 +266,10 @@ def test_non_finite_weights_are_never_checkpointed(data, tmp_path: Path, monkeyp
         return result
 
     monkeypatch.setattr(torch.optim.AdamW, "step", poisoning_step)
-    with pytest.raises(NonFiniteError, match=r"non-finite values after step 4 in .*; not checkpointed; the last good checkpoint is step 2"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"non-finite values after step 4 in .*; not checkpointed; the last good checkpoint is step 2",
+    ):
         train(model_cfg, train_cfg, corpus, tmp_path / "run", progress=False)
     assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
 
@@ -227,8 +278,11 @@ def test_a_diverging_run_exits_2_with_one_line(data, tmp_path: Path, capsys: pyt
     out = tmp_path / "run"
     assert cli.main(cli_args(data["text"], out, data["cache"], steps=20, lr=1e30, ckpt_every=1)) == 2
     message = error_line(capsys)
-    match = re.fullmatch(rf"fastweights train: error: non-finite loss at step (\d+) \(loss nan\); "
-                         rf"the last good checkpoint is step (\d+) in {re.escape(str(out))}", message)
+    match = re.fullmatch(
+        rf"fastweights train: error: non-finite loss at step (\d+) \(loss nan\); "
+        rf"the last good checkpoint is step (\d+) in {re.escape(str(out))}",
+        message,
+    )
     assert match and int(match[2]) == int(match[1]) - 1 == int(latest_checkpoint(out).name[5:]), message
     assert all(all_finite(c / "model.safetensors") for c in list_checkpoints(out))
 
@@ -239,7 +293,10 @@ def test_a_second_writer_is_refused_at_once(data, tmp_path: Path, capsys: pytest
     with run_lock(out, "another fastweights train"):
         assert cli.main(cli_args(data["text"], out, data["cache"], steps=2)) == 2
     message = error_line(capsys)
-    assert f"--out {out} is in use by pid {os.getpid()} on {socket.gethostname()} (another fastweights train, since " in message
+    assert (
+        f"--out {out} is in use by pid {os.getpid()} on {socket.gethostname()} (another fastweights train, since "
+        in message
+    )
     assert list(out.iterdir()) == []  # nothing written, and the lock gone
     assert cli.main(cli_args(data["text"], out, data["cache"], steps=2)) == 0  # free again
 
@@ -269,7 +326,9 @@ def test_a_lock_taken_on_a_deleted_lock_file_is_taken_again(tmp_path: Path, monk
                 pass
 
 
-def test_sigkill_at_random_moments_then_resume_is_byte_identical(data, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sigkill_at_random_moments_then_resume_is_byte_identical(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Checkpoint every step, kill -9 twice at random moments (during a step or a checkpoint write),
     resume each time; meanwhile a second writer is refused, naming the running process."""
     seed = int(os.environ.get("FASTWEIGHTS_FAULT_SEED", time.time_ns() % 10_000))
@@ -282,7 +341,9 @@ def test_sigkill_at_random_moments_then_resume_is_byte_identical(data, tmp_path:
     args = ["-m", "fastweights.cli"] + cli_args(data["text"], out, data["cache"], **settings)
     proc, seen = run_cli(args), 0
     for kill in range(2):
-        while (latest_checkpoint(out) is None or checkpoint_step(latest_checkpoint(out)) <= seen) and proc.poll() is None:
+        while (
+            latest_checkpoint(out) is None or checkpoint_step(latest_checkpoint(out)) <= seen
+        ) and proc.poll() is None:
             time.sleep(0.005)  # until this process has trained and checkpointed
         seen = checkpoint_step(latest_checkpoint(out))
         if kill == 0:
@@ -311,10 +372,18 @@ def file_size_limit() -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-@pytest.mark.parametrize("write", [
-    lambda path: torch.save({"w": torch.zeros(10_000)}, open(path, "wb")),  # RuntimeError 'unexpected pos' over the OSError
-    lambda path: safetensors.torch.save_file({"w": torch.zeros(10_000)}, path),  # SafetensorError '... (os error 27)'
-], ids=["torch", "safetensors"])
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path: torch.save(
+            {"w": torch.zeros(10_000)}, open(path, "wb")
+        ),  # RuntimeError 'unexpected pos' over the OSError
+        lambda path: safetensors.torch.save_file(
+            {"w": torch.zeros(10_000)}, path
+        ),  # SafetensorError '... (os error 27)'
+    ],
+    ids=["torch", "safetensors"],
+)
 def test_library_write_errors_become_os_errors_naming_the_file(tmp_path: Path, file_size_limit: int, write) -> None:
     target = tmp_path / "weights.bin"
     with pytest.raises(OSError) as e:
@@ -330,12 +399,16 @@ def _limit_file_size() -> None:
 def test_a_write_failure_is_one_clear_line_and_leaves_nothing_corrupt(data, tmp_path: Path) -> None:
     """The kernel refuses the checkpoint's writes (RLIMIT_FSIZE: EFBIG, the path of ENOSPC in torch and safetensors)."""
     out = tmp_path / "run"
-    proc = run_cli(["-m", "fastweights.cli"] + cli_args(data["text"], out, data["cache"], steps=4, ckpt_every=2),
-                   preexec_fn=_limit_file_size)
+    proc = run_cli(
+        ["-m", "fastweights.cli"] + cli_args(data["text"], out, data["cache"], steps=4, ckpt_every=2),
+        preexec_fn=_limit_file_size,
+    )
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 2, output
-    assert output.splitlines()[-1] == (f"fastweights train: error: File too large (writing the checkpoint of step 2): "
-                                       f"{out}/checkpoints/step-00000002/model.safetensors")
+    assert output.splitlines()[-1] == (
+        f"fastweights train: error: File too large (writing the checkpoint of step 2): "
+        f"{out}/checkpoints/step-00000002/model.safetensors"
+    )
     assert list_checkpoints(out) == [] and not temporaries(out)
     assert (out / "config.json").is_file() and "Traceback" not in output
 
@@ -349,14 +422,23 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing_corrupt(data, tmp_path
     disk.mkdir()
     out = disk / "run"
     train_args = " ".join(cli_args(data["text"], out, data["cache"], steps=4, ckpt_every=2))
-    script = (f"mount -t tmpfs -o size=80k tmpfs {disk} && cd {REPO} && {sys.executable} -m fastweights.cli {train_args}; "
-              f"echo rc=$?; find {disk} | sort")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    script = (
+        f"mount -t tmpfs -o size=80k tmpfs {disk} && cd {REPO} && {sys.executable} -m fastweights.cli {train_args}; "
+        f"echo rc=$?; find {disk} | sort"
+    )
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert "rc=2" in proc.stdout, proc.stdout + proc.stderr
-    assert re.fullmatch(rf"fastweights train: error: No space left on device \(writing the checkpoint of step 2\): "
-                        rf"{re.escape(str(out))}/checkpoints/step-00000002/(model.safetensors|trainer.pt)",
-                        proc.stderr.splitlines()[-1]), proc.stderr
+    assert re.fullmatch(
+        rf"fastweights train: error: No space left on device \(writing the checkpoint of step 2\): "
+        rf"{re.escape(str(out))}/checkpoints/step-00000002/(model.safetensors|trainer.pt)",
+        proc.stderr.splitlines()[-1],
+    ), proc.stderr
     listing = proc.stdout.split("rc=2", 1)[1].split()
     assert f"{out}/config.json" in listing and not [p for p in listing if "step-" in p or p.endswith(".tmp")], listing
 
@@ -372,7 +454,10 @@ BAD_INPUT = [
     (["--set", "beta1=2"], "TrainConfig.beta1 must be in [0, 1), got 2.0"),
     (["--set", "max_bad_steps=-1"], "TrainConfig.max_bad_steps must be an int >= 0, got -1"),
     (["--set", "d_head=0"], "LMConfig.d_head must be a positive int or null, got 0"),
-    (["--set", "tie_embeddings=maybe"], "LMConfig.tie_embeddings must be a bool (true/false, yes/no, 1/0), got 'maybe'"),
+    (
+        ["--set", "tie_embeddings=maybe"],
+        "LMConfig.tie_embeddings must be a bool (true/false, yes/no, 1/0), got 'maybe'",
+    ),
     (["--set", "context=100000"], "tokens, fewer than context + 2 = 100002; use more data or a smaller context"),
     (["--val-fraction", "0.001"], "the validation split of "),
     (["--resume"], "holds no run (no config.json)"),
@@ -380,8 +465,9 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_bad_input_is_refused_before_out_is_touched(data, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                     args: List[str], message: str) -> None:
+def test_bad_input_is_refused_before_out_is_touched(
+    data, tmp_path: Path, capsys: pytest.CaptureFixture, args: List[str], message: str
+) -> None:
     out = tmp_path / "run"
     assert cli.main(cli_args(data["text"], out, data["cache"], *args, steps=2)) == 2
     assert message in error_line(capsys)
@@ -396,8 +482,12 @@ def test_the_corrected_command_is_accepted(data, tmp_path: Path, capsys: pytest.
 
 def test_set_reads_each_field_as_its_type(data, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert cli.main(cli_args(data["text"], out, data["cache"], "--set", "tie_embeddings=False", "--set", "bias=no",
-                             steps=1)) == 0
+    assert (
+        cli.main(
+            cli_args(data["text"], out, data["cache"], "--set", "tie_embeddings=False", "--set", "bias=no", steps=1)
+        )
+        == 0
+    )
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["tie_embeddings"] is False and saved["model"]["bias"] is False
     weights = safetensors.torch.load_file(out / "model.safetensors")

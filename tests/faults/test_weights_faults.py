@@ -51,16 +51,28 @@ def remove_digest(directory: Path) -> None:
 WEIGHTS = "model.safetensors"
 #: damage to a model directory with a digest, and the error it must give (a pattern after "weights file <path> ")
 DAMAGES: Dict[str, Tuple[Callable[[Path], None], type, str]] = {
-    "truncated": (lambda d: os.truncate(d / WEIGHTS, (d / WEIGHTS).stat().st_size // 2), ValueError,
-                  r"is truncated: [\d,]+ bytes, its header describes [\d,]+$"),
+    "truncated": (
+        lambda d: os.truncate(d / WEIGHTS, (d / WEIGHTS).stat().st_size // 2),
+        ValueError,
+        r"is truncated: [\d,]+ bytes, its header describes [\d,]+$",
+    ),
     "zero-bytes": (lambda d: (d / WEIGHTS).write_bytes(b""), ValueError, r"is empty \(0 bytes\)$"),
-    "garbage-inside": (lambda d: overwrite_middle(d / WEIGHTS, b"\x00"), ValueError,
-                       r"does not match the SHA-256 recorded in \S+/config.json: it changed after it was written "
-                       r"\(damaged on disk or in a copy\)"),
-    "non-finite": (lambda d: poison_first_weight(d, float("nan")), ValueError,
-                   r"holds non-finite values \(NaN or inf\) in wte.weight"),
-    "nan-bytes-no-digest": (lambda d: (overwrite_middle(d / WEIGHTS, b"\xff"), remove_digest(d)), ValueError,
-                            r"holds non-finite values \(NaN or inf\) in \S+.*"),
+    "garbage-inside": (
+        lambda d: overwrite_middle(d / WEIGHTS, b"\x00"),
+        ValueError,
+        r"does not match the SHA-256 recorded in \S+/config.json: it changed after it was written "
+        r"\(damaged on disk or in a copy\)",
+    ),
+    "non-finite": (
+        lambda d: poison_first_weight(d, float("nan")),
+        ValueError,
+        r"holds non-finite values \(NaN or inf\) in wte.weight",
+    ),
+    "nan-bytes-no-digest": (
+        lambda d: (overwrite_middle(d / WEIGHTS, b"\xff"), remove_digest(d)),
+        ValueError,
+        r"holds non-finite values \(NaN or inf\) in \S+.*",
+    ),
     "missing": (lambda d: (d / WEIGHTS).unlink(), FileNotFoundError, r"does not exist$"),
 }
 
@@ -106,10 +118,43 @@ def assert_one_line(command: str, pattern: str, result: Tuple[int, str, List[str
 
 def test_generate_and_eval_refuse_damaged_weights_in_one_line(damaged, pristine, capsys) -> None:
     directory, _, pattern = damaged
-    assert_one_line("generate", pattern, run(["generate", "--checkpoint", str(directory), "--prompt", "ROMEO:",
-                                              "--max-new-tokens", "3", "--temperature", "0"], capsys))
-    assert_one_line("eval", pattern, run(["eval", "--checkpoint", str(directory), "--data", str(pristine["text"]),
-                                          "--protocol", "sliding-window", "--stride", "16", "--no-progress"], capsys))
+    assert_one_line(
+        "generate",
+        pattern,
+        run(
+            [
+                "generate",
+                "--checkpoint",
+                str(directory),
+                "--prompt",
+                "ROMEO:",
+                "--max-new-tokens",
+                "3",
+                "--temperature",
+                "0",
+            ],
+            capsys,
+        ),
+    )
+    assert_one_line(
+        "eval",
+        pattern,
+        run(
+            [
+                "eval",
+                "--checkpoint",
+                str(directory),
+                "--data",
+                str(pristine["text"]),
+                "--protocol",
+                "sliding-window",
+                "--stride",
+                "16",
+                "--no-progress",
+            ],
+            capsys,
+        ),
+    )
 
 
 def test_load_model_raises_the_one_clear_error(damaged) -> None:
@@ -121,8 +166,9 @@ def test_load_model_raises_the_one_clear_error(damaged) -> None:
 
 def test_auto_model_raises_the_one_clear_error(damaged) -> None:
     pytest.importorskip("transformers")
-    import fastweights.hf  # noqa: F401  registers the model type
     from transformers import AutoModelForCausalLM
+
+    import fastweights.hf  # noqa: F401  registers the model type
 
     directory, error, pattern = damaged
     with pytest.raises(error) as e:
@@ -132,8 +178,10 @@ def test_auto_model_raises_the_one_clear_error(damaged) -> None:
 
 def test_pristine_and_old_directories_load(pristine, tmp_path: Path, capsys) -> None:
     record = read_config(pristine["model"])["weights"]
-    assert record == {"sha256": file_sha256(pristine["model"] / WEIGHTS),
-                      "bytes": (pristine["model"] / WEIGHTS).stat().st_size}
+    assert record == {
+        "sha256": file_sha256(pristine["model"] / WEIGHTS),
+        "bytes": (pristine["model"] / WEIGHTS).stat().st_size,
+    }
     old = tmp_path / "old"
     shutil.copytree(pristine["model"], old)
     remove_digest(old)  # written before the digest existed: the structural and finiteness checks only
@@ -185,27 +233,38 @@ def test_a_failed_weights_write_leaves_no_stale_digest(pristine, tmp_path: Path)
     load_model(directory)  # the old weights, checked without a digest
 
 
-@pytest.mark.parametrize("damage,pattern", [
-    (lambda p: os.truncate(p, p.stat().st_size - 10), r"is truncated: [\d,]+ bytes, its header describes [\d,]+"),
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    (lambda p: overwrite_middle(p, b"\x00", 40), r"does not match the SHA-256 in its metadata: it changed after .*"),
-    (lambda p: p.write_bytes(b"\xff" * 100), r"is truncated or not a safetensors file \(100 bytes, no complete .*"),
-], ids=["truncated", "zero-bytes", "garbage-inside", "not-safetensors"])
+@pytest.mark.parametrize(
+    "damage,pattern",
+    [
+        (lambda p: os.truncate(p, p.stat().st_size - 10), r"is truncated: [\d,]+ bytes, its header describes [\d,]+"),
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (
+            lambda p: overwrite_middle(p, b"\x00", 40),
+            r"does not match the SHA-256 in its metadata: it changed after .*",
+        ),
+        (lambda p: p.write_bytes(b"\xff" * 100), r"is truncated or not a safetensors file \(100 bytes, no complete .*"),
+    ],
+    ids=["truncated", "zero-bytes", "garbage-inside", "not-safetensors"],
+)
 def test_generate_refuses_a_damaged_state_file_in_one_line(pristine, tmp_path: Path, capsys, damage, pattern) -> None:
     state = tmp_path / "state.safetensors"
     shutil.copyfile(pristine["state"], state)
     damage(state)
-    result = run(["generate", "--checkpoint", str(pristine["model"]), "--prompt", " ", "--load-state", str(state)],
-                 capsys)
+    result = run(
+        ["generate", "--checkpoint", str(pristine["model"]), "--prompt", " ", "--load-state", str(state)], capsys
+    )
     assert_one_line("generate", "state file " + re.escape(str(state)) + " " + pattern, result)
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("--max-new-tokens", "-5", "--max-new-tokens must be >= 0, got -5"),
-    ("--temperature", "nan", "temperature must be >= 0, got nan"),
-    ("--top-p", "1.5", "top_p must be in (0, 1] or None, got 1.5"),
-    ("--seed", str(2**64), f"--seed must be in [-2**63, 2**64) (a 64-bit seed), got {2**64}"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--max-new-tokens", "-5", "--max-new-tokens must be >= 0, got -5"),
+        ("--temperature", "nan", "temperature must be >= 0, got nan"),
+        ("--top-p", "1.5", "top_p must be in (0, 1] or None, got 1.5"),
+        ("--seed", str(2**64), f"--seed must be in [-2**63, 2**64) (a 64-bit seed), got {2**64}"),
+    ],
+)
 def test_generate_checks_its_numbers_before_printing_anything(pristine, capsys, option, value, message) -> None:
     result = run(["generate", "--checkpoint", str(pristine["model"]), "--prompt", "ROMEO:", option, value], capsys)
     assert_one_line("generate", re.escape(message), result)
@@ -218,7 +277,24 @@ def test_eval_never_reports_a_non_finite_score(pristine, tmp_path: Path, capsys)
     with torch.no_grad():
         model.head.weight.mul_(1e37)  # finite weights whose logits overflow to inf: a NaN loss
     save_weights(model, directory / WEIGHTS)
-    result = run(["eval", "--checkpoint", str(directory), "--data", str(pristine["text"]),
-                  "--protocol", "sliding-window", "--stride", "16", "--no-progress"], capsys)
-    assert_one_line("eval", rf"the sliding-window loss of {re.escape(str(directory))} on the val split of "
-                            rf"{re.escape(str(pristine['text']))} is nan \(not finite\): .*", result)
+    result = run(
+        [
+            "eval",
+            "--checkpoint",
+            str(directory),
+            "--data",
+            str(pristine["text"]),
+            "--protocol",
+            "sliding-window",
+            "--stride",
+            "16",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert_one_line(
+        "eval",
+        rf"the sliding-window loss of {re.escape(str(directory))} on the val split of "
+        rf"{re.escape(str(pristine['text']))} is nan \(not finite\): .*",
+        result,
+    )

@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from fastweights.feature_maps import (
-    FeatureMap, get_feature_map, get_qk_norm, l2_normalize, list_feature_maps, register_feature_map, sum_normalize,
+    FeatureMap,
+    get_feature_map,
+    get_qk_norm,
+    l2_normalize,
+    list_feature_maps,
+    register_feature_map,
+    sum_normalize,
 )
 
 

@@ -72,10 +72,10 @@ def test_greedy_generate_equals_fastweights_decoding(attention: str) -> None:
     model = hf_model(attention)
     prompt = PROMPTS[0]
     out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
-    assert out[0, len(prompt):].tolist() == generate(model.lm, prompt, 8, temperature=0.0)[0]
+    assert out[0, len(prompt) :].tolist() == generate(model.lm, prompt, 8, temperature=0.0)[0]
     ids, mask = left_padded(PROMPTS, pad=4)
     out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=4)
-    assert out[:, ids.shape[1]:].tolist() == generate(model.lm, PROMPTS, 8, temperature=0.0)[0]
+    assert out[:, ids.shape[1] :].tolist() == generate(model.lm, PROMPTS, 8, temperature=0.0)[0]
 
 
 @pytest.mark.parametrize("attention", ["softmax", "delta"])
@@ -86,21 +86,24 @@ def test_eos_token_stops_rows_as_stop_tokens_do(attention: str) -> None:
     ours, _ = generate(model.lm, PROMPTS, 8, temperature=0.0, stop_tokens=[eos])
     ids, mask = left_padded(PROMPTS)
     out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=eos, pad_token_id=0)
-    for row, mine in zip(out[:, ids.shape[1]:].tolist(), ours):
-        assert row[: len(mine)] == mine and all(t == 0 for t in row[len(mine):])
+    for row, mine in zip(out[:, ids.shape[1] :].tolist(), ours):
+        assert row[: len(mine)] == mine and all(t == 0 for t in row[len(mine) :])
 
 
 def test_top_p_sampling() -> None:
     model = hf_model("delta")
     ids, mask = left_padded(PROMPTS)
     greedy = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    nucleus = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_p=1e-6, top_k=0,
-                             pad_token_id=0)  # the nucleus is the top token alone
+    nucleus = model.generate(
+        ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_p=1e-6, top_k=0, pad_token_id=0
+    )  # the nucleus is the top token alone
     assert torch.equal(nucleus, greedy)
     draws = []
     for _ in range(2):
         torch.manual_seed(7)
-        draws.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_p=0.9, pad_token_id=0))
+        draws.append(
+            model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_p=0.9, pad_token_id=0)
+        )
     assert torch.equal(draws[0], draws[1])
 
 
@@ -109,8 +112,9 @@ def test_beam_search_equals_a_search_by_full_forwards(attention: str, prompt: li
     """Beam search reorders the cache's rows every step; a reference search re-reads every beam
     (prompts for which the best beam changes parents, so an unordered cache gives other tokens)."""
     model, beams, steps = hf_model(attention), 3, 6
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, num_beams=beams, do_sample=False,
-                         length_penalty=0.0)
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=steps, num_beams=beams, do_sample=False, length_penalty=0.0
+    )
     hyps, scores = [prompt], torch.zeros(1)
     with torch.no_grad():
         for _ in range(steps):
@@ -129,15 +133,18 @@ def test_forward_logits_loss_and_cache() -> None:
     for b, prompt in enumerate(PROMPTS):
         with torch.no_grad():
             ref = model.lm(torch.tensor([prompt]))[0][0]  # [len, V]
-        torch.testing.assert_close(out.logits[b, P - len(prompt):], ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.logits[b, P - len(prompt) :], ref, rtol=1e-5, atol=1e-5)
         assert not out.logits[b, : P - len(prompt)].any()  # padding: zeros
         losses.append(torch.nn.functional.cross_entropy(ref[:-1], torch.tensor(prompt[1:]), reduction="sum"))
     torch.testing.assert_close(out.loss, torch.stack(losses).sum() / sum(len(p) - 1 for p in PROMPTS))
     cache = getattr(out, CACHE_ARG)
     assert isinstance(cache, FastWeightCache) and cache.get_seq_length() == P
     assert cache.state["pos"].tolist() == [len(p) for p in PROMPTS]
-    nxt = model(torch.tensor([[1], [2], [3]]), attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1),
-                **{CACHE_ARG: cache})
+    nxt = model(
+        torch.tensor([[1], [2], [3]]),
+        attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1),
+        **{CACHE_ARG: cache},
+    )
     for b, (prompt, t) in enumerate(zip(PROMPTS, [1, 2, 3])):
         with torch.no_grad():
             ref = model.lm(torch.tensor([prompt + [t]]))[0][0, -1]
@@ -159,7 +166,9 @@ def test_forward_errors() -> None:
         model(ids, attention_mask=mask.flip(1))
     cache = getattr(model(ids, attention_mask=mask), CACHE_ARG)
     with pytest.raises(ValueError, match="may be 0 only before each row's first token"):
-        model(ids[:, :1], attention_mask=torch.cat([mask, torch.zeros(3, 1, dtype=torch.long)], 1), **{CACHE_ARG: cache})
+        model(
+            ids[:, :1], attention_mask=torch.cat([mask, torch.zeros(3, 1, dtype=torch.long)], 1), **{CACHE_ARG: cache}
+        )
     with pytest.raises(ValueError, match=r"does not take \['inputs_embeds'\]"):
         model(ids, inputs_embeds=torch.zeros(3, 7, 16))
     with pytest.raises(ValueError, match="cannot be cropped"):
@@ -172,8 +181,10 @@ def test_tokenizer_json_loads_in_transformers(tmp_path: Path, kind: str) -> None
     ours = write_model_dir(tmp_path / "run", "delta", tokenizer)
     FastWeightsForCausalLM.from_pretrained(tmp_path / "run").save_pretrained(tmp_path / "saved")
     (tmp_path / "saved" / "tokenizer.json").write_text((tmp_path / "run" / "tokenizer.json").read_text())
-    for tok in (PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "run" / "tokenizer.json")),
-                AutoTokenizer.from_pretrained(tmp_path / "saved")):
+    for tok in (
+        PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "run" / "tokenizer.json")),
+        AutoTokenizer.from_pretrained(tmp_path / "saved"),
+    ):
         text = TEXT[:200]
         ids = tok(text)["input_ids"]
         assert ids == ours.encode(text) and tok.decode(ids) == ours.decode(ids)
@@ -192,8 +203,13 @@ def test_a_missing_local_folder_is_reported_at_once(tmp_path: Path, monkeypatch,
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket.socket, "connect", _no_network)
     name = name.format(tmp=tmp_path)
-    for load in (AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained, AutoTokenizer.from_pretrained,
-                 FastWeightsForCausalLM.from_pretrained, FastWeightsConfig.from_pretrained):
+    for load in (
+        AutoModelForCausalLM.from_pretrained,
+        AutoConfig.from_pretrained,
+        AutoTokenizer.from_pretrained,
+        FastWeightsForCausalLM.from_pretrained,
+        FastWeightsConfig.from_pretrained,
+    ):
         with pytest.raises(FileNotFoundError, match=f"^no such folder: {re.escape(name)}$"):
             load(name)
     with pytest.raises(FileNotFoundError, match="^no such folder: "):

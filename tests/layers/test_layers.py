@@ -8,10 +8,9 @@ import re
 import pytest
 import torch
 
-from fastweights.ops import list_rules
-
 from fastweights import FastWeightAttention, SoftmaxAttention
 from fastweights.feature_maps import get_feature_map
+from fastweights.ops import list_rules
 
 VARIANTS = {
     "sum": dict(rule="sum"),
@@ -187,8 +186,9 @@ def test_softmax_errors() -> None:
 def test_packed_sequences_must_match_the_input(name: str) -> None:
     """cu_seqlens must end at T and needs B = 1, in every layer (the softmax one included)."""
     layer = make_layer(name)
-    with pytest.raises(ValueError, match=re.escape("cu_seqlens must start at 0, strictly increase and end at T = 8, "
-                                                   "got [0, 3, 7]")):
+    with pytest.raises(
+        ValueError, match=re.escape("cu_seqlens must start at 0, strictly increase and end at T = 8, got [0, 3, 7]")
+    ):
         layer(torch.randn(1, 8, 24, dtype=torch.float64), cu_seqlens=torch.tensor([0, 3, 7]))
     with pytest.raises(ValueError, match="so B must be 1, got B = 2"):
         layer(torch.randn(2, 8, 24, dtype=torch.float64), cu_seqlens=torch.tensor([0, 3, 8]))

@@ -12,8 +12,14 @@ from fastweights.atomic import file_sha256
 from fastweights.models import LanguageModel, LMConfig, load_model, read_config, save_weights, write_config
 
 
-@pytest.mark.parametrize("kw", [dict(attention="dpfp-2+delta"), dict(attention="softmax", tie_embeddings=False),
-                                dict(attention="favor-8", vocab_size=120, adaptive_cutoffs=[10, 50])])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(attention="dpfp-2+delta"),
+        dict(attention="softmax", tie_embeddings=False),
+        dict(attention="favor-8", vocab_size=120, adaptive_cutoffs=[10, 50]),
+    ],
+)
 def test_round_trip(tmp_path: Path, kw: dict) -> None:
     torch.manual_seed(0)
     cfg = LMConfig(**{**dict(vocab_size=37, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=8), **kw})
@@ -43,7 +49,9 @@ def test_errors(tmp_path: Path) -> None:
     write_config(tmp_path, small)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
-    save_weights(LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, d_ff=8)), tmp_path / "model.safetensors")
+    save_weights(
+        LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, d_ff=8)), tmp_path / "model.safetensors"
+    )
     with pytest.raises(ValueError, match="does not match the model: .*unexpected"):
         load_model(tmp_path)
 
@@ -89,6 +97,9 @@ def test_weights_replaced_while_they_are_read_are_read_again(tmp_path: Path, mon
 
 def test_weights_beside_another_programs_config_are_written_without_a_digest(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    save_weights(LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)),
-                 tmp_path / "model.safetensors")
-    assert (tmp_path / "config.json").read_text() == '{"model_type": "gpt2"}' and (tmp_path / "model.safetensors").is_file()
+    save_weights(
+        LanguageModel(LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)), tmp_path / "model.safetensors"
+    )
+    assert (tmp_path / "config.json").read_text() == '{"model_type": "gpt2"}' and (
+        tmp_path / "model.safetensors"
+    ).is_file()

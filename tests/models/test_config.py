@@ -6,27 +6,41 @@ import re
 
 import pytest
 
-from fastweights.models import (AttentionSpec, LMConfig, TrainConfig, get_preset, get_run_preset, list_attentions,
-                                list_presets, parse_attention)
+from fastweights.models import (
+    AttentionSpec,
+    LMConfig,
+    TrainConfig,
+    get_preset,
+    get_run_preset,
+    list_attentions,
+    list_presets,
+    parse_attention,
+)
 from fastweights.ops import list_rules
 
 
-@pytest.mark.parametrize("name, spec", [
-    ("softmax", AttentionSpec("softmax")),
-    ("linear", AttentionSpec("fwp", "sum", "elu_p1", {})),
-    ("delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
-    ("linear+delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
-    ("relu+delta", AttentionSpec("fwp", "delta", "relu", {})),
-    ("dpfp-2+delta", AttentionSpec("fwp", "delta", "dpfp", {"nu": 2})),
-    ("dpfp-3", AttentionSpec("fwp", "sum", "dpfp", {"nu": 3})),
-    ("favor-64", AttentionSpec("fwp", "sum", "favor", {"m": 64})),
-    ("favor-16+delta", AttentionSpec("fwp", "delta", "favor", {"m": 16})),
-])
+@pytest.mark.parametrize(
+    "name, spec",
+    [
+        ("softmax", AttentionSpec("softmax")),
+        ("linear", AttentionSpec("fwp", "sum", "elu_p1", {})),
+        ("delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
+        ("linear+delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
+        ("relu+delta", AttentionSpec("fwp", "delta", "relu", {})),
+        ("dpfp-2+delta", AttentionSpec("fwp", "delta", "dpfp", {"nu": 2})),
+        ("dpfp-3", AttentionSpec("fwp", "sum", "dpfp", {"nu": 3})),
+        ("favor-64", AttentionSpec("fwp", "sum", "favor", {"m": 64})),
+        ("favor-16+delta", AttentionSpec("fwp", "delta", "favor", {"m": 16})),
+    ],
+)
 def test_parse_attention(name: str, spec: AttentionSpec) -> None:
     assert parse_attention(name) == spec
 
 
-@pytest.mark.parametrize("name", ["", "foo", "dpfp", "dpfp-0", "dpfp-02", "linear-3", "favor+delta", "softmax+delta", "delta+delta", "DPFP-2"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "foo", "dpfp", "dpfp-0", "dpfp-02", "linear-3", "favor+delta", "softmax+delta", "delta+delta", "DPFP-2"],
+)
 def test_unknown_attention_lists_valid_ones(name: str) -> None:
     with pytest.raises(ValueError, match=r"expected 'softmax', or '<map>\[\+<rule>\]") as e:
         parse_attention(name)
@@ -39,13 +53,26 @@ def test_every_listed_attention_parses() -> None:
 
 
 def test_presets() -> None:
-    assert list_presets() == ["shakespeare-char", "shakespeare-char-carried", "wt103-medium", "wt103-small", "wt2-small"]
+    assert list_presets() == [
+        "shakespeare-char",
+        "shakespeare-char-carried",
+        "wt103-medium",
+        "wt103-small",
+        "wt2-small",
+    ]
     run = get_run_preset("shakespeare-char", "dpfp-2+delta")
     m, t = run.model, run.train
     assert (m.n_layers, m.n_heads, m.d_model, m.context, m.dropout, m.attention) == (4, 4, 128, 64, 0.0, "dpfp-2+delta")
     assert (t.batch_size, t.steps, t.lr) == (12, 2000, 1e-3)
     small, medium = get_preset("wt103-small", "delta"), get_preset("wt103-medium", "softmax")
-    assert (small.n_layers, small.d_model, small.head_dim, small.d_ff, small.norm, small.context) == (16, 128, 16, 2048, "post", 256)
+    assert (small.n_layers, small.d_model, small.head_dim, small.d_ff, small.norm, small.context) == (
+        16,
+        128,
+        16,
+        2048,
+        "post",
+        256,
+    )
     assert (medium.d_model, medium.head_dim, medium.context) == (256, 32, 384)
     assert small.adaptive_cutoffs == [20000, 40000, 200000] and small.tie_embeddings
     # a smaller vocabulary keeps only the cutoffs below it
@@ -69,8 +96,16 @@ def test_config_round_trip_and_errors() -> None:
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown LMConfig fields \\['n_layer'\\]"):
         LMConfig.from_dict({**cfg.to_dict(), "n_layer": 3})
-    for bad in [dict(vocab_size=0), dict(norm="sandwich"), dict(pos_emb="rope"), dict(d_model=30, n_heads=4),
-                dict(dropout=1.0), dict(adaptive_cutoffs=[50, 20]), dict(adaptive_cutoffs=[100]), dict(n_layers=2.0)]:
+    for bad in [
+        dict(vocab_size=0),
+        dict(norm="sandwich"),
+        dict(pos_emb="rope"),
+        dict(d_model=30, n_heads=4),
+        dict(dropout=1.0),
+        dict(adaptive_cutoffs=[50, 20]),
+        dict(adaptive_cutoffs=[100]),
+        dict(n_layers=2.0),
+    ]:
         with pytest.raises(ValueError, match="LMConfig"):
             LMConfig(**{"vocab_size": 100, **bad})
     with pytest.raises(ValueError, match="divisible by grad_accum"):
@@ -81,10 +116,31 @@ def test_config_round_trip_and_errors() -> None:
 
 def test_overrides() -> None:
     run = get_run_preset("shakespeare-char").with_overrides(
-        ["steps=10", "model.d_model=64", "train.lr=3e-4", "attention=dpfp-2+delta", "adaptive_cutoffs=null", "tie_embeddings=false"])
-    assert (run.train.steps, run.model.d_model, run.train.lr, run.model.attention, run.model.tie_embeddings) == (10, 64, 3e-4, "dpfp-2+delta", False)
-    for bad, msg in [("steps", "key=value"), ("=3", "key=value"), ("nope=1", "unknown setting"), ("train.d_model=4", "unknown setting"),
-                     ("steps=0", "positive int"), ("attention=foo", "unknown attention"), ("lr=abc", "TrainConfig.lr must be")]:
+        [
+            "steps=10",
+            "model.d_model=64",
+            "train.lr=3e-4",
+            "attention=dpfp-2+delta",
+            "adaptive_cutoffs=null",
+            "tie_embeddings=false",
+        ]
+    )
+    assert (run.train.steps, run.model.d_model, run.train.lr, run.model.attention, run.model.tie_embeddings) == (
+        10,
+        64,
+        3e-4,
+        "dpfp-2+delta",
+        False,
+    )
+    for bad, msg in [
+        ("steps", "key=value"),
+        ("=3", "key=value"),
+        ("nope=1", "unknown setting"),
+        ("train.d_model=4", "unknown setting"),
+        ("steps=0", "positive int"),
+        ("attention=foo", "unknown attention"),
+        ("lr=abc", "TrainConfig.lr must be"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             get_run_preset("shakespeare-char").with_overrides([bad])
 
@@ -94,45 +150,66 @@ def test_set_values_are_read_as_the_field_type() -> None:
         assert LMConfig.parse_field("tie_embeddings", text) is value
     assert LMConfig.parse_field("d_head", "null") is None and LMConfig.parse_field("d_head", "None") is None
     assert LMConfig.parse_field("d_head", "32") == 32
-    assert LMConfig.parse_field("adaptive_cutoffs", "[20000, 40000]") == [20000, 40000] == LMConfig.parse_field("adaptive_cutoffs", "20000,40000")
+    assert (
+        LMConfig.parse_field("adaptive_cutoffs", "[20000, 40000]")
+        == [20000, 40000]
+        == LMConfig.parse_field("adaptive_cutoffs", "20000,40000")
+    )
     assert TrainConfig.parse_field("lr", "3e-4") == 3e-4 and TrainConfig.parse_field("steps", "10") == 10
     assert LMConfig.parse_field("attention", "dpfp-2+delta") == "dpfp-2+delta"
     run = get_run_preset("shakespeare-char").with_overrides(["tie_embeddings=False", "bias=no", "train.lr=5e-4"])
     assert run.model.tie_embeddings is False and run.model.bias is False and run.train.lr == 5e-4
 
 
-@pytest.mark.parametrize("cls, name, text, message", [
-    (TrainConfig, "lr", "abc", "TrainConfig.lr must be a finite number, got 'abc'"),
-    (TrainConfig, "lr", "inf", "TrainConfig.lr must be a finite number, got inf"),
-    (TrainConfig, "grad_clip", "NaN", "TrainConfig.grad_clip must be a finite number, got nan"),
-    (TrainConfig, "warmup", "1.5", "TrainConfig.warmup must be an int, got '1.5'"),
-    (LMConfig, "bias", "False!", "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False!'"),
-    (LMConfig, "adaptive_cutoffs", "[20000, 4e4]", "LMConfig.adaptive_cutoffs[1] must be an int, got '40000.0'"),
-    (LMConfig, "adaptive_cutoffs", "[20000,", "LMConfig.adaptive_cutoffs must be a list of ints (JSON or comma-separated), got '[20000,'"),
-    (LMConfig, "adaptive_cutoffs", "20000;40000", "LMConfig.adaptive_cutoffs[0] must be an int, got '20000;40000'"),
-])
+@pytest.mark.parametrize(
+    "cls, name, text, message",
+    [
+        (TrainConfig, "lr", "abc", "TrainConfig.lr must be a finite number, got 'abc'"),
+        (TrainConfig, "lr", "inf", "TrainConfig.lr must be a finite number, got inf"),
+        (TrainConfig, "grad_clip", "NaN", "TrainConfig.grad_clip must be a finite number, got nan"),
+        (TrainConfig, "warmup", "1.5", "TrainConfig.warmup must be an int, got '1.5'"),
+        (LMConfig, "bias", "False!", "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False!'"),
+        (LMConfig, "adaptive_cutoffs", "[20000, 4e4]", "LMConfig.adaptive_cutoffs[1] must be an int, got '40000.0'"),
+        (
+            LMConfig,
+            "adaptive_cutoffs",
+            "[20000,",
+            "LMConfig.adaptive_cutoffs must be a list of ints (JSON or comma-separated), got '[20000,'",
+        ),
+        (LMConfig, "adaptive_cutoffs", "20000;40000", "LMConfig.adaptive_cutoffs[0] must be an int, got '20000;40000'"),
+    ],
+)
 def test_set_values_of_the_wrong_type_are_errors(cls, name: str, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         cls.parse_field(name, text)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: TrainConfig(beta1=2.0), "TrainConfig.beta1 must be in [0, 1), got 2.0"),
-    (lambda: TrainConfig(beta2=1.0), "TrainConfig.beta2 must be in [0, 1), got 1.0"),
-    (lambda: TrainConfig(lr=1e-3, min_lr=1e-2), "TrainConfig.min_lr must be in [0, lr=0.001], got 0.01"),
-    (lambda: TrainConfig(weight_decay=-1), "TrainConfig.weight_decay must be in [0, inf), got -1.0"),
-    (lambda: TrainConfig(grad_clip=-0.5), "TrainConfig.grad_clip must be in [0, inf), got -0.5"),
-    (lambda: TrainConfig(seed=-1), "TrainConfig.seed must be an int in [0, 2**63), got -1"),
-    (lambda: TrainConfig(seed=2 ** 63), "TrainConfig.seed must be an int in [0, 2**63)"),
-    (lambda: TrainConfig(max_bad_steps=-1), "TrainConfig.max_bad_steps must be an int >= 0, got -1"),
-    (lambda: TrainConfig(lr=float("inf")), "TrainConfig.lr must be a finite number, got inf"),
-    (lambda: TrainConfig(lr="abc"), "TrainConfig.lr must be a finite number, got 'abc'"),
-    (lambda: TrainConfig(steps=True), "TrainConfig.steps must be an int, got True"),
-    (lambda: LMConfig(vocab_size=10, bias="False"), "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False'"),
-    (lambda: LMConfig(vocab_size=10, d_head=0), "LMConfig.d_head must be a positive int or null, got 0"),
-    (lambda: LMConfig(vocab_size=10, dropout=-0.1), "LMConfig.dropout must be in [0, 1), got -0.1"),
-    (lambda: LMConfig(vocab_size=10, adaptive_div_value=0), "LMConfig.adaptive_div_value must be in (0, inf), got 0.0"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TrainConfig(beta1=2.0), "TrainConfig.beta1 must be in [0, 1), got 2.0"),
+        (lambda: TrainConfig(beta2=1.0), "TrainConfig.beta2 must be in [0, 1), got 1.0"),
+        (lambda: TrainConfig(lr=1e-3, min_lr=1e-2), "TrainConfig.min_lr must be in [0, lr=0.001], got 0.01"),
+        (lambda: TrainConfig(weight_decay=-1), "TrainConfig.weight_decay must be in [0, inf), got -1.0"),
+        (lambda: TrainConfig(grad_clip=-0.5), "TrainConfig.grad_clip must be in [0, inf), got -0.5"),
+        (lambda: TrainConfig(seed=-1), "TrainConfig.seed must be an int in [0, 2**63), got -1"),
+        (lambda: TrainConfig(seed=2**63), "TrainConfig.seed must be an int in [0, 2**63)"),
+        (lambda: TrainConfig(max_bad_steps=-1), "TrainConfig.max_bad_steps must be an int >= 0, got -1"),
+        (lambda: TrainConfig(lr=float("inf")), "TrainConfig.lr must be a finite number, got inf"),
+        (lambda: TrainConfig(lr="abc"), "TrainConfig.lr must be a finite number, got 'abc'"),
+        (lambda: TrainConfig(steps=True), "TrainConfig.steps must be an int, got True"),
+        (
+            lambda: LMConfig(vocab_size=10, bias="False"),
+            "LMConfig.bias must be a bool (true/false, yes/no, 1/0), got 'False'",
+        ),
+        (lambda: LMConfig(vocab_size=10, d_head=0), "LMConfig.d_head must be a positive int or null, got 0"),
+        (lambda: LMConfig(vocab_size=10, dropout=-0.1), "LMConfig.dropout must be in [0, 1), got -0.1"),
+        (
+            lambda: LMConfig(vocab_size=10, adaptive_div_value=0),
+            "LMConfig.adaptive_div_value must be in (0, inf), got 0.0",
+        ),
+    ],
+)
 def test_ranges_name_the_field_the_range_and_the_value(make, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         make()

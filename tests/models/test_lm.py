@@ -15,7 +15,9 @@ VARIANTS = ["softmax", "linear", "delta", "dpfp-2+delta", "dpfp-1", "favor-8", "
 
 def tiny(attention: str = "delta", **kw) -> LanguageModel:
     torch.manual_seed(0)
-    base = dict(vocab_size=37, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, attention=attention, chunk_size=4)
+    base = dict(
+        vocab_size=37, d_model=16, n_layers=2, n_heads=2, d_ff=32, context=16, attention=attention, chunk_size=4
+    )
     return LanguageModel(LMConfig(**{**base, **kw}))
 
 
@@ -82,7 +84,9 @@ def test_resets_start_those_rows_from_the_empty_state(attention: str) -> None:
     for b, spans in pieces.items():
         st, outs = None, []
         for a, e, carry in spans:
-            out, nll, st = model(idx[b : b + 1, a:e], idx.roll(-1, 1)[b : b + 1, a:e], state=row_state(b) if carry else None)
+            out, nll, st = model(
+                idx[b : b + 1, a:e], idx.roll(-1, 1)[b : b + 1, a:e], state=row_state(b) if carry else None
+            )
             outs.append(out)
             total = total + nll * (e - a)
         expected_logits.append(torch.cat(outs, 1))
@@ -100,7 +104,9 @@ def test_resets_without_any_equal_no_resets_and_bad_resets_are_errors() -> None:
     idx = torch.randint(0, 37, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(model(idx, resets=torch.zeros(2, 9, dtype=torch.bool))[0], model(idx)[0])
-    with pytest.raises(ValueError, match=r"resets must be a bool tensor of the shape of idx \[2, 9\], got torch.int64 \[2, 9\]"):
+    with pytest.raises(
+        ValueError, match=r"resets must be a bool tensor of the shape of idx \[2, 9\], got torch.int64 \[2, 9\]"
+    ):
         model(idx, resets=torch.zeros(2, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="resets need fast-weight attention .* attention='softmax'"):
         tiny("softmax")(idx, resets=torch.zeros(2, 9, dtype=torch.bool))
@@ -122,7 +128,7 @@ def test_out_norm_makes_the_output_independent_of_the_states_scale() -> None:
     for out_norm in (True, False):
         model = tiny("delta", out_norm=out_norm).eval()
         seen = []
-        model.blocks[0].attn.out_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+        model.blocks[0].attn.out_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))  # noqa: B023 (used within this iteration)
         with torch.no_grad():
             for blk in model.blocks:
                 blk.attn.qkv.weight[32:] *= 100.0  # the value rows of [q; k; v]: outputs well above eps
@@ -164,15 +170,21 @@ def test_targets_ignore_index_and_tied_weights() -> None:
     targets = idx.clone()
     targets[0, :3] = -100
     logits, loss, _ = model(idx, targets)
-    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 37)[targets.reshape(-1) != -100],
-                                                     targets.reshape(-1)[targets.reshape(-1) != -100]))
+    torch.testing.assert_close(
+        loss,
+        F.cross_entropy(
+            logits.reshape(-1, 37)[targets.reshape(-1) != -100], targets.reshape(-1)[targets.reshape(-1) != -100]
+        ),
+    )
     untied = tiny("linear", tie_embeddings=False)
     assert untied.wte.weight is not untied.head.weight
 
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_adaptive_softmax(tie: bool) -> None:
-    model = tiny("delta", vocab_size=300, adaptive_cutoffs=[20, 100], norm="post", pos_emb="none", tie_embeddings=tie).eval()
+    model = tiny(
+        "delta", vocab_size=300, adaptive_cutoffs=[20, 100], norm="post", pos_emb="none", tie_embeddings=tie
+    ).eval()
     assert (model.wte is None) == tie
     idx = torch.randint(0, 300, (2, 12))
     idx[0, :4] = torch.tensor([0, 25, 150, 299])  # every cluster

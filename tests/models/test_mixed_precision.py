@@ -45,8 +45,9 @@ def test_layer_hands_the_op_one_dtype(attention: str) -> None:
     from fastweights.variants import parse_attention
 
     spec = parse_attention(attention)
-    layer = FastWeightAttention(16, 2, rule=spec.rule, feature_map=spec.feature_map,
-                                feature_map_kwargs=spec.feature_map_kwargs)
+    layer = FastWeightAttention(
+        16, 2, rule=spec.rule, feature_map=spec.feature_map, feature_map_kwargs=spec.feature_map_kwargs
+    )
     seen = []
     op = layer.op
 

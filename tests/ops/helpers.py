@@ -11,13 +11,24 @@ from torch import Tensor
 
 from fastweights.ops import Backend, get_rule, list_backends
 
-
 STANDARD = ("q", "k", "v", "beta", "initial_state")  #: the inputs every rule takes
 
 
-def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64, device="cpu",
-                positive: bool = False, with_state: bool = True, normalize: bool = False,
-                seed: int = 0, rule: Optional[str] = None) -> Dict[str, Optional[Tensor]]:
+def make_inputs(
+    B: int,
+    T: int,
+    H: int,
+    dk: int,
+    dv: int,
+    *,
+    dtype=torch.float64,
+    device="cpu",
+    positive: bool = False,
+    with_state: bool = True,
+    normalize: bool = False,
+    seed: int = 0,
+    rule: Optional[str] = None,
+) -> Dict[str, Optional[Tensor]]:
     """Random leaf tensors: keys L2-normalised (the delta rule needs normalised keys), rates in (0, 1);
     ``normalize``: the state has one more column, a positive running key sum ``z``; ``rule``: also
     that rule's other learned per-token inputs, ``activation(randn)`` as a layer would make them."""
@@ -37,8 +48,14 @@ def make_inputs(B: int, T: int, H: int, dk: int, dv: int, *, dtype=torch.float64
     if rule is not None:
         for name, learned in get_rule(rule).learned.items():
             out[name] = learned.activation(torch.randn(B, T, H, generator=g, dtype=torch.float64))
-    return {n: (t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()
-                if t is not None else None) for n, t in out.items()}
+    return {
+        n: (
+            t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()
+            if t is not None
+            else None
+        )
+        for n, t in out.items()
+    }
 
 
 def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw):
@@ -47,8 +64,16 @@ def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw)
         if t is not None:
             t.grad = None
     extra = {n: t for n, t in inputs.items() if n not in STANDARD}
-    o, s = op(inputs["q"], inputs["k"], inputs["v"], inputs["beta"], initial_state=inputs["initial_state"],
-              output_final_state=True, **extra, **kw)
+    o, s = op(
+        inputs["q"],
+        inputs["k"],
+        inputs["v"],
+        inputs["beta"],
+        initial_state=inputs["initial_state"],
+        output_final_state=True,
+        **extra,
+        **kw,
+    )
     g = torch.Generator().manual_seed(seed)
     do = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)
     ds = torch.randn(s.shape, generator=g, dtype=torch.float64).to(s)
@@ -76,8 +101,10 @@ def assert_same_results(actual, expected, backend: Optional[Backend] = None) -> 
     if o.dtype == torch.float64:
         check = assert_close
     else:
+
         def check(a: Tensor, e: Tensor, name: str) -> None:
             assert_rel_close(a, e, name, backend.tolerance)
+
     check(o, o_ref, "o")
     check(s, s_ref, "final state")
     assert set(g) == set(g_ref)
@@ -101,7 +128,10 @@ def backend_cases(one_token: bool = False, exclude: tuple = ("naive",)) -> List:
         for b in list_backends(device=device):
             if b.one_token != one_token or b.name in exclude:
                 continue
-            marks = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")] \
-                if device == "cuda" else []
+            marks = (
+                [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")]
+                if device == "cuda"
+                else []
+            )
             cases.append(pytest.param(b, device, id=f"{b.rule}-{b.name}-{device}", marks=marks))
     return cases

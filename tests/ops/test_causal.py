@@ -31,13 +31,32 @@ def _per_token(rule: str):
 
 def _run(op: Op, x: Dict[str, Optional[Tensor]], **kw):
     extra = {n: t for n, t in x.items() if n not in STANDARD}
-    return op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], output_final_state=True,
-              chunk_size=CHUNK, **extra, **kw)
+    return op(
+        x["q"],
+        x["k"],
+        x["v"],
+        x["beta"],
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        chunk_size=CHUNK,
+        **extra,
+        **kw,
+    )
 
 
 def _inputs(backend, device: str, normalize: bool = False, batch: int = B) -> Dict[str, Optional[Tensor]]:
-    x = make_inputs(batch, T, H, D, D, dtype=backend_dtype(backend), device=device, positive=normalize,
-                    normalize=normalize, rule=backend.rule)
+    x = make_inputs(
+        batch,
+        T,
+        H,
+        D,
+        D,
+        dtype=backend_dtype(backend),
+        device=device,
+        positive=normalize,
+        normalize=normalize,
+        rule=backend.rule,
+    )
     return {n: t.detach() if t is not None else None for n, t in x.items()}
 
 
@@ -54,9 +73,12 @@ def _poisoned(x: Dict[str, Optional[Tensor]], name: str, where: Sequence[tuple])
 def _normalize_cases():
     """Every sequence backend, and with ``normalize=True`` those of rules that normalise (rule-level
     work shared by all backends: the emulated, slow ones are left out)."""
-    return [pytest.param(*p.values, norm, id=f"{p.id}{'-normalize' if norm else ''}", marks=p.marks)
-            for p in backend_cases(exclude=()) for norm in (False, True)
-            if not norm or (get_rule(p.values[0].rule).normalize and not p.values[0].emulated)]
+    return [
+        pytest.param(*p.values, norm, id=f"{p.id}{'-normalize' if norm else ''}", marks=p.marks)
+        for p in backend_cases(exclude=())
+        for norm in (False, True)
+        if not norm or (get_rule(p.values[0].rule).normalize and not p.values[0].emulated)
+    ]
 
 
 @pytest.mark.parametrize("backend,device,normalize", _normalize_cases())
@@ -73,7 +95,7 @@ def test_a_nonfinite_input_changes_no_earlier_output(backend, device, normalize)
             assert torch.equal(o_bad[b, :, 1 - h], o[b, :, 1 - h]), f"{what}: the other head changed"
             if name == "q":  # a read: its own output alone
                 assert o_bad[b, AT, h].isnan().all(), f"{what}: the output at t is finite"
-                assert torch.equal(o_bad[b, AT + 1:], o[b, AT + 1:]), f"{what}: a later output changed"
+                assert torch.equal(o_bad[b, AT + 1 :], o[b, AT + 1 :]), f"{what}: a later output changed"
                 assert torch.equal(s_bad[b], s[b]), f"{what}: the final state changed"
             else:  # a write: everything after it, and the final state
                 assert o_bad[b, AT:, h].isnan().all(), f"{what}: an output from t on is finite"
@@ -93,11 +115,13 @@ def test_a_nonfinite_input_in_one_packed_sequence_leaves_the_others_alone(backen
         o_bad, s_bad = _run(op, _poisoned(x, name, [(0, 10, 0, float("nan"))]), cu_seqlens=cu)
         assert torch.equal(o_bad[0, :10], o[0, :10]), f"{name}: an earlier output changed"
         assert o_bad[0, 10:15, 0].isnan().all(), f"{name}: an output of the poisoned sequence from t on is finite"
-        assert torch.equal(o_bad[0, 15:], o[0, 15:]) and torch.equal(o_bad[0, :, 1], o[0, :, 1]), \
+        assert torch.equal(o_bad[0, 15:], o[0, 15:]) and torch.equal(o_bad[0, :, 1], o[0, :, 1]), (
             f"{name}: the next sequence or another head changed"
+        )
         assert s_bad[1, 0].isnan().all(), f"{name}: the poisoned sequence's final state is finite"
-        assert torch.equal(s_bad[[0, 2]], s[[0, 2]]) and torch.equal(s_bad[1, 1], s[1, 1]), \
+        assert torch.equal(s_bad[[0, 2]], s[[0, 2]]) and torch.equal(s_bad[1, 1], s[1, 1]), (
             f"{name}: another sequence's final state changed"
+        )
 
 
 @pytest.mark.parametrize("backend,device", backend_cases(exclude=()))
@@ -122,7 +146,7 @@ def test_gradients_of_earlier_outputs_ignore_a_later_nonfinite_input(backend, de
             g, ref = g[:, :AT], grads[0][name][:, :AT]
         else:
             ref = grads[0][name]
-        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")
+        torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad of {name}: {m}")  # noqa: B023 (used within this iteration)
 
 
 @pytest.mark.parametrize("backend,device", backend_cases(one_token=True))
@@ -156,8 +180,11 @@ def test_a_finite_value_outside_a_rules_bounds_is_an_error():
     o, _ = _run(op, _poisoned(x, "beta", [(0, AT, 1, float("inf"))]))
     assert o[0, AT:, 1].isnan().all() and torch.isfinite(o[0, :AT]).all()
     for beta in (10.0, -0.5):
-        with pytest.raises(ValueError, match=rf"beta must lie in \[0, 2\] for rule 'delta', got 1 value\(s\) outside, "
-                                             rf"from {beta:g} to {beta:g}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"beta must lie in \[0, 2\] for rule 'delta', got 1 value\(s\) outside, "
+            rf"from {beta:g} to {beta:g}",
+        ):
             _run(op, _poisoned(x, "beta", [(0, 4, 0, beta)]))
 
 

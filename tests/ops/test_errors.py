@@ -7,30 +7,60 @@ import re
 import pytest
 import torch
 
-from fastweights.ops import list_rules
-
-from fastweights.ops import get_op, list_ops
+from fastweights.ops import get_op, list_ops, list_rules
 
 B, T, H, D = 2, 5, 3, 4
 
 
 def _ok():
-    return dict(q=torch.randn(B, T, H, D), k=torch.randn(B, T, H, D), v=torch.randn(B, T, H, D), beta=torch.rand(B, T, H))
+    return dict(
+        q=torch.randn(B, T, H, D), k=torch.randn(B, T, H, D), v=torch.randn(B, T, H, D), beta=torch.rand(B, T, H)
+    )
 
 
 CASES = [
     ("q rank", dict(q=torch.randn(T, H, D)), ValueError, r"q must have shape \[B, T, H, D\].*\[5, 3, 4\]"),
-    ("k mismatch", dict(k=torch.randn(B, T, H, D + 1)), ValueError, r"k must have the shape of q \[2, 5, 3, 4\], got \[2, 5, 3, 5\]"),
-    ("v batch", dict(v=torch.randn(B + 1, T, H, D)), ValueError, r"v must have shape \[B, T, H, d_v\] = \[2, 5, 3, d_v\]"),
+    (
+        "k mismatch",
+        dict(k=torch.randn(B, T, H, D + 1)),
+        ValueError,
+        r"k must have the shape of q \[2, 5, 3, 4\], got \[2, 5, 3, 5\]",
+    ),
+    (
+        "v batch",
+        dict(v=torch.randn(B + 1, T, H, D)),
+        ValueError,
+        r"v must have shape \[B, T, H, d_v\] = \[2, 5, 3, d_v\]",
+    ),
     ("v time", dict(v=torch.randn(B, T + 1, H, D)), ValueError, r"v must have shape"),
     ("v heads", dict(v=torch.randn(B, T, H + 1, D)), ValueError, r"v must have shape"),
-    ("beta shape", dict(beta=torch.rand(B, T)), ValueError, r"beta must have shape \[B, T, H\] = \[2, 5, 3\], got \[2, 5\]"),
+    (
+        "beta shape",
+        dict(beta=torch.rand(B, T)),
+        ValueError,
+        r"beta must have shape \[B, T, H\] = \[2, 5, 3\], got \[2, 5\]",
+    ),
     ("beta dtype", dict(beta=torch.ones(B, T, H, dtype=torch.long)), TypeError, r"beta must be a floating-point"),
-    ("mixed dtypes", dict(k=torch.randn(B, T, H, D, dtype=torch.float64)), TypeError, r"k has dtype torch.float64 but q has dtype torch.float32"),
+    (
+        "mixed dtypes",
+        dict(k=torch.randn(B, T, H, D, dtype=torch.float64)),
+        TypeError,
+        r"k has dtype torch.float64 but q has dtype torch.float32",
+    ),
     ("integer q", dict(q=torch.ones(B, T, H, D, dtype=torch.long)), TypeError, r"q must be a floating-point"),
     ("not a tensor", dict(v=[[1.0]]), TypeError, r"v must be a torch.Tensor, got list"),
-    ("empty T", dict(q=torch.randn(B, 0, H, D), k=torch.randn(B, 0, H, D), v=torch.randn(B, 0, H, D), beta=torch.rand(B, 0, H)), ValueError, r"T = 0"),
-    ("state shape", dict(initial_state=torch.zeros(B, H, D, D + 2)), ValueError, r"initial_state must have shape \[N, H, d_k, d_v\] = \[2, 3, 4, 4\], got \[2, 3, 4, 6\]"),
+    (
+        "empty T",
+        dict(q=torch.randn(B, 0, H, D), k=torch.randn(B, 0, H, D), v=torch.randn(B, 0, H, D), beta=torch.rand(B, 0, H)),
+        ValueError,
+        r"T = 0",
+    ),
+    (
+        "state shape",
+        dict(initial_state=torch.zeros(B, H, D, D + 2)),
+        ValueError,
+        r"initial_state must have shape \[N, H, d_k, d_v\] = \[2, 3, 4, 4\], got \[2, 3, 4, 6\]",
+    ),
     ("cu_seqlens with B > 1", dict(cu_seqlens=torch.tensor([0, 2, 5])), ValueError, r"B must be 1"),
     ("chunk size", dict(chunk_size=0), ValueError, r"chunk_size must be a positive int"),
 ]
@@ -46,11 +76,14 @@ def test_bad_input(rule, impl, case, override, exc, pattern) -> None:
         get_op(rule, impl)(args["q"], args["k"], args["v"], args["beta"], **kw)
 
 
-@pytest.mark.parametrize("cu,pattern", [
-    ([0, 3, 3, 5], "strictly increase"),
-    ([1, 5], "start at 0"),
-    ([0, 4], "end at T = 5"),
-])
+@pytest.mark.parametrize(
+    "cu,pattern",
+    [
+        ([0, 3, 3, 5], "strictly increase"),
+        ([1, 5], "start at 0"),
+        ([0, 4], "end at T = 5"),
+    ],
+)
 def test_bad_cu_seqlens(cu, pattern) -> None:
     x = {n: t[:1] for n, t in _ok().items()}
     with pytest.raises(ValueError, match=pattern):

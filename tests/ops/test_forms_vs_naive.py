@@ -33,8 +33,9 @@ def _reference(rule: str, T: int, dk: int, dv: int, device: str, normalize: bool
 
 def _compare(b: Backend, T: int, dk: int, dv: int, device: str = "cpu", normalize: bool = False, **kw) -> None:
     """``normalize``: attention normalisation, on non-negative keys and queries as the layers use it."""
-    inputs = make_inputs(2, T, 3, dk, dv, device=device, dtype=backend_dtype(b), positive=normalize, normalize=normalize,
-                         rule=b.rule)
+    inputs = make_inputs(
+        2, T, 3, dk, dv, device=device, dtype=backend_dtype(b), positive=normalize, normalize=normalize, rule=b.rule
+    )
     expected = _reference(b.rule, T, dk, dv, device, normalize)
     assert_same_results(run_with_grads(get_op(b.rule, b.name), inputs, normalize=normalize, **kw), expected, b)
 
@@ -73,8 +74,18 @@ def test_one_token_steps_match_naive(backend: Backend, device: str, normalize: b
     """T calls of a one-token backend, each from the previous state, equal one naive pass (and grads)."""
     if normalize and not get_rule(backend.rule).normalize:
         pytest.skip(f"rule {backend.rule!r} has no attention normalisation")
-    inputs = make_inputs(2, T, 3, 20, 12, device=device, dtype=backend_dtype(backend), positive=normalize,
-                         normalize=normalize, rule=backend.rule)
+    inputs = make_inputs(
+        2,
+        T,
+        3,
+        20,
+        12,
+        device=device,
+        dtype=backend_dtype(backend),
+        positive=normalize,
+        normalize=normalize,
+        rule=backend.rule,
+    )
     expected = _reference(backend.rule, T, 20, 12, device, normalize)
     step = get_op(backend.rule, backend.name)
 
@@ -82,8 +93,16 @@ def test_one_token_steps_match_naive(backend: Backend, device: str, normalize: b
         s, outs = initial_state, []
         for t in range(q.shape[1]):
             at_t = {n: x[:, t : t + 1] for n, x in inputs.items()}
-            o_t, s = step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], beta[:, t : t + 1],
-                          initial_state=s, output_final_state=True, normalize=normalize, **at_t)
+            o_t, s = step(
+                q[:, t : t + 1],
+                k[:, t : t + 1],
+                v[:, t : t + 1],
+                beta[:, t : t + 1],
+                initial_state=s,
+                output_final_state=True,
+                normalize=normalize,
+                **at_t,
+            )
             outs.append(o_t)
         return torch.cat(outs, dim=1), s
 
@@ -134,8 +153,18 @@ def test_sum_rule_rate_normalisation_and_state_by_hand(impl: str) -> None:
     S = torch.rand(1, 2, 6, 5, dtype=torch.float64)
     z = torch.rand(1, 2, 6, dtype=torch.float64)
     eps, scale = 1e-6, 0.7
-    o, s = get_op("sum", impl)(q, k, v, beta, scale=scale, normalize=True, eps=eps, chunk_size=16,
-                               initial_state=torch.cat([S, z[..., None]], -1), output_final_state=True)
+    o, s = get_op("sum", impl)(
+        q,
+        k,
+        v,
+        beta,
+        scale=scale,
+        normalize=True,
+        eps=eps,
+        chunk_size=16,
+        initial_state=torch.cat([S, z[..., None]], -1),
+        output_final_state=True,
+    )
     outs = []
     for t in range(40):
         S = S + beta[:, t, :, None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
@@ -155,8 +184,18 @@ def test_delta_rule_normalised_variant_by_hand(impl: str) -> None:
     S = torch.randn(1, 2, 6, 5, dtype=torch.float64)
     z = torch.rand(1, 2, 6, dtype=torch.float64)
     eps, scale = 1e-6, 0.7
-    o, s = get_op("delta", impl)(q, k, v, beta, scale=scale, normalize=True, eps=eps, chunk_size=16,
-                                 initial_state=torch.cat([S, z[..., None]], -1), output_final_state=True)
+    o, s = get_op("delta", impl)(
+        q,
+        k,
+        v,
+        beta,
+        scale=scale,
+        normalize=True,
+        eps=eps,
+        chunk_size=16,
+        initial_state=torch.cat([S, z[..., None]], -1),
+        output_final_state=True,
+    )
     outs = []
     for t in range(40):
         c = (z * k[:, t]).sum(-1)  # [1, 2]

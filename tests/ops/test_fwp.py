@@ -19,10 +19,10 @@ def _x(T: int = 60, d: int = 8, **kw):
 
 def test_identity_sigma_is_the_sum_rule() -> None:
     x = _x()
-    o, s = forms.naive(lambda S: S)(*(x[n].transpose(1, 2) for n in ("q", "k", "v")), None,
-                                    x["initial_state"], 16)
-    o_ref, s_ref = get_op("sum", "naive")(x["q"], x["k"], x["v"], initial_state=x["initial_state"],
-                                          output_final_state=True)
+    o, s = forms.naive(lambda S: S)(*(x[n].transpose(1, 2) for n in ("q", "k", "v")), None, x["initial_state"], 16)
+    o_ref, s_ref = get_op("sum", "naive")(
+        x["q"], x["k"], x["v"], initial_state=x["initial_state"], output_final_state=True
+    )
     assert_close(o.transpose(1, 2), o_ref, "o")
     assert_close(s, s_ref, "state")
 
@@ -47,7 +47,7 @@ def test_checkpointed_form_keeps_one_state_per_segment(rule: str) -> None:
     counts = {}
     for impl in ("naive", "checkpoint"):
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):  # noqa: B023 (used within this iteration)
             get_op(rule, impl)(x["q"], x["k"], x["v"], chunk_size=N)
         counts[impl] = sum(saved)
     assert counts["checkpoint"] <= 3 * T * d + (T // N) * d * d < T * d * d <= counts["naive"]

@@ -25,15 +25,30 @@ def test_no_decay_is_the_delta_rule(impl: str) -> None:
 def test_definition_by_hand() -> None:
     """S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, written out here."""
     x = {n: t.detach() for n, t in make_inputs(1, 30, 1, 5, 4, rule="gated_delta").items()}
-    q, k, v, beta, g, S = x["q"][0, :, 0], x["k"][0, :, 0], x["v"][0, :, 0], x["beta"][0, :, 0], x["g"][0, :, 0], \
-        x["initial_state"][0, 0]
+    q, k, v, beta, g, S = (
+        x["q"][0, :, 0],
+        x["k"][0, :, 0],
+        x["v"][0, :, 0],
+        x["beta"][0, :, 0],
+        x["g"][0, :, 0],
+        x["initial_state"][0, 0],
+    )
     outs = []
     for t in range(30):
-        S = g[t].exp() * (torch.eye(5, dtype=S.dtype) - beta[t] * torch.outer(k[t], k[t])) @ S \
-            + beta[t] * torch.outer(k[t], v[t])
+        S = g[t].exp() * (torch.eye(5, dtype=S.dtype) - beta[t] * torch.outer(k[t], k[t])) @ S + beta[t] * torch.outer(
+            k[t], v[t]
+        )
         outs.append(S.T @ q[t])
-    o, s = get_op("gated_delta", "chunk")(x["q"], x["k"], x["v"], x["beta"], g=x["g"], chunk_size=8,
-                                          initial_state=x["initial_state"], output_final_state=True)
+    o, s = get_op("gated_delta", "chunk")(
+        x["q"],
+        x["k"],
+        x["v"],
+        x["beta"],
+        g=x["g"],
+        chunk_size=8,
+        initial_state=x["initial_state"],
+        output_final_state=True,
+    )
     assert_close(o[0, :, 0], torch.stack(outs), "o")
     assert_close(s[0, 0], S, "state")
 

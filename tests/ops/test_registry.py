@@ -13,9 +13,18 @@ import torch
 
 from fastweights.layers import FastWeightAttention
 from fastweights.ops import (
-    Backend, Op, RuleSpec, get_op, get_rule, list_backends, list_ops, list_rules, register_backend, register_rule,
+    Backend,
+    Op,
+    RuleSpec,
+    get_op,
+    get_rule,
+    list_backends,
+    list_ops,
+    list_rules,
+    register_backend,
+    register_rule,
+    registry,
 )
-from fastweights.ops import registry
 from fastweights.ops.backends import fla
 from fastweights.variants import list_attentions, parse_attention
 
@@ -53,8 +62,10 @@ def _recording(name: str, calls: list):
 def test_auto_picks_the_training_form_on_cpu_and_says_so(caplog) -> None:
     """chunk where a rule has one (checkpoint for the general FWP), logged and in ``last_impl``."""
     for rule in list_rules():
-        expected = max((b for b in list_backends(rule, device="cpu") if b.priority is not None and not b.emulated),
-                       key=lambda b: b.priority).name
+        expected = max(
+            (b for b in list_backends(rule, device="cpu") if b.priority is not None and not b.emulated),
+            key=lambda b: b.priority,
+        ).name
         assert expected == ("checkpoint" if rule.startswith("fwp") else "chunk")
         op = get_op(rule)
         assert op.impl == "auto" and op.last_impl is None
@@ -81,8 +92,15 @@ def test_a_backend_may_decline_inputs_beyond_its_declared_limits(scratch_registr
     """``Backend.check`` (the Triton kernels decline GPUs older than sm_80): auto takes the next backend,
     an explicit impl says why."""
     calls: list = []
-    register_backend(Backend("picky", "sum", _recording("picky", calls), priority=30,
-                             check=lambda q, d_v: "it needs d_v >= 8 here" if d_v < 8 else None))
+    register_backend(
+        Backend(
+            "picky",
+            "sum",
+            _recording("picky", calls),
+            priority=30,
+            check=lambda q, d_v: "it needs d_v >= 8 here" if d_v < 8 else None,
+        )
+    )
     op = get_op("sum")
     op(*_inputs(dv=6))
     assert op.last_impl == "chunk" and calls == []
@@ -93,10 +111,22 @@ def test_a_backend_may_decline_inputs_beyond_its_declared_limits(scratch_registr
 
 
 def test_explicit_impl_that_cannot_run_the_inputs_names_the_limit(scratch_registry) -> None:
-    register_backend(Backend("kernel", "delta", get_op("delta", "chunk").backend.run, devices=("cuda",),
-                             dtypes=(torch.bfloat16,), max_d_k=4, upcast=False))
-    with pytest.raises(ValueError, match=r"impl 'kernel' of rule 'delta' cannot run these inputs: it runs on cuda, "
-                                         r"the inputs are on cpu"):
+    register_backend(
+        Backend(
+            "kernel",
+            "delta",
+            get_op("delta", "chunk").backend.run,
+            devices=("cuda",),
+            dtypes=(torch.bfloat16,),
+            max_d_k=4,
+            upcast=False,
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"impl 'kernel' of rule 'delta' cannot run these inputs: it runs on cuda, "
+        r"the inputs are on cpu",
+    ):
         get_op("delta", "kernel")(*_inputs())
     register_backend(Backend("kernel", "delta", get_op("delta", "chunk").backend.run, max_d_k=4))
     with pytest.raises(ValueError, match=r"its largest d_k is 4, got d_k = 8"):
@@ -108,8 +138,11 @@ def test_missing_optional_backend_says_what_to_install() -> None:
     if fla.BACKENDS[0].available():
         pytest.skip("flash-linear-attention is installed")
     assert ("delta", "fla") not in list_ops()
-    with pytest.raises(ValueError, match=r"impl 'fla' for rule 'delta' needs the optional package 'fla' "
-                                         r"\(pip install 'fastweights\[fla\]'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"impl 'fla' for rule 'delta' needs the optional package 'fla' "
+        r"\(pip install 'fastweights\[fla\]'\)",
+    ):
         get_op("delta", "fla")
 
 
@@ -136,9 +169,10 @@ def test_a_new_rule_is_one_spec_away(scratch_registry) -> None:
 
 # ---------------------------------------------------------------- the FLA adapter, against FLA's contract
 def _fake_fla(monkeypatch, calls: list) -> None:
-    """Modules ``fla.ops.delta_rule`` / ``fla.ops.gated_delta_rule`` / ``fla.ops.linear_attn`` whose functions follow FLA's documented
-    contract ([B, T, H, D], scale defaults to d_k^-1/2, native cu_seqlens, float32 state, even d_v in
-    the backward) and compute with fastweights' naive form, so the adapter's own work is tested."""
+    """Modules ``fla.ops.delta_rule`` / ``fla.ops.gated_delta_rule`` / ``fla.ops.linear_attn`` whose
+    functions follow FLA's documented contract ([B, T, H, D], scale defaults to d_k^-1/2, native
+    cu_seqlens, float32 state, even d_v in the backward) and compute with fastweights' naive form, so
+    the adapter's own work is tested."""
 
     def scale_of(q, scale):
         return q.shape[-1] ** -0.5 if scale is None else scale
@@ -148,26 +182,65 @@ def _fake_fla(monkeypatch, calls: list) -> None:
         calls.append(("delta", cu_seqlens is not None))
         # FLA takes any rate: the attention-normalised variant hands it beta / (z . k), which may pass 2
         unbounded = Op(replace(get_rule("delta"), bounds={}), get_op("delta", "naive").backend)
-        return unbounded(q, k, v, beta, scale=scale_of(q, scale), initial_state=initial_state,
-                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        return unbounded(
+            q,
+            k,
+            v,
+            beta,
+            scale=scale_of(q, scale),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+        )
 
-    def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
-                          cu_seqlens=None):
+    def chunk_linear_attn(
+        q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True, cu_seqlens=None
+    ):
         assert not normalize and k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0
         calls.append(("sum", cu_seqlens is not None))
-        return get_op("sum", "naive")(q, k, v, scale=scale_of(q, scale), initial_state=initial_state,
-                                      output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        return get_op("sum", "naive")(
+            q,
+            k,
+            v,
+            scale=scale_of(q, scale),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+        )
 
-    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                               use_qk_l2norm_in_kernel=False, cu_seqlens=None):
+    def chunk_gated_delta_rule(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale=None,
+        initial_state=None,
+        output_final_state=False,
+        use_qk_l2norm_in_kernel=False,
+        cu_seqlens=None,
+    ):
         assert k.shape[-1] % 2 == 0 and v.shape[-1] % 2 == 0 and not use_qk_l2norm_in_kernel
         calls.append(("gated_delta", cu_seqlens is not None))
-        return get_op("gated_delta", "naive")(q, k, v, beta, g=g, scale=scale_of(q, scale), initial_state=initial_state,
-                                              output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        return get_op("gated_delta", "naive")(
+            q,
+            k,
+            v,
+            beta,
+            g=g,
+            scale=scale_of(q, scale),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+        )
 
-    for name, attrs in [("fla", {}), ("fla.ops", {}), ("fla.ops.delta_rule", {"chunk_delta_rule": chunk_delta_rule}),
-                        ("fla.ops.gated_delta_rule", {"chunk_gated_delta_rule": chunk_gated_delta_rule}),
-                        ("fla.ops.linear_attn", {"chunk_linear_attn": chunk_linear_attn})]:
+    for name, attrs in [
+        ("fla", {}),
+        ("fla.ops", {}),
+        ("fla.ops.delta_rule", {"chunk_delta_rule": chunk_delta_rule}),
+        ("fla.ops.gated_delta_rule", {"chunk_gated_delta_rule": chunk_gated_delta_rule}),
+        ("fla.ops.linear_attn", {"chunk_linear_attn": chunk_linear_attn}),
+    ]:
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
 
 
@@ -177,8 +250,9 @@ def test_fla_adapter_passes_the_gated_rules_decays(monkeypatch, scratch_registry
     calls: list = []
     _fake_fla(monkeypatch, calls)
     b = next(b for b in fla.BACKENDS if b.rule == "gated_delta")
-    register_backend(Backend("fla-cpu", "gated_delta", b.run, dtypes=(torch.float64,), upcast=False,
-                             native_varlen=True))
+    register_backend(
+        Backend("fla-cpu", "gated_delta", b.run, dtypes=(torch.float64,), upcast=False, native_varlen=True)
+    )
     x = {n: t.detach() for n, t in make_inputs(1, 36, 2, d_k, 5, rule="gated_delta").items()}
     s0 = torch.cat([x["initial_state"]] * 3)  # [3, H, d_k, d_v]
     kw = dict(initial_state=s0, output_final_state=True, cu_seqlens=torch.tensor([0, 5, 35, 36]), scale=0.5)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastweights.ops import Backend, get_op, get_rule, list_rules
+from fastweights.ops import Backend, get_op, get_rule
 
 from .helpers import (
-    STANDARD, assert_close, assert_rel_close, backend_cases, backend_dtype, make_inputs, run_with_grads,
+    STANDARD,
+    assert_close,
+    assert_rel_close,
+    backend_cases,
+    backend_dtype,
+    make_inputs,
+    run_with_grads,
 )
 
 SEQUENCE = backend_cases(exclude=())
 
 
-def _detached(T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64, device="cpu",
-              rule=None):
+def _detached(T: int, B: int = 2, H: int = 3, dk: int = 20, dv: int = 12, dtype=torch.float64, device="cpu", rule=None):
     inp = make_inputs(B, T, H, dk, dv, dtype=dtype, device=device, rule=rule)
     return {n: (t.detach() if t is not None else None) for n, t in inp.items()}
 
@@ -38,14 +43,38 @@ def test_split_resume_equals_one_pass(backend: Backend, device: str, split: int)
     x = _detached(100, dtype=backend_dtype(backend), device=device, rule=backend.rule)
     op = get_op(backend.rule, backend.name)
     check = _check(backend)
-    o, s = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], output_final_state=True, chunk_size=32,
-              **_extra(x))
+    o, s = op(
+        x["q"],
+        x["k"],
+        x["v"],
+        x["beta"],
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        chunk_size=32,
+        **_extra(x),
+    )
     a = slice(0, split)
     b = slice(split, None)
-    o1, s1 = op(x["q"][:, a], x["k"][:, a], x["v"][:, a], x["beta"][:, a], initial_state=x["initial_state"],
-                output_final_state=True, chunk_size=32, **_extra(x, a))
-    o2, s2 = op(x["q"][:, b], x["k"][:, b], x["v"][:, b], x["beta"][:, b], initial_state=s1,
-                output_final_state=True, chunk_size=32, **_extra(x, b))
+    o1, s1 = op(
+        x["q"][:, a],
+        x["k"][:, a],
+        x["v"][:, a],
+        x["beta"][:, a],
+        initial_state=x["initial_state"],
+        output_final_state=True,
+        chunk_size=32,
+        **_extra(x, a),
+    )
+    o2, s2 = op(
+        x["q"][:, b],
+        x["k"][:, b],
+        x["v"][:, b],
+        x["beta"][:, b],
+        initial_state=s1,
+        output_final_state=True,
+        chunk_size=32,
+        **_extra(x, b),
+    )
     check(torch.cat([o1, o2], 1), o, "o")
     check(s2, s, "final state")
 
@@ -56,20 +85,53 @@ def test_varlen_packed_equals_separate(backend: Backend, device: str, normalize:
     if normalize and not get_rule(backend.rule).normalize:
         pytest.skip(f"rule {backend.rule!r} has no attention normalisation")
     lengths = [5, 64, 1, 70]
-    seqs = [make_inputs(1, n, 3, 20, 12, dtype=backend_dtype(backend), device=device, positive=normalize,
-                        normalize=normalize, seed=i, rule=backend.rule) for i, n in enumerate(lengths)]
+    seqs = [
+        make_inputs(
+            1,
+            n,
+            3,
+            20,
+            12,
+            dtype=backend_dtype(backend),
+            device=device,
+            positive=normalize,
+            normalize=normalize,
+            seed=i,
+            rule=backend.rule,
+        )
+        for i, n in enumerate(lengths)
+    ]
     seqs = [{n: t.detach() for n, t in x.items()} for x in seqs]
     check = _check(backend)
     s0 = torch.cat([s["initial_state"] for s in seqs], 0)  # [N, H, dk, dv]
     packed = {n: torch.cat([s[n] for s in seqs], 1) for n in seqs[0] if n != "initial_state"}
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device=device)
     op = get_op(backend.rule, backend.name)
-    o, s = op(packed["q"], packed["k"], packed["v"], packed["beta"], initial_state=s0, normalize=normalize,
-              output_final_state=True, cu_seqlens=cu, chunk_size=16, **_extra(packed))
+    o, s = op(
+        packed["q"],
+        packed["k"],
+        packed["v"],
+        packed["beta"],
+        initial_state=s0,
+        normalize=normalize,
+        output_final_state=True,
+        cu_seqlens=cu,
+        chunk_size=16,
+        **_extra(packed),
+    )
     outs, states = [], []
     for x in seqs:
-        o_i, s_i = op(x["q"], x["k"], x["v"], x["beta"], initial_state=x["initial_state"], normalize=normalize,
-                      output_final_state=True, chunk_size=16, **_extra(x))
+        o_i, s_i = op(
+            x["q"],
+            x["k"],
+            x["v"],
+            x["beta"],
+            initial_state=x["initial_state"],
+            normalize=normalize,
+            output_final_state=True,
+            chunk_size=16,
+            **_extra(x),
+        )
         outs.append(o_i)
         states.append(s_i)
     check(o, torch.cat(outs, 1), "packed o")
@@ -92,8 +154,9 @@ def test_low_precision_close_to_float64(backend: Backend, device: str, dtype: to
         assert_rel_close(a, e, f"{dtype} {name}", 3e-2)
 
 
-@pytest.mark.parametrize("backend,device", [c for c in SEQUENCE + backend_cases(one_token=True)
-                                            if torch.float64 in c.values[0].dtypes])
+@pytest.mark.parametrize(
+    "backend,device", [c for c in SEQUENCE + backend_cases(one_token=True) if torch.float64 in c.values[0].dtypes]
+)
 def test_gradcheck(backend: Backend, device: str) -> None:
     T = 1 if backend.one_token else 7
     x = make_inputs(1, T, 2, 3, 2, device=device, rule=backend.rule)

@@ -12,8 +12,10 @@ from fastweights.ops import get_op, list_ops
 from .helpers import assert_rel_close, make_inputs, run_with_grads
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(("delta", "triton") not in list_ops(device=DEVICE),
-                                reason="triton is not installed (or neither CUDA nor TRITON_INTERPRET=1)")
+pytestmark = pytest.mark.skipif(
+    ("delta", "triton") not in list_ops(device=DEVICE),
+    reason="triton is not installed (or neither CUDA nor TRITON_INTERPRET=1)",
+)
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta", "gated_delta"])
@@ -29,8 +31,11 @@ def test_widest_keys(rule: str) -> None:
 
 def test_wider_than_the_limit_is_refused() -> None:
     q = torch.randn(1, 4, 1, 257, device=DEVICE)
-    with pytest.raises(ValueError, match=r"impl 'triton' of rule 'delta' cannot run these inputs: its largest d_k is 256, "
-                                         r"got d_k = 257"):
+    with pytest.raises(
+        ValueError,
+        match=r"impl 'triton' of rule 'delta' cannot run these inputs: its largest d_k is 256, "
+        r"got d_k = 257",
+    ):
         get_op("delta", "triton")(q, q, torch.randn(1, 4, 1, 8, device=DEVICE))
 
 

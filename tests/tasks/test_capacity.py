@@ -50,7 +50,9 @@ def test_method_names_parse(name, rule, feature_map, kwargs, d_dot):
     assert m.d_dot(64) == d_dot
 
 
-@pytest.mark.parametrize("name", ["dpfp", "favor", "linear-2", "softmax+delta", "dpfp-2+hebb", "lstm", "DPFP-2", "dpfp-2+", ""])
+@pytest.mark.parametrize(
+    "name", ["dpfp", "favor", "linear-2", "softmax+delta", "dpfp-2+hebb", "lstm", "DPFP-2", "dpfp-2+", ""]
+)
 def test_unknown_method_names_list_the_valid_ones(name):
     with pytest.raises(ValueError, match=r"unknown method .*valid methods: softmax, linear, .*dpfp-<nu>"):
         parse_method(name)
@@ -61,8 +63,21 @@ def test_feature_map_arguments_are_checked():
         parse_method("dpfp-500")
 
 
-@pytest.mark.parametrize("method", ["softmax", "linear", "favor-8", "dpfp-2", "linear+delta", "dpfp-1+delta", "identity+delta",
-                                    "rdn", "linear+rec", "linear+gated_delta+rec"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "softmax",
+        "linear",
+        "favor-8",
+        "dpfp-2",
+        "linear+delta",
+        "dpfp-1+delta",
+        "identity+delta",
+        "rdn",
+        "linear+rec",
+        "linear+gated_delta+rec",
+    ],
+)
 @pytest.mark.parametrize("setting", [1, 2])
 def test_each_query_reads_the_final_memory_alone(method, setting):
     """Scores [B, Q, S]; asking Q keys at once equals asking each key in its own sequence."""
@@ -88,8 +103,10 @@ def test_sum_rule_model_is_normalised_linear_attention():
     torch.testing.assert_close(model(b), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("recurrent,plain", [("rdn", "linear+delta"), ("linear+rec", "linear"),
-                                             ("linear+gated_delta+rec", "linear+gated_delta")])
+@pytest.mark.parametrize(
+    "recurrent,plain",
+    [("rdn", "linear+delta"), ("linear+rec", "linear"), ("linear+gated_delta+rec", "linear+gated_delta")],
+)
 def test_a_recurrent_memory_without_its_recurrent_weights_is_the_plain_one(recurrent, plain):
     """With R = 0 the writes ignore the reads: the pair-by-pair recurrent model equals the plain
     model with the same weights (its one-token steps equal the rule's parallel form)."""
@@ -140,9 +157,22 @@ def test_bad_train_config(field, value):
 def _row(setting: int, method: str, n_keys: int, loss: float, seed: int = 0) -> CellResult:
     """A made-up result of one cell and seed (d = 8)."""
     m = parse_method(method)
-    return CellResult(setting=setting, method=method, feature_map=m.feature_map or "softmax", rule=m.rule,
-                      d_dot=m.d_dot(8), n_keys=n_keys, queries=1, d=8, seed=seed, **dataclasses.asdict(TrainConfig()),
-                      final_loss=loss, steps=10, seconds=0.1, stopped="max_steps")
+    return CellResult(
+        setting=setting,
+        method=method,
+        feature_map=m.feature_map or "softmax",
+        rule=m.rule,
+        d_dot=m.d_dot(8),
+        n_keys=n_keys,
+        queries=1,
+        d=8,
+        seed=seed,
+        **dataclasses.asdict(TrainConfig()),
+        final_loss=loss,
+        steps=10,
+        seconds=0.1,
+        stopped="max_steps",
+    )
 
 
 def test_a_cell_of_several_seeds_reads_median_and_min_max():
@@ -151,8 +181,9 @@ def test_a_cell_of_several_seeds_reads_median_and_min_max():
     assert format_loss(seeds[:1]) == "0.021"  # one seed: the value alone
     assert format_loss(seeds[:2]) == "0.011 (0.00041-0.021)"  # even count: the mean of the middle two
     table = format_table(seeds + [_row(1, "linear", 16, 0.3, seed) for seed in range(3)])
-    assert table.splitlines()[0] == ("setting 1: final loss, median (min-max) over seeds 0, 1, 2 "
-                                     "(0.5 = predicts nothing)")
+    assert table.splitlines()[0] == (
+        "setting 1: final loss, median (min-max) over seeds 0, 1, 2 (0.5 = predicts nothing)"
+    )
     assert "| linear | 8 | 0.00083 (0.00041-0.021) | 0.3 (0.3-0.3) |" in table
     assert format_table(seeds[:1]).splitlines()[0] == "setting 1: final loss (0.5 = predicts nothing)"
     assert "| linear | 8 | 0.021 |" in format_table(seeds[:1])
@@ -174,8 +205,12 @@ def test_each_method_has_one_colour_in_every_panel(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its lines
     plot_results(rows, tmp_path / "capacity.png")
     (fig,) = figures
-    drawn = [(line.get_label().split(" (")[0], to_hex(line.get_color())) for ax in fig.axes for line in ax.get_lines()
-             if not line.get_label().startswith(("_", "predicts nothing"))]  # the methods' lines, panel by panel
+    drawn = [
+        (line.get_label().split(" (")[0], to_hex(line.get_color()))
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if not line.get_label().startswith(("_", "predicts nothing"))
+    ]  # the methods' lines, panel by panel
     methods = ("linear", "dpfp-1", "softmax", "linear+delta", "softmax", "linear")
     assert drawn == [(m, colors[m]) for m in methods]
     assert all(len(ax.collections) == 3 for ax in fig.axes)  # a min-max band per method
@@ -191,9 +226,15 @@ def test_the_quick_preset_findings_hold_on_a_reduced_grid(tmp_path):
     Linear + delta at most 0.015 and 0.021 (one seed each; the others below 0.0003)."""
     quick = get_preset("quick")
     config = dataclasses.replace(
-        quick, grids=(Grid(1, ("linear",), (8, 32)), Grid(1, ("dpfp-2", "softmax"), (32,)),
-                      Grid(2, ("linear", "linear+delta"), (8,))),
-        train=dataclasses.replace(quick.train, max_steps=300, lr=1e-2), seed=1)
+        quick,
+        grids=(
+            Grid(1, ("linear",), (8, 32)),
+            Grid(1, ("dpfp-2", "softmax"), (32,)),
+            Grid(2, ("linear", "linear+delta"), (8,)),
+        ),
+        train=dataclasses.replace(quick.train, max_steps=300, lr=1e-2),
+        seed=1,
+    )
     loss = {(r.setting, r.method, r.n_keys): r.final_loss for r in run_sweep(config, tmp_path)}
     assert loss[1, "linear", 8] < 0.01 and loss[1, "softmax", 32] < 0.01, loss
     assert loss[1, "linear", 32] > 0.2 and loss[1, "dpfp-2", 32] < 0.05, loss

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from fastweights.tasks import text
-from fastweights.tasks.text import (BPETokenizer, CharTokenizer, WordTokenizer, check_same_tokenizer, load_corpus,
-                                    load_tokenizer, save_tokenizer)
+from fastweights.tasks.text import (
+    BPETokenizer,
+    CharTokenizer,
+    WordTokenizer,
+    check_same_tokenizer,
+    load_corpus,
+    load_tokenizer,
+    save_tokenizer,
+)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
@@ -135,7 +142,9 @@ def test_tokenizer_save_load_and_mismatch(tmp_path: Path, tok) -> None:
     save_tokenizer(tok, tmp_path)
     loaded = load_tokenizer(tmp_path)
     assert loaded.kind == tok.kind and loaded.vocab == tok.vocab
-    assert loaded.decode(loaded.encode("hi there\nhi" if tok.kind == "word" else "abc ba")) == ("hi there\nhi" if tok.kind == "word" else "abc ba")
+    assert loaded.decode(loaded.encode("hi there\nhi" if tok.kind == "word" else "abc ba")) == (
+        "hi there\nhi" if tok.kind == "word" else "abc ba"
+    )
     check_same_tokenizer(loaded, tmp_path)
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         check_same_tokenizer(CharTokenizer(list("abcd")), tmp_path)
@@ -179,7 +188,14 @@ def test_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- tokenizer.json as `tokenizers` JSON
-TRICKY = ["", "\n", "the cat\nsat", "\n the  cat \t\n\n<eos> x<eos>y dog\r\n", "a\x1cb\u3000c\u2028d\xa0e", "ünï cödé ☃\n\n"]
+TRICKY = [
+    "",
+    "\n",
+    "the cat\nsat",
+    "\n the  cat \t\n\n<eos> x<eos>y dog\r\n",
+    "a\x1cb\u3000c\u2028d\xa0e",
+    "ünï cödé ☃\n\n",
+]
 
 
 @pytest.mark.parametrize("kind", ["char", "word"])

@@ -92,14 +92,25 @@ def _candidates(job: Job) -> list:
 
     from ..ops._triton.launch import plan
 
-    candidates = plan(dtype=getattr(torch, DTYPES[job.dtype]), d_k=job.d_k, d_v=job.d_v, chunk_size=job.chunk,
-                      capability=job.arch, **RULES[job.rule])[job.kernel]
+    candidates = plan(
+        dtype=getattr(torch, DTYPES[job.dtype]),
+        d_k=job.d_k,
+        d_v=job.d_v,
+        chunk_size=job.chunk,
+        capability=job.arch,
+        **RULES[job.rule],
+    )[job.kernel]
     if not job.override:
         return candidates
     options, first = dict(job.override), candidates[0]
-    return [replace(first, constexprs={k: options.get(k, v) for k, v in first.constexprs.items()},
-                    num_warps=options.get("num_warps", first.num_warps),
-                    num_stages=options.get("num_stages", first.num_stages))]
+    return [
+        replace(
+            first,
+            constexprs={k: options.get(k, v) for k, v in first.constexprs.items()},
+            num_warps=options.get("num_warps", first.num_warps),
+            num_stages=options.get("num_stages", first.num_stages),
+        )
+    ]
 
 
 def compile_job(job: Job, cache_dir: Optional[str]) -> Row:
@@ -111,16 +122,44 @@ def compile_job(job: Job, cache_dir: Optional[str]) -> Row:
     from ..ops._triton.fit import choose
 
     candidates = _candidates(job)
-    index, config, res = choose(job.kernel, candidates, getattr(torch, DTYPES[job.dtype]), job.d_k, job.d_v,
-                                job.arch, Path(cache_dir) if cache_dir else None)
+    index, config, res = choose(
+        job.kernel,
+        candidates,
+        getattr(torch, DTYPES[job.dtype]),
+        job.d_k,
+        job.d_v,
+        job.arch,
+        Path(cache_dir) if cache_dir else None,
+    )
     blocks = " ".join(f"{k}={config.constexprs[k]}" for k in ("BT", "BK", "BV", "NK") if k in config.constexprs)
-    return Row(job.kernel, job.rule, f"sm_{job.arch}", job.dtype, job.d_k, job.d_v, job.chunk,
-               f"{index + 1} of {len(candidates)}", config.num_warps, config.num_stages, blocks, res.registers,
-               res.spilled, res.shared, res.limit, res.fits)
+    return Row(
+        job.kernel,
+        job.rule,
+        f"sm_{job.arch}",
+        job.dtype,
+        job.d_k,
+        job.d_v,
+        job.chunk,
+        f"{index + 1} of {len(candidates)}",
+        config.num_warps,
+        config.num_stages,
+        blocks,
+        res.registers,
+        res.spilled,
+        res.shared,
+        res.limit,
+        res.fits,
+    )
 
 
-def jobs(archs: Sequence[int], dtypes: Sequence[str], d_ks: Sequence[int], d_vs: Optional[Sequence[int]],
-         rules: Sequence[str], chunk: int) -> List[Job]:
+def jobs(
+    archs: Sequence[int],
+    dtypes: Sequence[str],
+    d_ks: Sequence[int],
+    d_vs: Optional[Sequence[int]],
+    rules: Sequence[str],
+    chunk: int,
+) -> List[Job]:
     """Every kernel of every rule for each combination (d_v = d_k where ``d_vs`` is None)."""
     import torch
 
@@ -130,10 +169,16 @@ def jobs(archs: Sequence[int], dtypes: Sequence[str], d_ks: Sequence[int], d_vs:
     for arch in archs:
         for dtype in dtypes:
             for d_k in d_ks:
-                for d_v in (d_vs if d_vs is not None else [d_k]):
+                for d_v in d_vs if d_vs is not None else [d_k]:
                     for rule in rules:
-                        names = plan(dtype=getattr(torch, DTYPES[dtype]), d_k=d_k, d_v=d_v, chunk_size=chunk,
-                                     capability=arch, **RULES[rule])
+                        names = plan(
+                            dtype=getattr(torch, DTYPES[dtype]),
+                            d_k=d_k,
+                            d_v=d_v,
+                            chunk_size=chunk,
+                            capability=arch,
+                            **RULES[rule],
+                        )
                         out += [Job(rule, name, arch, dtype, d_k, d_v, chunk) for name in sorted(names)]
     return out
 
@@ -154,18 +199,49 @@ def run(job_list: Sequence[Job], workers: int = 1, cache_dir: Optional[str] = No
 
 def format_table(rows: Sequence[Row]) -> str:
     """A markdown table of the rows."""
-    head = ["kernel", "rule", "arch", "dtype", "d_k", "d_v", "candidate", "warps", "stages", "blocks", "registers",
-            "spilled B", "shared B", "limit B", "fits"]
+    head = [
+        "kernel",
+        "rule",
+        "arch",
+        "dtype",
+        "d_k",
+        "d_v",
+        "candidate",
+        "warps",
+        "stages",
+        "blocks",
+        "registers",
+        "spilled B",
+        "shared B",
+        "limit B",
+        "fits",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.kernel, r.rule, r.arch, r.dtype, r.d_k, r.d_v, r.choice, r.num_warps, r.num_stages, r.blocks, r.registers,
-                 f"{r.spilled:,}", f"{r.shared:,}", f"{r.limit:,}", "yes" if r.fits else "**no**"]
+        cells = [
+            r.kernel,
+            r.rule,
+            r.arch,
+            r.dtype,
+            r.d_k,
+            r.d_v,
+            r.choice,
+            r.num_warps,
+            r.num_stages,
+            r.blocks,
+            r.registers,
+            f"{r.spilled:,}",
+            f"{r.shared:,}",
+            f"{r.limit:,}",
+            "yes" if r.fits else "**no**",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def _list(kind):
     """An argparse type for a comma-separated list of ``kind(item)`` values (``sm_80,sm_90``)."""
+
     def parse(text: str) -> list:
         values = []
         for item in filter(None, text.split(",")):
@@ -174,6 +250,7 @@ def _list(kind):
             except ValueError as e:
                 raise argparse.ArgumentTypeError(f"{item!r} {e}") from None
         return values
+
     return parse
 
 
@@ -182,6 +259,7 @@ def _choice(choices: Sequence[str]):
         if text not in choices:
             raise ValueError(f"is not one of {', '.join(choices)}")
         return text
+
     return parse
 
 
@@ -199,21 +277,49 @@ def _width(text: str) -> int:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", type=_list(_arch), nargs="+", default=[[80, 90]],
-                   help="target GPU architectures, comma-separated: sm_80, sm_86, sm_89, sm_90 (default sm_80,sm_90)")
-    p.add_argument("--dtype", type=_list(_choice(tuple(DTYPES))), nargs="+", default=[["bf16", "fp16", "fp32"]],
-                   help="input dtypes: bf16, fp16, fp32 (default all three)")
-    p.add_argument("--dk", type=_list(_width), nargs="+", default=[list(WIDTHS)],
-                   help="key widths 1..256 (default 16,32,64,128,256)")
-    p.add_argument("--dv", type=_list(_width), nargs="+", default=None,
-                   help="value widths (default: d_v = d_k for each d_k)")
-    p.add_argument("--rules", type=_list(_choice(tuple(RULES))), nargs="+", default=[list(RULES)],
-                   help="rules with kernels: sum, delta, gated_delta (default all three)")
+    p.add_argument(
+        "--arch",
+        type=_list(_arch),
+        nargs="+",
+        default=[[80, 90]],
+        help="target GPU architectures, comma-separated: sm_80, sm_86, sm_89, sm_90 (default sm_80,sm_90)",
+    )
+    p.add_argument(
+        "--dtype",
+        type=_list(_choice(tuple(DTYPES))),
+        nargs="+",
+        default=[["bf16", "fp16", "fp32"]],
+        help="input dtypes: bf16, fp16, fp32 (default all three)",
+    )
+    p.add_argument(
+        "--dk",
+        type=_list(_width),
+        nargs="+",
+        default=[list(WIDTHS)],
+        help="key widths 1..256 (default 16,32,64,128,256)",
+    )
+    p.add_argument(
+        "--dv", type=_list(_width), nargs="+", default=None, help="value widths (default: d_v = d_k for each d_k)"
+    )
+    p.add_argument(
+        "--rules",
+        type=_list(_choice(tuple(RULES))),
+        nargs="+",
+        default=[list(RULES)],
+        help="rules with kernels: sum, delta, gated_delta (default all three)",
+    )
     p.add_argument("--chunk-size", type=int, choices=(16, 32, 64), default=64, help="chunk length (default 64)")
-    p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
-                   help="compiling processes (default: CPU cores, at most 4)")
-    p.add_argument("--cache-dir", default=str(default_cache_dir()),
-                   help="where compiled results are kept (default ~/.cache/fastweights/kernels); '' for none")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(4, os.cpu_count() or 1)),
+        help="compiling processes (default: CPU cores, at most 4)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=str(default_cache_dir()),
+        help="where compiled results are kept (default ~/.cache/fastweights/kernels); '' for none",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
 
@@ -227,13 +333,21 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.json:
         check_output_path(args.json, "--json")
-    job_list = jobs(_flatten(args.arch), _flatten(args.dtype), _flatten(args.dk),
-                    _flatten(args.dv) if args.dv else None, _flatten(args.rules), args.chunk_size)
+    job_list = jobs(
+        _flatten(args.arch),
+        _flatten(args.dtype),
+        _flatten(args.dk),
+        _flatten(args.dv) if args.dv else None,
+        _flatten(args.rules),
+        args.chunk_size,
+    )
     rows = run(job_list, args.workers, args.cache_dir or None)
     print(format_table(rows))
     bad = [r for r in rows if not r.fits]
-    print(f"\n{len(rows) - len(bad)} of {len(rows)} kernels fit (no spills, shared memory within the limit)"
-          + (f"; {len(bad)} do not" if bad else ""))
+    print(
+        f"\n{len(rows) - len(bad)} of {len(rows)} kernels fit (no spills, shared memory within the limit)"
+        + (f"; {len(bad)} do not" if bad else "")
+    )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -83,8 +83,14 @@ class LMBenchConfig:
 def model_config(cfg: LMBenchConfig, attention: str, context: int) -> LMConfig:
     """The LM of one cell: learned positions for softmax (covering ``context``), none for FWPs."""
     return LMConfig(
-        vocab_size=cfg.vocab, d_model=cfg.d_model, n_layers=cfg.layers, n_heads=cfg.heads, d_ff=cfg.d_ff,
-        context=context, attention=attention, impl=cfg.impl,
+        vocab_size=cfg.vocab,
+        d_model=cfg.d_model,
+        n_layers=cfg.layers,
+        n_heads=cfg.heads,
+        d_ff=cfg.d_ff,
+        context=context,
+        attention=attention,
+        impl=cfg.impl,
         pos_emb="learned" if parse_attention(attention).kind == "softmax" else "none",
     )
 
@@ -140,8 +146,12 @@ def measure_cell(cfg: LMBenchConfig, attention: str, context: int, batch: int) -
         peak_mb = peak_rss_mb(timed)
     step_s = statistics.median(times)
     return dict(
-        tokens_per_s=batch * context / step_s, step_ms=step_s * 1e3, peak_mb=peak_mb, impl=op_impl(model),
-        loss=float(losses[-1]), warmup_s=warmup_s,
+        tokens_per_s=batch * context / step_s,
+        step_ms=step_s * 1e3,
+        peak_mb=peak_mb,
+        impl=op_impl(model),
+        loss=float(losses[-1]),
+        warmup_s=warmup_s,
     )
 
 
@@ -186,13 +196,20 @@ def run(cfg: LMBenchConfig, log: Callable[[str], None] = print) -> Dict:
     """Run every (attention, context) cell, logging table rows as they finish; returns
     ``{"meta": ..., "rows": [...], "ratios": {...}}`` (also written to ``cfg.json`` after each cell)."""
     amp = autocast_dtype(TrainConfig(dtype=cfg.dtype), torch.device(cfg.device))
-    meta = dict(device=device_name(cfg.device), torch=torch.__version__, threads=torch.get_num_threads(),
-                autocast=str(amp).replace("torch.", "") if amp else None,
-                rss_tracks_live_memory=cfg.device == "cpu" and return_freed_memory(), config=asdict(cfg))
-    log(f"{meta['device']}, torch {meta['torch']}, {meta['threads']} threads, autocast {meta['autocast'] or 'off'}; "
+    meta = dict(
+        device=device_name(cfg.device),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        autocast=str(amp).replace("torch.", "") if amp else None,
+        rss_tracks_live_memory=cfg.device == "cpu" and return_freed_memory(),
+        config=asdict(cfg),
+    )
+    log(
+        f"{meta['device']}, torch {meta['torch']}, {meta['threads']} threads, autocast {meta['autocast'] or 'off'}; "
         f"d_model {cfg.d_model}, {cfg.layers} layers, "
         f"{cfg.heads} heads, d_ff {cfg.d_ff}, vocab {cfg.vocab}, {cfg.tokens} tokens per step, "
-        f"{cfg.warmup} warm-up + {cfg.steps} timed steps\n\n{HEADER}\n{SEPARATOR}")
+        f"{cfg.warmup} warm-up + {cfg.steps} timed steps\n\n{HEADER}\n{SEPARATOR}"
+    )
     rows: List[Dict[str, object]] = []
     result = dict(meta=meta, rows=rows, ratios={})
     for context in cfg.contexts:
@@ -216,23 +233,28 @@ def format_row(r: Dict[str, object]) -> str:
     if "tokens_per_s" not in r:
         return f"{head} | | | | | {r['note']} |"
     peak = "n/a" if math.isnan(r["peak_mb"]) else f"{r['peak_mb']:.0f}"
-    return (f"{head} {r['tokens_per_s']:.0f} | {peak} | {r['impl']} | {r['loss']:.3f} | {r['warmup_s']:.1f} | "
-            f"{r['note']} |")
+    return (
+        f"{head} {r['tokens_per_s']:.0f} | {peak} | {r['impl']} | {r['loss']:.3f} | {r['warmup_s']:.1f} | {r['note']} |"
+    )
 
 
 def format_ratios(result: Dict) -> str:
     """``context T: linear / softmax = 1.12x, ...`` lines (empty without a softmax row)."""
-    return "\n".join(f"context {c}: " + ", ".join(f"{a} / {BASELINE} = {x:.2f}x" for a, x in r.items())
-                     for c, r in result["ratios"].items())
+    return "\n".join(
+        f"context {c}: " + ", ".join(f"{a} / {BASELINE} = {x:.2f}x" for a, x in r.items())
+        for c, r in result["ratios"].items()
+    )
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: an int ``>= minimum``."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+
     return parse
 
 
@@ -246,22 +268,41 @@ def configure(p: argparse.ArgumentParser) -> None:
         return f"(default: cuda {show(gpu[key])}, cpu {show(cpu[key])})"
 
     p.add_argument("--device", choices=["cpu", "cuda"], default=d.device, help="where to train (default: cpu)")
-    p.add_argument("--attentions", nargs="+", default=d.attentions, metavar="ATTENTION",
-                   help=f"attention variants, see fastweights.variants.list_attentions (default: {' '.join(d.attentions)})")
+    p.add_argument(
+        "--attentions",
+        nargs="+",
+        default=d.attentions,
+        metavar="ATTENTION",
+        help=f"attention variants, see fastweights.variants.list_attentions (default: {' '.join(d.attentions)})",
+    )
     p.add_argument("--contexts", nargs="+", type=positive, help="contexts T " + per_device("contexts"))
     p.add_argument("--tokens", type=positive, help="tokens per step; batch = tokens // T " + per_device("tokens"))
     p.add_argument("--d-model", type=positive, help="model width " + per_device("d_model"))
     p.add_argument("--layers", type=positive, help="blocks " + per_device("layers"))
     p.add_argument("--heads", type=positive, help="attention heads " + per_device("heads"))
     p.add_argument("--d-ff", type=positive, help="feed-forward width " + per_device("d_ff"))
-    p.add_argument("--vocab", type=positive, default=d.vocab, help="vocabulary of the random token ids (default: %(default)s)")
+    p.add_argument(
+        "--vocab", type=positive, default=d.vocab, help="vocabulary of the random token ids (default: %(default)s)"
+    )
     p.add_argument("--impl", default=d.impl, help="op backend of the FWP layers, LMConfig.impl (default: auto)")
-    p.add_argument("--steps", type=positive, default=d.steps, help="timed steps; the median is kept (default: %(default)s)")
-    p.add_argument("--warmup", type=_at_least(0), default=d.warmup,
-                   help="untimed steps first, once per cell: compilation, autotuning (default: %(default)s)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=d.dtype,
-                   help="autocast dtype as in training; auto: bf16 on CUDA, float32 on CPU (default: auto)")
-    p.add_argument("--json", help="where to write the results; '' for nowhere (default: benchmarks/results/lm_<device>.json)")
+    p.add_argument(
+        "--steps", type=positive, default=d.steps, help="timed steps; the median is kept (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=_at_least(0),
+        default=d.warmup,
+        help="untimed steps first, once per cell: compilation, autotuning (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default=d.dtype,
+        help="autocast dtype as in training; auto: bf16 on CUDA, float32 on CPU (default: auto)",
+    )
+    p.add_argument(
+        "--json", help="where to write the results; '' for nowhere (default: benchmarks/results/lm_<device>.json)"
+    )
 
 
 def check_config(cfg: LMBenchConfig) -> None:
@@ -289,9 +330,17 @@ def main(args: argparse.Namespace) -> int:
     the ratios to softmax."""
     given = {k: getattr(args, k) for k in DEVICE_DEFAULTS[args.device]}
     sized = {k: DEVICE_DEFAULTS[args.device][k] if v is None else v for k, v in given.items()}
-    cfg = LMBenchConfig(device=args.device, attentions=args.attentions, vocab=args.vocab, impl=args.impl, steps=args.steps,
-                        warmup=args.warmup, dtype=args.dtype,
-                        json=f"benchmarks/results/lm_{args.device}.json" if args.json is None else args.json, **sized)
+    cfg = LMBenchConfig(
+        device=args.device,
+        attentions=args.attentions,
+        vocab=args.vocab,
+        impl=args.impl,
+        steps=args.steps,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        json=f"benchmarks/results/lm_{args.device}.json" if args.json is None else args.json,
+        **sized,
+    )
     check_config(cfg)
     result = run(cfg, log=print)
     if result["ratios"]:

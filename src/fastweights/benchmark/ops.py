@@ -82,8 +82,14 @@ OUT_OF_MEMORY = "skipped: out of memory"  # the note of a cell that ran out of m
 #: What ``--device`` changes in :class:`BenchConfig`'s defaults (which are the CPU ones).
 DEVICE_DEFAULTS: Dict[str, Dict[str, object]] = {
     "cpu": dict(json="benchmarks/results/ops.json"),
-    "cuda": dict(lengths=[1024, 4096, 16384], tokens=32768, heads=16, dtypes=["bfloat16"], max_seconds=1.0,
-                 json="benchmarks/results/ops_cuda.json"),
+    "cuda": dict(
+        lengths=[1024, 4096, 16384],
+        tokens=32768,
+        heads=16,
+        dtypes=["bfloat16"],
+        max_seconds=1.0,
+        json="benchmarks/results/ops_cuda.json",
+    ),
 }
 
 
@@ -283,8 +289,10 @@ def measure(fn: Callable, inp: Dict[str, Optional[Tensor]], repeat: int, device:
     """Median forward and forward+backward ms of ``fn`` (each after a warm-up call)."""
     forward, forward_backward = _runners(fn, inp)
     sync = _sync(device)
-    return dict(fwd_ms=median_seconds(forward, repeat, sync) * 1e3,
-                fwdbwd_ms=median_seconds(forward_backward, repeat, sync) * 1e3)
+    return dict(
+        fwd_ms=median_seconds(forward, repeat, sync) * 1e3,
+        fwdbwd_ms=median_seconds(forward_backward, repeat, sync) * 1e3,
+    )
 
 
 def make_fn(rule: str, form: str, chunk_size: int) -> Callable:
@@ -412,11 +420,16 @@ def _meta(cfg: BenchConfig, rss_tracks_live_memory: bool) -> Dict[str, object]:
     return dict(
         device=cfg.device,
         device_name=torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
-        torch=torch.__version__, cuda=torch.version.cuda if cuda else None,
+        torch=torch.__version__,
+        cuda=torch.version.cuda if cuda else None,
         tf32=torch.backends.cuda.matmul.allow_tf32 if cuda else None,
-        threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
-        cpu_count=os.cpu_count(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-        loadavg_start=os.getloadavg(), rss_tracks_live_memory=rss_tracks_live_memory, config=asdict(cfg),
+        threads=torch.get_num_threads(),
+        interop_threads=torch.get_num_interop_threads(),
+        cpu_count=os.cpu_count(),
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+        loadavg_start=os.getloadavg(),
+        rss_tracks_live_memory=rss_tracks_live_memory,
+        config=asdict(cfg),
         matmul_size=8192 if cuda else 4096,
     )
 
@@ -497,8 +510,14 @@ def ratios(rows: List[Dict]) -> List[Dict[str, object]]:
         best = min(members, key=lambda r: r["fwdbwd_ms"])
         by_form = {r["form"]: r for r in members}
         entry: Dict[str, object] = dict(
-            rule=rule, dtype=dtype, d_k=d_k, L=L, fastest=best["form"], fastest_fwdbwd_ms=best["fwdbwd_ms"],
-            relative={r["form"]: r["fwdbwd_ms"] / best["fwdbwd_ms"] for r in members})
+            rule=rule,
+            dtype=dtype,
+            d_k=d_k,
+            L=L,
+            fastest=best["form"],
+            fastest_fwdbwd_ms=best["fwdbwd_ms"],
+            relative={r["form"]: r["fwdbwd_ms"] / best["fwdbwd_ms"] for r in members},
+        )
         if "fla" in by_form and "chunk" in by_form:
             entry["fla_over_chunk"] = {k: by_form["fla"][k] / by_form["chunk"][k] for k in ("fwd_ms", "fwdbwd_ms")}
         if yardstick is not None:
@@ -510,6 +529,7 @@ def ratios(rows: List[Dict]) -> List[Dict[str, object]]:
 def figures(rows: List[Dict]) -> Dict[str, Optional[float]]:
     """A CPU run's summary figures, from the float32 rows with d_k = d_v: how close the chunk forms
     come to the matmul peak, their speed-up over the naive form, their memory growth in L."""
+
     def get(rule: str, form: str, L: int, key: str) -> Optional[float]:
         for r in rows:
             cell = (r["rule"], r["form"], r["L"], r["dtype"]) == (rule, form, L, "float32")
@@ -524,11 +544,14 @@ def figures(rows: List[Dict]) -> Dict[str, Optional[float]]:
         "delta chunk fwd+bwd % of peak at L=8192": _pct(get("delta", "chunk", 8192, "frac_of_peak")),
         "sum chunk fwd+bwd % of peak at L=8192": _pct(get("sum", "chunk", 8192, "frac_of_peak")),
         "delta chunk speed-up over naive at L=2048, fwd+bwd": ratio(
-            get("delta", "naive", 2048, "fwdbwd_ms"), get("delta", "chunk", 2048, "fwdbwd_ms")),
+            get("delta", "naive", 2048, "fwdbwd_ms"), get("delta", "chunk", 2048, "fwdbwd_ms")
+        ),
         "delta chunk memory L=32768 / L=8192": ratio(
-            get("delta", "chunk", 32768, "peak_mb"), get("delta", "chunk", 8192, "peak_mb")),
+            get("delta", "chunk", 32768, "peak_mb"), get("delta", "chunk", 8192, "peak_mb")
+        ),
         "sum chunk memory L=32768 / L=8192": ratio(
-            get("sum", "chunk", 32768, "peak_mb"), get("sum", "chunk", 8192, "peak_mb")),
+            get("sum", "chunk", 32768, "peak_mb"), get("sum", "chunk", 8192, "peak_mb")
+        ),
     }
 
 
@@ -536,8 +559,10 @@ def _pct(x: Optional[float]) -> Optional[float]:
     return None if x is None else 100 * x
 
 
-HEADER = ("| rule | form | dtype | d_k | B | L | fwd ms | fwd+bwd ms | peak MB | GFLOP/s fwd | GFLOP/s fwd+bwd "
-          "| % of peak | note |")
+HEADER = (
+    "| rule | form | dtype | d_k | B | L | fwd ms | fwd+bwd ms | peak MB | GFLOP/s fwd | GFLOP/s fwd+bwd "
+    "| % of peak | note |"
+)
 SEPARATOR = "|---" * (HEADER.count("|") - 1) + "|"
 
 
@@ -567,9 +592,11 @@ def setup_line(meta: Dict) -> str:
     size = f"B*T = {cfg['tokens']}" if cfg["tokens"] else f"B = {cfg['batch']}"
     n = meta["matmul_size"]
     peaks = ", ".join(f"{dt} " + " / ".join(f"{p:.0f}" for p in ps) for dt, ps in meta["matmul_peak_gflops"].items())
-    return (f"{where}; H = {cfg['heads']}, d_v = {cfg['dim']}, C = {cfg['chunk_size']}, {size}; "
-            f"{n}^3 matmul peak (start / end) {peaks} GFLOP/s; % of peak: against the best "
-            + ("peak of the cell's dtype" if meta["device"] == "cuda" else "float32 peak, for every dtype"))
+    return (
+        f"{where}; H = {cfg['heads']}, d_v = {cfg['dim']}, C = {cfg['chunk_size']}, {size}; "
+        f"{n}^3 matmul peak (start / end) {peaks} GFLOP/s; % of peak: against the best "
+        + ("peak of the cell's dtype" if meta["device"] == "cuda" else "float32 peak, for every dtype")
+    )
 
 
 def format_ratios(entries: List[Dict]) -> List[str]:
@@ -577,8 +604,10 @@ def format_ratios(entries: List[Dict]) -> List[str]:
     lines = []
     for e in entries:
         forms = ", ".join(f"{form} {x:.2f}x" for form, x in sorted(e["relative"].items(), key=lambda kv: kv[1]))
-        line = (f"- {e['rule']} {e['dtype']} d_k={e['d_k']} L={e['L']}: {forms} "
-                f"(fastest {e['fastest']}, {_ms(e['fastest_fwdbwd_ms'])} ms)")
+        line = (
+            f"- {e['rule']} {e['dtype']} d_k={e['d_k']} L={e['L']}: {forms} "
+            f"(fastest {e['fastest']}, {_ms(e['fastest_fwdbwd_ms'])} ms)"
+        )
         if "fla_over_chunk" in e:
             fc = e["fla_over_chunk"]
             line += f"; fla / chunk {fc['fwd_ms']:.2f} fwd, {fc['fwdbwd_ms']:.2f} fwd+bwd"
@@ -623,36 +652,76 @@ def configure(p: argparse.ArgumentParser) -> None:
         return f"(default: {show(cpu[key])} on cpu, {show(cuda[key])} on cuda)"
 
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
-    p.add_argument("--rules", nargs="+", choices=list_rules(), default=d.rules, help="update rules (default: sum delta)")
+    p.add_argument(
+        "--rules", nargs="+", choices=list_rules(), default=d.rules, help="update rules (default: sum delta)"
+    )
     impls = sorted({b.name for b in list_backends(available=False)})
-    p.add_argument("--impls", nargs="+", choices=impls, metavar="IMPL",
-                   help=f"backends to time, of {', '.join(impls)} (default: every installed one of the rule that runs "
-                        "on the device, one-token forms excepted); one that cannot run a cell is a skipped row")
-    p.add_argument("--lengths", nargs="+", type=_positive, metavar="L",
-                   help=f"sequence lengths L {per_device('lengths')}")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=impls,
+        metavar="IMPL",
+        help=f"backends to time, of {', '.join(impls)} (default: every installed one of the rule that runs "
+        "on the device, one-token forms excepted); one that cannot run a cell is a skipped row",
+    )
+    p.add_argument(
+        "--lengths", nargs="+", type=_positive, metavar="L", help=f"sequence lengths L {per_device('lengths')}"
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--batch", type=_positive, metavar="B",
-                      help=f"batch size B at every length (default on cpu: {d.batch})")
-    size.add_argument("--tokens", type=_positive, metavar="N",
-                      help=f"fix B*T: B = max(1, N // L) at each length (default on cuda: {cuda['tokens']})")
+    size.add_argument(
+        "--batch", type=_positive, metavar="B", help=f"batch size B at every length (default on cpu: {d.batch})"
+    )
+    size.add_argument(
+        "--tokens",
+        type=_positive,
+        metavar="N",
+        help=f"fix B*T: B = max(1, N // L) at each length (default on cuda: {cuda['tokens']})",
+    )
     p.add_argument("--heads", type=_positive, help=f"heads H {per_device('heads')}")
     p.add_argument("--dim", type=_positive, default=d.dim, help=f"d_v, and d_k unless --dk (default: {d.dim})")
-    p.add_argument("--dk", dest="d_ks", nargs="+", type=_positive, metavar="D_K",
-                   help="key widths d_k, each a series of rows (default: --dim on cpu; --dim and 4 x --dim, "
-                        "DPFP-2's width, on cuda)")
-    p.add_argument("--chunk-size", type=_positive, default=d.chunk_size,
-                   help=f"chunk length C (default: {d.chunk_size})")
-    p.add_argument("--dtypes", "--dtype", nargs="+", choices=DTYPES, metavar="DTYPE",
-                   help=f"input dtypes, of {', '.join(DTYPES)} {per_device('dtypes')}")
-    p.add_argument("--repeat", type=_positive, default=d.repeat,
-                   help=f"timed repetitions per cell; the median is kept (default: {d.repeat})")
-    p.add_argument("--max-seconds", type=float,
-                   help=f"skip a cell whose forward+backward is predicted to take longer {per_device('max_seconds')}")
-    p.add_argument("--max-parallel", type=_positive, default=d.max_parallel,
-                   help=f"longest L for the quadratic form (default: {d.max_parallel})")
-    p.add_argument("--peers", action="store_true",
-                   help="cpu: also time fast-transformers / flash-linear-attention's torch references when installed; "
-                        "cuda: also time softmax attention (sdpa) as a yardstick")
+    p.add_argument(
+        "--dk",
+        dest="d_ks",
+        nargs="+",
+        type=_positive,
+        metavar="D_K",
+        help="key widths d_k, each a series of rows (default: --dim on cpu; --dim and 4 x --dim, "
+        "DPFP-2's width, on cuda)",
+    )
+    p.add_argument(
+        "--chunk-size", type=_positive, default=d.chunk_size, help=f"chunk length C (default: {d.chunk_size})"
+    )
+    p.add_argument(
+        "--dtypes",
+        "--dtype",
+        nargs="+",
+        choices=DTYPES,
+        metavar="DTYPE",
+        help=f"input dtypes, of {', '.join(DTYPES)} {per_device('dtypes')}",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_positive,
+        default=d.repeat,
+        help=f"timed repetitions per cell; the median is kept (default: {d.repeat})",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help=f"skip a cell whose forward+backward is predicted to take longer {per_device('max_seconds')}",
+    )
+    p.add_argument(
+        "--max-parallel",
+        type=_positive,
+        default=d.max_parallel,
+        help=f"longest L for the quadratic form (default: {d.max_parallel})",
+    )
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="cpu: also time fast-transformers / flash-linear-attention's torch references when installed; "
+        "cuda: also time softmax attention (sdpa) as a yardstick",
+    )
     p.add_argument("--json", help=f"where to write the results {per_device('json')}")
 
 

@@ -53,9 +53,11 @@ def _flash_linear_attention(rule: str) -> List[Peer]:
         return [(name, None, f"not available ({type(e).__name__}: {e})")]
 
     if rule == "sum":
+
         def fn(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor]) -> Tensor:
             return naive_chunk_linear_attn(q, k, v, scale=1.0)  # [B, T, H, D]
     else:
+
         def fn(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor]) -> Tensor:
             d_k = q.shape[-1]
             t = [x.transpose(1, 2) for x in (q * d_k**0.5, k, v, beta)]  # it scales q by d_k^-1/2

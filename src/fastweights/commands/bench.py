@@ -33,7 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     for name, module in BENCHMARKS.items():
         doc = (module.__doc__ or "").strip()
-        q = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        q = sub.add_parser(
+            name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.configure(q)
         add_threads_argument(q)
         q.set_defaults(_prog=q.prog, _parser=q)  # errors name the benchmark: "fastweights bench ops: error: ..."

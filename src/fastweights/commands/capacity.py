@@ -49,9 +49,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, metavar="N", help="step cap per cell (default: the preset's)")
     p.add_argument("--d", type=int, metavar="N", help="model width d (default: the preset's; 64 in the paper)")
     p.add_argument("--seed", type=int, default=0, help="random seed, the first of --seeds (default: 0)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="train every cell with N seeds, --seed to --seed + N - 1, and report the median final "
-                        "loss with its min-max range (default: 1)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train every cell with N seeds, --seed to --seed + N - 1, and report the median final "
+        "loss with its min-max range (default: 1)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--out", default="runs/capacity", help="output folder (default: runs/capacity)")
     p.epilog = EXAMPLES
@@ -95,8 +100,10 @@ def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) ->
     out = Path(args.out)
     n_cells = len(list(config.cells())) // config.seeds
     seeds = f"seed {config.seed}" if config.seeds == 1 else f"seeds {config.seed}-{config.seed + config.seeds - 1}"
-    print(f"capacity sweep: preset {args.preset}, {n_cells} cells x {seeds}, d = {config.d}, "
-          f"queries = {config.queries}, max steps {config.train.max_steps}, device {device}, results in {out}/")
+    print(
+        f"capacity sweep: preset {args.preset}, {n_cells} cells x {seeds}, d = {config.d}, "
+        f"queries = {config.queries}, max steps {config.train.max_steps}, device {device}, results in {out}/"
+    )
     bar = tqdm(total=config.train.max_steps, unit="step", dynamic_ncols=True, leave=False)
 
     def on_start(i: int, n: int, cell) -> None:
@@ -106,8 +113,9 @@ def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) ->
 
     def on_result(i: int, n: int, r, skipped: bool) -> None:
         how = "done before, skipped" if skipped else f"{r.steps} steps ({r.stopped}), {r.seconds:.1f} s"
-        tqdm.write(f"[{i + 1}/{n}] setting {r.setting} {r.method} S={r.n_keys} seed {r.seed}: "
-                   f"loss {r.final_loss:.3g}, {how}")
+        tqdm.write(
+            f"[{i + 1}/{n}] setting {r.setting} {r.method} S={r.n_keys} seed {r.seed}: loss {r.final_loss:.3g}, {how}"
+        )
 
     def on_step(step: int, loss: float) -> None:
         bar.update(1)
@@ -122,6 +130,8 @@ def _run(config: SweepConfig, device: torch.device, args: argparse.Namespace) ->
     print("\n" + format_table(rows))
     png = plot_results(rows, out / "capacity.png")
     trained = sum(r.seconds for r in rows)
-    print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {png}  "
-          f"({time.perf_counter() - start:.0f} s this run; {trained:.0f} s of training in these cells)")
+    print(
+        f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {png}  "
+        f"({time.perf_counter() - start:.0f} s this run; {trained:.0f} s of training in these cells)"
+    )
     return 0

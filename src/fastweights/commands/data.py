@@ -22,7 +22,12 @@ from ..corpora import SOURCES, bundled_path, data_dir, fetch
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help=f"corpora to download: {', '.join(SOURCES)}")
     p.add_argument("--list", action="store_true", help="list the corpora and whether they are here")
-    p.add_argument("--dir", type=Path, default=None, help="where to put them (default: $FASTWEIGHTS_DATA or ~/.cache/fastweights/data)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to put them (default: $FASTWEIGHTS_DATA or ~/.cache/fastweights/data)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -34,8 +39,15 @@ def main(args: argparse.Namespace) -> int:
     if args.list or not args.names:
         for source in SOURCES.values():
             here = source.path(root)
-            where = here if here.exists() else (f"shipped ({bundled_path(source.name)})" if source.bundled
-                                                else f"not downloaded (fastweights data {source.name})")
+            where = (
+                here
+                if here.exists()
+                else (
+                    f"shipped ({bundled_path(source.name)})"
+                    if source.bundled
+                    else f"not downloaded (fastweights data {source.name})"
+                )
+            )
             print(f"{source.name:16} {source.summary}\n{'':16} {where}")
         return 0
     for name in args.names:

@@ -43,8 +43,14 @@ def build_layer(args: argparse.Namespace) -> FastWeightAttention:
         raise ValueError(f"--d-model ({args.d_model}) must be divisible by --heads ({args.heads})")
     kwargs = {"nu": args.nu} if args.feature_map == "dpfp" else {}
     try:
-        return FastWeightAttention(args.d_model, args.heads, rule=args.rule, feature_map=args.feature_map,
-                                   feature_map_kwargs=kwargs, impl=args.impl).eval()
+        return FastWeightAttention(
+            args.d_model,
+            args.heads,
+            rule=args.rule,
+            feature_map=args.feature_map,
+            feature_map_kwargs=kwargs,
+            impl=args.impl,
+        ).eval()
     except ValueError as e:
         raise ValueError(f"--rule {args.rule} --impl {args.impl} --feature-map {args.feature_map}: {e}") from None
 
@@ -66,8 +72,10 @@ def main(args: argparse.Namespace) -> int:
     print(layer)
     diff = (torch.stack(ys, 1) - y).abs().max().item()
     n_state = sum(v.numel() for v in state.values())
-    print(f"tokens: {args.length}   parallel forward: {t_par * 1e3:.1f} ms   "
-          f"token-by-token: {t_step * 1e3:.1f} ms ({t_step / args.length * 1e6:.0f} us/token)")
+    print(
+        f"tokens: {args.length}   parallel forward: {t_par * 1e3:.1f} ms   "
+        f"token-by-token: {t_step * 1e3:.1f} ms ({t_step / args.length * 1e6:.0f} us/token)"
+    )
     print(f"max |parallel - recurrent| = {diff:.2e}")
     print(f"state: {n_state} floats per sequence, whatever the length (S: {list(state['S'].shape)})")
     return 0 if diff < 1e-4 else 1

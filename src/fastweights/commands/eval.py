@@ -18,7 +18,7 @@ under (b): does the model keep improving past its training context, does its sta
 
 Examples:
   fastweights eval --checkpoint runs/shakespeare-delta
-  fastweights eval --checkpoint runs/shakespeare-delta-carried --protocol carried-state --by-position --plot position.png
+  fastweights eval --checkpoint runs/shakespeare-gated-carried --protocol carried-state --by-position --plot pos.png
   fastweights eval --checkpoint runs/wt2-delta --data wikitext-2 --split test
 """
 
@@ -42,26 +42,45 @@ from ..tasks.text import TOKENIZER_FILE, load_corpus
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="model directory written by `fastweights train`")
-    p.add_argument("--data", default=None, help="the corpus: a text file, a wiki.*.tokens directory or a corpus name "
-                   "(default: the one the model was trained on, as recorded in its config.json)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="the corpus: a text file, a wiki.*.tokens directory or a corpus name "
+        "(default: the one the model was trained on, as recorded in its config.json)",
+    )
     p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split to score (default: val)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="validation share of a single text file: as recorded in the checkpoint, else 0.1 (train's default)")
-    p.add_argument("--protocol", default="both", choices=["both", *PROTOCOLS], help="protocol(s) to run (default: both)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="validation share of a single text file: as recorded in the checkpoint, else 0.1 (train's default)",
+    )
+    p.add_argument(
+        "--protocol", default="both", choices=["both", *PROTOCOLS], help="protocol(s) to run (default: both)"
+    )
     p.add_argument("--stride", type=int, default=1, help="sliding-window stride, 1..context (default: 1, the paper's)")
     p.add_argument("--segment", type=int, default=None, help="carried-state segment length (default: the context)")
-    p.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the split (default: all)")
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="score only the first N tokens of the split (default: all)"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass (default: 64)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    p.add_argument("--by-position", action="store_true",
-                   help="also the loss and the fast weights' norm against the position (carried state; the split "
-                        "cut into streams of --stream-length tokens, read side by side)")
+    p.add_argument(
+        "--by-position",
+        action="store_true",
+        help="also the loss and the fast weights' norm against the position (carried state; the split "
+        "cut into streams of --stream-length tokens, read side by side)",
+    )
     p.add_argument("--stream-length", type=int, default=8192, help="stream length of --by-position (default: 8192)")
     p.add_argument("--plot", type=Path, default=None, help="with --by-position: write its plot to this PNG")
-    p.add_argument("--reset-documents", action=argparse.BooleanOptionalAction, default=None,
-                   help="carried-state: empty the state where a document starts (a ' = Title = ' line, as WikiText "
-                        "marks its articles) (default: as the model was trained, TrainConfig.reset_documents)")
+    p.add_argument(
+        "--reset-documents",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="carried-state: empty the state where a document starts (a ' = Title = ' line, as WikiText "
+        "marks its articles) (default: as the model was trained, TrainConfig.reset_documents)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -91,8 +110,12 @@ def main(args: argparse.Namespace) -> int:
     data = resolve(args.data) if args.data is not None else Path(recorded["path"])
     if args.by_position and "sliding-window" == args.protocol:
         raise ValueError("--by-position scores the carried-state protocol; use --protocol carried-state or both")
-    corpus = load_corpus(data, tokenizer_file=args.checkpoint / TOKENIZER_FILE, val_fraction=val_fraction,
-                         on_tokenize=lambda m: print(m, flush=True))
+    corpus = load_corpus(
+        data,
+        tokenizer_file=args.checkpoint / TOKENIZER_FILE,
+        val_fraction=val_fraction,
+        on_tokenize=lambda m: print(m, flush=True),
+    )
     if args.split not in corpus.splits:
         raise ValueError(f"--data {data} has no {args.split!r} split; it has {sorted(corpus.splits)}")
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
@@ -101,19 +124,34 @@ def main(args: argparse.Namespace) -> int:
     if reset is None:
         reset = bool((read_config(args.checkpoint).get("train") or {}).get("reset_documents", False))
     elif reset and not len(marked):
-        raise ValueError(f"--reset-documents: the {args.split} split of {data} marks no documents (lines ' = Title = ')")
+        raise ValueError(
+            f"--reset-documents: the {args.split} split of {data} marks no documents (lines ' = Title = ')"
+        )
     documents = marked if reset else None
-    results = evaluate(model, corpus.splits[args.split], cfg.context, protocols=protocols, stride=args.stride,
-                       segment=args.segment, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                       progress=not args.no_progress, documents=documents)
+    results = evaluate(
+        model,
+        corpus.splits[args.split],
+        cfg.context,
+        protocols=protocols,
+        stride=args.stride,
+        segment=args.segment,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        progress=not args.no_progress,
+        documents=documents,
+    )
     for r in results:  # finite weights can still overflow: never print a NaN score, never exit 0 with one
         if not math.isfinite(r.nats):
-            raise ValueError(f"the {r.protocol} loss of {args.checkpoint} on the {args.split} split of {data} is "
-                             f"{r.nats} (not finite): the model's outputs overflow; no score to report")
+            raise ValueError(
+                f"the {r.protocol} loss of {args.checkpoint} on the {args.split} split of {data} is "
+                f"{r.nats} (not finite): the model's outputs overflow; no score to report"
+            )
 
     unit = "char" if corpus.tokenizer.kind == "char" else "token"
-    print(f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {data}"
-          + (f"; carried state emptied at its {len(documents):,} document starts" if documents is not None else ""))
+    print(
+        f"{args.checkpoint} ({cfg.attention}, {model.num_params():,} parameters) on the {args.split} split of {data}"
+        + (f"; carried state emptied at its {len(documents):,} document starts" if documents is not None else "")
+    )
     print(f"| protocol | context | {unit}s scored | nats/{unit} | bits/{unit} | perplexity |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
@@ -122,17 +160,33 @@ def main(args: argparse.Namespace) -> int:
         print("| carried-state | - | - | n/a: softmax attention's state (its KV cache) grows with the text | | |")
     profile = None
     if args.by_position:
-        profile = position_profile(model, corpus.splits[args.split], args.segment or cfg.context, args.stream_length,
-                                   progress=not args.no_progress)
-        print(f"\nby position (carried state, {profile.streams} stream(s) of {args.stream_length} {unit}s side by side):")
+        profile = position_profile(
+            model,
+            corpus.splits[args.split],
+            args.segment or cfg.context,
+            args.stream_length,
+            progress=not args.no_progress,
+        )
+        print(
+            f"\nby position (carried state, {profile.streams} stream(s) of {args.stream_length} {unit}s side by side):"
+        )
         print("\n".join(format_position_table(profile, unit)))
         if args.plot is not None:
-            plot_position_profile(profile, args.plot, cfg.context, f"{cfg.attention}: loss against position ({args.split})")
+            plot_position_profile(
+                profile, args.plot, cfg.context, f"{cfg.attention}: loss against position ({args.split})"
+            )
             print(f"wrote {args.plot}")
     if args.json is not None:
-        doc = {"checkpoint": str(args.checkpoint), "attention": cfg.attention, "data": str(data), "split": args.split,
-               "stride": args.stride, "max_tokens": args.max_tokens, "reset_documents": reset,
-               "results": [r.to_dict() for r in results]}
+        doc = {
+            "checkpoint": str(args.checkpoint),
+            "attention": cfg.attention,
+            "data": str(data),
+            "split": args.split,
+            "stride": args.stride,
+            "max_tokens": args.max_tokens,
+            "reset_documents": reset,
+            "results": [r.to_dict() for r in results],
+        }
         if profile is not None:
             doc["by_position"] = dataclasses.asdict(profile)
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -36,10 +36,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample among the most likely tokens holding probability p, in (0, 1] (default: all)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop after generating this token (text of exactly one token, e.g. a newline); repeatable")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="sample among the most likely tokens holding probability p, in (0, 1] (default: all)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop after generating this token (text of exactly one token, e.g. a newline); repeatable",
+    )
     p.add_argument("--seed", type=int, default=1337, help="sampler seed (default: 1337)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--load-state", type=Path, default=None, help="continue from a state saved by --save-state")
@@ -62,7 +71,7 @@ class TextStream:
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids)
         if not text.endswith("\ufffd"):
-            self.out.write(text[self.shown:])
+            self.out.write(text[self.shown :])
             self.out.flush()
             self.shown = len(text)
 
@@ -83,7 +92,9 @@ def _leaves(node: Any, name: str = "") -> Dict[str, Any]:
     if not isinstance(node, (dict, list)):
         return {name: node}
     items = node.items() if isinstance(node, dict) else enumerate(node)
-    return {leaf: x for key, child in items for leaf, x in _leaves(child, f"{name}.{key}" if name else str(key)).items()}
+    return {
+        leaf: x for key, child in items for leaf, x in _leaves(child, f"{name}.{key}" if name else str(key)).items()
+    }
 
 
 def check_loaded_state(state: Any, model: LanguageModel, path: Path) -> None:
@@ -91,16 +102,22 @@ def check_loaded_state(state: Any, model: LanguageModel, path: Path) -> None:
     state, each tensor of the same widths (the batch and a growing cache dimension aside)."""
     got, want = _leaves(state), _leaves(model.init_state(1))
     if set(got) != set(want):
-        raise UsageError(f"--load-state {path} is not a state of this model ({model.cfg.attention}): it has "
-                         f"{sorted(set(got) - set(want))[:4]}, the model's state has {sorted(set(want) - set(got))[:4]}")
+        raise UsageError(
+            f"--load-state {path} is not a state of this model ({model.cfg.attention}): it has "
+            f"{sorted(set(got) - set(want))[:4]}, the model's state has {sorted(set(want) - set(got))[:4]}"
+        )
     for name, empty in want.items():
         loaded = got[name]
         if isinstance(empty, Tensor) and not (
-                isinstance(loaded, Tensor) and loaded.dim() == empty.dim()
-                and all(w in (0, g) for g, w in zip(loaded.shape[1:], empty.shape[1:]))):
+            isinstance(loaded, Tensor)
+            and loaded.dim() == empty.dim()
+            and all(w in (0, g) for g, w in zip(loaded.shape[1:], empty.shape[1:]))
+        ):
             shape = list(loaded.shape) if isinstance(loaded, Tensor) else type(loaded).__name__
-            raise UsageError(f"--load-state {path} is not a state of this model ({model.cfg.attention}): its {name} "
-                             f"is {shape}, the model's [B, {', '.join(map(str, empty.shape[1:]))}]")
+            raise UsageError(
+                f"--load-state {path} is not a state of this model ({model.cfg.attention}): its {name} "
+                f"is {shape}, the model's [B, {', '.join(map(str, empty.shape[1:]))}]"
+            )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -108,7 +125,7 @@ def check_args(args: argparse.Namespace) -> None:
     naming the option)."""
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not -2**63 <= args.seed < 2**64:
+    if not -(2**63) <= args.seed < 2**64:
         raise UsageError(f"--seed must be in [-2**63, 2**64) (a 64-bit seed), got {args.seed}")
     check_sampling(args.temperature, args.top_k, args.top_p)
     check_device(args.device)
@@ -130,9 +147,18 @@ def main(args: argparse.Namespace) -> int:
     generator = torch.Generator(args.device).manual_seed(args.seed)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    _, state = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        generator=generator, state=state, top_p=args.top_p, stop_tokens=stop,
-                        on_token=TextStream(tokenizer, prompt, sys.stdout))
+    _, state = generate(
+        model,
+        prompt,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        generator=generator,
+        state=state,
+        top_p=args.top_p,
+        stop_tokens=stop,
+        on_token=TextStream(tokenizer, prompt, sys.stdout),
+    )
     print()
     if args.save_state is not None:
         save_state(args.save_state, state)

@@ -8,7 +8,7 @@ Examples:
   fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp
   fastweights train --preset shakespeare-char --attention dpfp-2+delta --out runs/shakespeare-dpfp --resume
       (continue after a stop, Ctrl-C or crash)
-  fastweights train --preset shakespeare-char-carried --attention linear+gated_delta --out runs/shakespeare-gated-carried
+  fastweights train --preset shakespeare-char-carried --attention linear+gated_delta --out runs/shakespeare-carried
       (carried fast weights: each step starts from the state the last one ended with, see carry_state;
       a rule that can forget, such as the gated delta rule, trains best this way)
   fastweights train --preset wt2-small --attention linear+gated_delta --set reset_documents=true --out runs/wt2-gated
@@ -50,31 +50,52 @@ import torch.distributed as dist
 from ..corpora import SOURCES, resolve
 from ..models import get_run_preset, list_presets
 from ..models.config import LMConfig, TrainConfig, parse_overrides
-from ..variants import describe_attentions
 from ..tasks.text import load_corpus
 from ..threads import describe_threads
 from ..train import main_first, setup_distributed, train
+from ..variants import describe_attentions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, choices=list_presets(), help="named configuration: %(choices)s")
-    p.add_argument("--attention", default="softmax", metavar="VARIANT",
-                   help="attention variant (default: softmax): " + describe_attentions()
-                   + " (<nu>, <m>: positive integers, e.g. dpfp-2+delta, favor-64)")
-    p.add_argument("--data", metavar="PATH|NAME",
-                   help="a text file (split 90/10 into train/val), a directory with wiki.{train,valid,test}.tokens, or a "
-                        f"corpus name ({', '.join(SOURCES)}; default: the preset's)")
+    p.add_argument(
+        "--attention",
+        default="softmax",
+        metavar="VARIANT",
+        help="attention variant (default: softmax): "
+        + describe_attentions()
+        + " (<nu>, <m>: positive integers, e.g. dpfp-2+delta, favor-64)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="PATH|NAME",
+        help="a text file (split 90/10 into train/val), a directory with wiki.{train,valid,test}.tokens, or a "
+        f"corpus name ({', '.join(SOURCES)}; default: the preset's)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (checkpoints, metrics, model)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model or training setting, read as its type, e.g. --set steps=500 --set lr=3e-4 "
-                        "--set tie_embeddings=false --set max_bad_steps=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model or training setting, read as its type, e.g. --set steps=500 --set lr=3e-4 "
+        "--set tie_embeddings=false --set max_bad_steps=3 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    p.add_argument("--tokenizer", default="auto", choices=["auto", "char", "word", "bpe"],
-                   help="tokenization (default auto: word for a directory, char for a file)")
+    p.add_argument(
+        "--tokenizer",
+        default="auto",
+        choices=["auto", "char", "word", "bpe"],
+        help="tokenization (default auto: word for a directory, char for a file)",
+    )
     p.add_argument("--tokenizer-file", metavar="JSON", help="use this tokenizer.json instead of building a vocabulary")
     p.add_argument("--bpe-vocab-size", type=int, default=4096, help="vocabulary of a trained BPE (default: 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of a single file (default: 0.1)")
-    p.add_argument("--cache-dir", metavar="DIR", help="token-id cache (default: $FASTWEIGHTS_CACHE or ~/.cache/fastweights/corpora)")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="token-id cache (default: $FASTWEIGHTS_CACHE or ~/.cache/fastweights/corpora)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -107,24 +128,45 @@ def main(args: argparse.Namespace) -> int:
     data = resolve(args.data if args.data is not None else get_run_preset(args.preset, args.attention).data)
     info = setup_distributed(args.device)
     try:
-        corpus = main_first(info, lambda: load_corpus(
-            data, args.tokenizer, tokenizer_file=args.tokenizer_file, bpe_vocab_size=args.bpe_vocab_size,
-            val_fraction=args.val_fraction, cache_dir=args.cache_dir, on_tokenize=lambda m: print(m, flush=True),
-        ))
-        preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size).with_overrides(args.set)
+        corpus = main_first(
+            info,
+            lambda: load_corpus(
+                data,
+                args.tokenizer,
+                tokenizer_file=args.tokenizer_file,
+                bpe_vocab_size=args.bpe_vocab_size,
+                val_fraction=args.val_fraction,
+                cache_dir=args.cache_dir,
+                on_tokenize=lambda m: print(m, flush=True),
+            ),
+        )
+        preset = get_run_preset(args.preset, args.attention, vocab_size=corpus.tokenizer.vocab_size).with_overrides(
+            args.set
+        )
         if info.is_main:
             tokens = corpus.info["tokens"]
-            print(f"data: {data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
-                  f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}"
-                  + (f", {describe_threads()} (--threads N to change)" if info.device.type == "cpu" else ""))
+            print(
+                f"data: {data} ({corpus.tokenizer.kind}, vocabulary {corpus.tokenizer.vocab_size}, "
+                f"train {tokens['train']:,} / val {tokens['val']:,} tokens); {info.world} process(es) on {info.device}"
+                + (f", {describe_threads()} (--threads N to change)" if info.device.type == "cpu" else "")
+            )
             print(f"model: {preset.model}")
             print(f"train: {preset.train}")
         with _warnings_to_stderr():
-            result = train(preset.model, preset.train, corpus, args.out, resume=args.resume, device=args.device,
-                           progress=not args.no_progress)
+            result = train(
+                preset.model,
+                preset.train,
+                corpus,
+                args.out,
+                resume=args.resume,
+                device=args.device,
+                progress=not args.no_progress,
+            )
         if info.is_main and result:
-            print(f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
-                  f"{result['tokens_per_s']:,.0f} tokens/s -> {args.out}")
+            print(
+                f"step {result['step']}: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}, "
+                f"{result['tokens_per_s']:,.0f} tokens/s -> {args.out}"
+            )
         if dist.is_initialized():
             dist.barrier()  # every process done with its collectives before the group is torn down
     finally:

@@ -58,32 +58,46 @@ class Source:
         return root / self.name / next(iter(self.files)) if self.archive is None else root / self.name
 
 
-SOURCES: Dict[str, Source] = {s.name: s for s in (
-    Source(
-        "tinyshakespeare", "tiny Shakespeare, 1.1 MB of plays (character level; shipped with fastweights)",
-        ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",),
-        {"input.txt": "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
-        bundled="tinyshakespeare.txt",
-    ),
-    Source(
-        "wikitext-2", "WikiText-2 v1 (word level, 4 MB): wiki.{train,valid,test}.tokens",
-        ("https://wikitext.smerity.com/wikitext-2-v1.zip",
-         "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"),
-        {"wiki.train.tokens": "sha1:863f29c46ef9d167fff4940ec821195882fe29d1",
-         "wiki.valid.tokens": "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422",
-         "wiki.test.tokens": "sha1:c7b8ce0aa086fb34dab808c5c49224211eb2b172"},
-        archive="wikitext-2",
-    ),
-    Source(
-        "wikitext-103", "WikiText-103 v1 (word level, 180 MB download, 516 MB unpacked): wiki.{train,valid,test}.tokens",
-        ("https://wikitext.smerity.com/wikitext-103-v1.zip",
-         "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"),
-        {"wiki.train.tokens": "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
-         "wiki.valid.tokens": "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
-         "wiki.test.tokens": "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47"},
-        archive="wikitext-103",
-    ),
-)}
+SOURCES: Dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source(
+            "tinyshakespeare",
+            "tiny Shakespeare, 1.1 MB of plays (character level; shipped with fastweights)",
+            ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",),
+            {"input.txt": "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+            bundled="tinyshakespeare.txt",
+        ),
+        Source(
+            "wikitext-2",
+            "WikiText-2 v1 (word level, 4 MB): wiki.{train,valid,test}.tokens",
+            (
+                "https://wikitext.smerity.com/wikitext-2-v1.zip",
+                "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+            ),
+            {
+                "wiki.train.tokens": "sha1:863f29c46ef9d167fff4940ec821195882fe29d1",
+                "wiki.valid.tokens": "sha1:0418625c8b4da6e4b5c7a0b9e78d4ae8f7ee5422",
+                "wiki.test.tokens": "sha1:c7b8ce0aa086fb34dab808c5c49224211eb2b172",
+            },
+            archive="wikitext-2",
+        ),
+        Source(
+            "wikitext-103",
+            "WikiText-103 v1 (word level, 180 MB download, 516 MB unpacked): wiki.{train,valid,test}.tokens",
+            (
+                "https://wikitext.smerity.com/wikitext-103-v1.zip",
+                "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip",
+            ),
+            {
+                "wiki.train.tokens": "sha1:b7497e2dfe77e72cfef5e3dbc61b7b53712ac211",
+                "wiki.valid.tokens": "sha1:c326ac59dc587676d58c422eb8a03e119582f92b",
+                "wiki.test.tokens": "sha1:8a5befc548865cec54ed4273cf87dbbad60d1e47",
+            },
+            archive="wikitext-103",
+        ),
+    )
+}
 
 
 def data_dir() -> Path:
@@ -115,12 +129,15 @@ def resolve(data: PathLike, root: Optional[Path] = None) -> Path:
         return local
     if source.bundled is not None:
         return bundled_path(source.name)
-    raise UsageError(f"--data {text}: the corpus is not downloaded yet; run `fastweights data {text}` "
-                     f"(it goes to {local}), or pass the path of a copy you have")
+    raise UsageError(
+        f"--data {text}: the corpus is not downloaded yet; run `fastweights data {text}` "
+        f"(it goes to {local}), or pass the path of a copy you have"
+    )
 
 
-def fetch(name: str, root: Optional[Path] = None, *, urls: Optional[Tuple[str, ...]] = None,
-          progress: bool = True) -> Path:
+def fetch(
+    name: str, root: Optional[Path] = None, *, urls: Optional[Tuple[str, ...]] = None, progress: bool = True
+) -> Path:
     """Download corpus ``name`` into ``<root>/<name>/`` (default root :func:`data_dir`) and return
     :func:`resolve`'s path for it.
 
@@ -167,4 +184,6 @@ def _unpack(archive: Path, source: Source, target: Path) -> None:
             for f in source.files:
                 os.replace(Path(tmp) / f, target / f)
     except zipfile.BadZipFile:
-        raise ValueError(f"{archive.name} is not a zip archive (a proxy's error page?); deleted, run the command again") from None
+        raise ValueError(
+            f"{archive.name} is not a zip archive (a proxy's error page?); deleted, run the command again"
+        ) from None

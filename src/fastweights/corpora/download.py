@@ -34,8 +34,10 @@ def check_file(path: Path, checksum: str, delete: bool = False) -> None:
     if got != expected:
         if delete:
             path.unlink()
-        raise ValueError(f"{path.name}: {algorithm} {got} does not match the published {expected} "
-                         f"(a corrupted or changed download{'; deleted' if delete else ''})")
+        raise ValueError(
+            f"{path.name}: {algorithm} {got} does not match the published {expected} "
+            f"(a corrupted or changed download{'; deleted' if delete else ''})"
+        )
 
 
 def download(urls: Sequence[str], part: Path, *, progress: bool = True) -> None:
@@ -53,10 +55,15 @@ def download(urls: Sequence[str], part: Path, *, progress: bool = True) -> None:
             return
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             failures.append(f"{url} ({getattr(e, 'reason', None) or e})")
-    kept = f"; the {part.stat().st_size} bytes received are kept in {part} and the next run resumes" \
-        if part.exists() and part.stat().st_size else ""
-    raise UsageError(f"cannot download {part.name[:-5]}: {'; '.join(failures)}. Are you offline? You can also "
-                     f"download it yourself and pass its path to --data{kept}")
+    kept = (
+        f"; the {part.stat().st_size} bytes received are kept in {part} and the next run resumes"
+        if part.exists() and part.stat().st_size
+        else ""
+    )
+    raise UsageError(
+        f"cannot download {part.name[:-5]}: {'; '.join(failures)}. Are you offline? You can also "
+        f"download it yourself and pass its path to --data{kept}"
+    )
 
 
 def _download_one(url: str, part: Path, progress: bool) -> None:
@@ -74,10 +81,19 @@ def _download_one(url: str, part: Path, progress: bool) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
-            disable=not progress, dynamic_ncols=True,
-        ) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name[:-5],
+                disable=not progress,
+                dynamic_ncols=True,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(BLOCK), b""):
                 f.write(block)
                 bar.update(len(block))

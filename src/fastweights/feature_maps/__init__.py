@@ -50,7 +50,16 @@ def get_feature_map(name: str, d: int, **kwargs) -> FeatureMap:
 
 
 __all__ = [
-    "FeatureMap", "DPFP", "EluPlusOne", "Favor", "Identity", "ReLU",
-    "get_feature_map", "list_feature_maps", "register_feature_map",
-    "get_qk_norm", "l2_normalize", "sum_normalize",
+    "FeatureMap",
+    "DPFP",
+    "EluPlusOne",
+    "Favor",
+    "Identity",
+    "ReLU",
+    "get_feature_map",
+    "list_feature_maps",
+    "register_feature_map",
+    "get_qk_norm",
+    "l2_normalize",
+    "sum_normalize",
 ]

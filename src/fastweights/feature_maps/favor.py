@@ -51,7 +51,9 @@ class Favor(FeatureMap):
         super().__init__(d)
         if not isinstance(m, int) or m < 1:
             raise ValueError(f"favor m (number of random features) must be a positive int, got {m!r}")
-        if not (redraw in ("step", "never") or (isinstance(redraw, int) and not isinstance(redraw, bool) and redraw >= 1)):
+        if not (
+            redraw in ("step", "never") or (isinstance(redraw, int) and not isinstance(redraw, bool) and redraw >= 1)
+        ):
             raise ValueError(f"favor redraw must be 'step', 'never' or a positive int N, got {redraw!r}")
         self.m = m
         self.redraw = redraw

@@ -43,8 +43,14 @@ def check_local_folder(name: Any) -> None:
     if not isinstance(name, (str, os.PathLike)) or os.path.exists(name):
         return
     text = os.fspath(name)
-    if (not isinstance(name, str) or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
-            or os.path.isabs(text) or ("/" in text and _holds_runs(text.split("/")[0]))):
+    if (
+        not isinstance(name, str)
+        or text.startswith((".", "/", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or os.path.isabs(text)
+        or ("/" in text and _holds_runs(text.split("/")[0]))
+    ):
         raise FileNotFoundError(f"no such folder: {text}")
 
 
@@ -85,7 +91,9 @@ class FastWeightsConfig(PretrainedConfig):
             raise ValueError(f"format must be {FORMAT!r} (a fastweights LM config), got {format!r}")
         overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in _LM_FIELDS}
         kwargs.pop(WEIGHTS_RECORD, None)  # the digest of the weights read beside config.json (module docstring)
-        self.model = LMConfig.from_dict({**(model if model is not None else {"vocab_size": 256}), **overrides}).to_dict()
+        self.model = LMConfig.from_dict(
+            {**(model if model is not None else {"vocab_size": 256}), **overrides}
+        ).to_dict()
         self.format, self.version = format, version
         super().__init__(**kwargs)
 

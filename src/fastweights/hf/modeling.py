@@ -32,8 +32,14 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..generate import prefill, unpad
 from ..models import LanguageModel, read_config
-from ..models.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_RECORD, check_finite_weights, check_weights_file,
-                                 record_weights)
+from ..models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_RECORD,
+    check_finite_weights,
+    check_weights_file,
+    record_weights,
+)
 from .cache import FastWeightCache
 from .configuration import FastWeightsConfig, check_local_folder
 
@@ -71,8 +77,11 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         ``model.safetensors`` is checked before it is read and its weights after (module docstring).
         A sharded save (``model.safetensors.index.json``) is left to ``transformers``."""
         check_local_folder(pretrained_model_name_or_path)
-        folder = (Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-                  if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None)
+        folder = (
+            Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            if isinstance(pretrained_model_name_or_path, (str, os.PathLike))
+            else None
+        )
         local = folder is not None and folder.is_dir() and not (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
         if local:
             record = read_config(folder).get(WEIGHTS_RECORD) if (folder / CONFIG_FILE).is_file() else None
@@ -116,7 +125,9 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         if unsupported:
             raise ValueError(f"FastWeightsForCausalLM.forward does not take {unsupported}")
         if cache is not None and not isinstance(cache, FastWeightCache):
-            raise ValueError(f"cache must be a FastWeightCache (made by this model's forward), got {type(cache).__name__}")
+            raise ValueError(
+                f"cache must be a FastWeightCache (made by this model's forward), got {type(cache).__name__}"
+            )
         if return_dict is False:
             raise ValueError("return_dict must be True or None: the output is a CausalLMOutputWithPast")
         T = input_ids.shape[1]
@@ -124,8 +135,10 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
             logits, state = self._read_prompts(input_ids, attention_mask)  # [B, T, V]
         else:
             if attention_mask is not None and not bool(attention_mask[:, -T:].all()):
-                raise ValueError("attention_mask may be 0 only before each row's first token (left padding), "
-                                 f"got {attention_mask[:, -T:].tolist()} for the new columns")
+                raise ValueError(
+                    "attention_mask may be 0 only before each row's first token (left padding), "
+                    f"got {attention_mask[:, -T:].tolist()} for the new columns"
+                )
             if T == 1:
                 step_logits, state = self.lm.step(input_ids[:, 0], cache.state)  # [B, V]
                 logits = step_logits[:, None]  # [B, 1, V]
@@ -138,13 +151,19 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         cache.advance(state, T)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_ARG: cache})
 
-    def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
-                                      use_cache: bool = True, **kwargs: Any) -> dict:
+    def prepare_inputs_for_generation(
+        self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, use_cache: bool = True, **kwargs: Any
+    ) -> dict:
         """The columns the cache has not read yet, the mask and the cache (``generate`` passes the
         whole sequence each step)."""
         cache = kwargs.get(CACHE_ARG)
         seen = cache.get_seq_length() if cache is not None else 0
-        return {"input_ids": input_ids[:, seen:], "attention_mask": attention_mask, CACHE_ARG: cache, "use_cache": use_cache}
+        return {
+            "input_ids": input_ids[:, seen:],
+            "attention_mask": attention_mask,
+            CACHE_ARG: cache,
+            "use_cache": use_cache,
+        }
 
     def _read_prompts(self, input_ids: Tensor, attention_mask: Optional[Tensor]) -> tuple:
         """Each left-padded row from its own tokens: logits ``[B, T, V]`` right-aligned (zeros at
@@ -154,7 +173,7 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         logits = row_logits[0].new_zeros(B, T, row_logits[0].shape[-1])  # [B, T, V]
         for b, out in enumerate(row_logits):
-            logits[b, T - out.shape[0]:] = out
+            logits[b, T - out.shape[0] :] = out
         return logits, state
 
     @staticmethod
@@ -164,7 +183,9 @@ class FastWeightsForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is None:
             return None
         if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must have the shape of input_ids {list(logits.shape[:2])}, got {list(labels.shape)}")
+            raise ValueError(
+                f"labels must have the shape of input_ids {list(logits.shape[:2])}, got {list(labels.shape)}"
+            )
         targets = labels[:, 1:].clone()  # [B, T - 1]
         if mask is not None:
             targets[mask[:, :-1] == 0] = -100

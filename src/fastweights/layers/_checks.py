@@ -11,7 +11,9 @@ from ..ops.checks import check_cu_seqlens
 
 def resolve_d_head(d_model: int, n_heads: int, d_head: Optional[int]) -> int:
     """``d_head``, defaulting to ``d_model // n_heads``; raise ``ValueError`` on bad sizes."""
-    for name, value in (("d_model", d_model), ("n_heads", n_heads)) + ((("d_head", d_head),) if d_head is not None else ()):
+    for name, value in (("d_model", d_model), ("n_heads", n_heads)) + (
+        (("d_head", d_head),) if d_head is not None else ()
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if d_head is None:

@@ -155,7 +155,9 @@ class FastWeightAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     # ------------------------------------------------------------------ public API
-    def forward(self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    def forward(
+        self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None
+    ) -> Tuple[Tensor, State]:
         """Process a sequence.
 
         Args:
@@ -205,8 +207,9 @@ class FastWeightAttention(nn.Module):
         pre.update({name: proj(x) for name, proj in self.input_projs.items()})
         return pre
 
-    def _fast(self, pre: Dict[str, Tensor], state: Optional[State], cu_seqlens: Optional[Tensor],
-              op: Op) -> Tuple[Tensor, Tensor]:
+    def _fast(
+        self, pre: Dict[str, Tensor], state: Optional[State], cu_seqlens: Optional[Tensor], op: Op
+    ) -> Tuple[Tensor, Tensor]:
         """Feature maps, rate and the op on the slow net's outputs ``pre``; returns the fast net's output
         ``[B, T, H * D]`` (heads concatenated, before ``out_proj``) and the new fast weights."""
         B, T = pre["qkv"].shape[:2]
@@ -224,10 +227,19 @@ class FastWeightAttention(nn.Module):
             beta = None
         dtype = compute_dtype(v.device, v.dtype)
         inputs = {name: self.learned[name].activation(pre[name]).to(dtype) for name in self.input_projs}
-        o, S = op(q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype) if beta is not None else None,
-                  initial_state=state["S"] if state is not None else None, output_final_state=True,
-                  cu_seqlens=cu_seqlens, chunk_size=self.chunk_size, normalize=self.attn_norm, eps=self.eps,
-                  **inputs)  # [B, T, H, D]
+        o, S = op(
+            q.to(dtype),
+            k.to(dtype),
+            v.to(dtype),
+            beta.to(dtype) if beta is not None else None,
+            initial_state=state["S"] if state is not None else None,
+            output_final_state=True,
+            cu_seqlens=cu_seqlens,
+            chunk_size=self.chunk_size,
+            normalize=self.attn_norm,
+            eps=self.eps,
+            **inputs,
+        )  # [B, T, H, D]
         if self.out_norm is not None:
             o = self.out_norm(o)  # [B, T, H, D]
         return o.reshape(B, T, H * D), S

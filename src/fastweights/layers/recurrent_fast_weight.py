@@ -33,10 +33,16 @@ class RecurrentFastWeightAttention(FastWeightAttention):
     def __init__(self, d_model: int, n_heads: int, d_head: Optional[int] = None, **kwargs) -> None:
         super().__init__(d_model, n_heads, d_head, **kwargs)
         width = self.n_heads * self.d_head
-        self.recurrent = nn.ModuleDict({name: nn.Linear(width, x.shape[-1], bias=False)
-                                        for name, x in self._slow(torch.zeros(1, 1, d_model)).items()})
+        self.recurrent = nn.ModuleDict(
+            {
+                name: nn.Linear(width, x.shape[-1], bias=False)
+                for name, x in self._slow(torch.zeros(1, 1, d_model)).items()
+            }
+        )
 
-    def forward(self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    def forward(
+        self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None
+    ) -> Tuple[Tensor, State]:
         """``x: [B, T, d_model]`` -> ``(y [B, T, d_model], state)``, one token after the other.
 
         With ``cu_seqlens`` (``B = 1``), each packed sequence starts from its own state (row i of
@@ -77,7 +83,9 @@ class RecurrentFastWeightAttention(FastWeightAttention):
         fast = {"S": state["S"]}
         o_prev, outs = state["o"], []
         for t in range(x.shape[1]):
-            pre = {name: p[:, t : t + 1] + self.recurrent[name](o_prev.to(p.dtype))[:, None] for name, p in pre_x.items()}
+            pre = {
+                name: p[:, t : t + 1] + self.recurrent[name](o_prev.to(p.dtype))[:, None] for name, p in pre_x.items()
+            }
             o, fast["S"] = self._fast(pre, fast, None, self.step_op)  # [B, 1, H D]
             o_prev = o[:, 0]
             outs.append(o)

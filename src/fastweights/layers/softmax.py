@@ -45,7 +45,9 @@ class SoftmaxAttention(nn.Module):
         bias: biases in the projections.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_head: Optional[int] = None, dropout: float = 0.0, bias: bool = False) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, d_head: Optional[int] = None, dropout: float = 0.0, bias: bool = False
+    ) -> None:
         super().__init__()
         d_head = resolve_d_head(d_model, n_heads, d_head)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
@@ -54,7 +56,9 @@ class SoftmaxAttention(nn.Module):
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, State]:
+    def forward(
+        self, x: Tensor, state: Optional[State] = None, cu_seqlens: Optional[Tensor] = None
+    ) -> Tuple[Tensor, State]:
         """``x: [B, T, d_model]`` -> ``(y: [B, T, d_model], kv_cache)``, attending to ``state`` first."""
         check_sequence(x, self.d_model, cu_seqlens)
         B, T, _ = x.shape
@@ -179,7 +183,9 @@ def stack_caches(states: List[State]) -> State:
         b, n, shift = s["k"].shape[0], s["length"], N - s["length"]
         k[row : row + b, :, shift:] = s["k"][:, :, :n]
         v[row : row + b, :, shift:] = s["v"][:, :, :n]
-        own = s["start"].to(ref.device) if s["start"] is not None else torch.zeros(b, dtype=torch.long, device=ref.device)
+        own = (
+            s["start"].to(ref.device) if s["start"] is not None else torch.zeros(b, dtype=torch.long, device=ref.device)
+        )
         starts.append(own + shift)  # [b]
         row += b
     return {"k": k, "v": v, "length": N, "written": torch.tensor([N]), "start": torch.cat(starts)}

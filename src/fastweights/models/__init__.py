@@ -1,11 +1,24 @@
 """Language models: config and presets, the decoder LM, and the model directory on disk."""
 
-from .checkpoint import load_model, read_config, save_weights, write_config
 from ..variants import AttentionSpec, list_attentions, parse_attention
+from .checkpoint import load_model, read_config, save_weights, write_config
 from .config import LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_presets
 from .lm import LanguageModel, LMState
 
 __all__ = [
-    "AttentionSpec", "LMConfig", "LMState", "LanguageModel", "Preset", "TrainConfig", "get_preset", "get_run_preset",
-    "list_attentions", "list_presets", "load_model", "parse_attention", "read_config", "save_weights", "write_config",
+    "AttentionSpec",
+    "LMConfig",
+    "LMState",
+    "LanguageModel",
+    "Preset",
+    "TrainConfig",
+    "get_preset",
+    "get_run_preset",
+    "list_attentions",
+    "list_presets",
+    "load_model",
+    "parse_attention",
+    "read_config",
+    "save_weights",
+    "write_config",
 ]

@@ -133,17 +133,27 @@ def check_weights_file(path: Union[str, Path], record: Optional[Mapping[str, Any
     if record is None:
         return header
     config = path.parent / CONFIG_FILE
-    if not (isinstance(record, Mapping) and isinstance(record.get("bytes"), int)
-            and isinstance(record.get("sha256"), str) and _SHA256.fullmatch(record["sha256"])):
-        raise ValueError(f"{config}: its {WEIGHTS_RECORD!r} section must hold 'sha256' (64 hex digits) and "
-                         f"'bytes' (an int), got {record!r}")
+    if not (
+        isinstance(record, Mapping)
+        and isinstance(record.get("bytes"), int)
+        and isinstance(record.get("sha256"), str)
+        and _SHA256.fullmatch(record["sha256"])
+    ):
+        raise ValueError(
+            f"{config}: its {WEIGHTS_RECORD!r} section must hold 'sha256' (64 hex digits) and "
+            f"'bytes' (an int), got {record!r}"
+        )
     size = path.stat().st_size
     if size != record["bytes"]:
-        raise ValueError(f"weights file {path} is {size:,} bytes, {config} records {record['bytes']:,}: "
-                         "it changed after it was written")
+        raise ValueError(
+            f"weights file {path} is {size:,} bytes, {config} records {record['bytes']:,}: "
+            "it changed after it was written"
+        )
     if os.environ.get(VERIFY_ENV, "1") != "0" and file_sha256(path) != record["sha256"]:
-        raise ValueError(f"weights file {path} does not match the SHA-256 recorded in {config}: "
-                         "it changed after it was written (damaged on disk or in a copy)")
+        raise ValueError(
+            f"weights file {path} does not match the SHA-256 recorded in {config}: "
+            "it changed after it was written (damaged on disk or in a copy)"
+        )
     return header
 
 
@@ -151,12 +161,18 @@ def check_finite_weights(model: torch.nn.Module, path: Union[str, Path]) -> None
     """``ValueError`` naming ``path`` (the file the weights came from) if a weight of ``model`` is NaN or inf."""
     bad = nonfinite(itertools.chain(model.named_parameters(), model.named_buffers()))  # tied tensors once
     if bad:
-        raise ValueError(f"weights file {path} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                         + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""))
+        raise ValueError(
+            f"weights file {path} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+        )
 
 
-def load_weights(model: torch.nn.Module, path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                 record: Optional[Mapping[str, Any]] = None) -> None:
+def load_weights(
+    model: torch.nn.Module,
+    path: Union[str, Path],
+    device: Union[str, torch.device] = "cpu",
+    record: Optional[Mapping[str, Any]] = None,
+) -> None:
     """Load safetensors weights into ``model`` (strict: every tensor must match), after
     :func:`check_weights_file` (with ``record``, the digest ``config.json`` holds); they must be finite.
 
@@ -165,8 +181,11 @@ def load_weights(model: torch.nn.Module, path: Union[str, Path], device: Union[s
     """
     header = check_weights_file(path, record)
     shapes = {name: list(t.shape) for name, t in model.state_dict().items()}
-    wrong = [f"{name} is {entry.get('shape')}, the model's {shapes[name]}" for name, entry in header.items()
-             if name in shapes and entry.get("shape") != shapes[name]]
+    wrong = [
+        f"{name} is {entry.get('shape')}, the model's {shapes[name]}"
+        for name, entry in header.items()
+        if name in shapes and entry.get("shape") != shapes[name]
+    ]
     if wrong:
         raise ValueError(f"weights file {path} does not fit the model: {'; '.join(wrong[:3])}")
     try:

@@ -124,7 +124,9 @@ class LMConfig(_DictConfig):
         self._require("d_head", self.d_head is None or self.d_head >= 1, "a positive int or null")
         self._require("qk_norm", self.qk_norm in ("auto", "sum", "l2", "none"), "'auto', 'sum', 'l2' or 'none'")
         if self.d_head is None and self.d_model % self.n_heads:
-            raise ValueError(f"LMConfig.d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set d_head")
+            raise ValueError(
+                f"LMConfig.d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set d_head"
+            )
         self._require("norm", self.norm in ("pre", "post"), "'pre' or 'post'")
         self._require("pos_emb", self.pos_emb in ("learned", "none"), "'learned' or 'none'")
         self._require("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
@@ -139,14 +141,16 @@ class LMConfig(_DictConfig):
                     raise ValueError(f"LMConfig.{name}: {e}") from None
         if self.adaptive_cutoffs is not None:
             c = self.adaptive_cutoffs
-            self._require("adaptive_cutoffs", bool(c) and c == sorted(set(c)) and c[0] >= 1 and c[-1] < self.vocab_size,
-                          f"increasing ints in [1, vocab_size={self.vocab_size})")
+            self._require(
+                "adaptive_cutoffs",
+                bool(c) and c == sorted(set(c)) and c[0] >= 1 and c[-1] < self.vocab_size,
+                f"increasing ints in [1, vocab_size={self.vocab_size})",
+            )
 
     @property
     def head_dim(self) -> int:
         """The per-head width actually used."""
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
-
 
 
 @dataclass
@@ -217,7 +221,9 @@ class TrainConfig(_DictConfig):
         for name in ("batch_size", "steps", "grad_accum", "eval_every", "eval_batches", "ckpt_every", "log_every"):
             self._require(name, getattr(self, name) >= 1, "a positive int")
         if self.batch_size % self.grad_accum:
-            raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+            raise ValueError(
+                f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
+            )
         self._require("dtype", self.dtype in ("auto", "float32", "bfloat16"), "'auto', 'float32' or 'bfloat16'")
         self._require("data_parallel", self.data_parallel in ("ddp", "fsdp"), "'ddp' or 'fsdp'")
         self._require("lr", self.lr > 0.0, "in (0, inf)")
@@ -228,10 +234,9 @@ class TrainConfig(_DictConfig):
             self._require(name, getattr(self, name) >= 0.0, "in [0, inf)")
         for name in ("warmup", "max_bad_steps"):
             self._require(name, getattr(self, name) >= 0, "an int >= 0")
-        self._require("seed", 0 <= self.seed < 2 ** 63, "an int in [0, 2**63)")
+        self._require("seed", 0 <= self.seed < 2**63, "an int in [0, 2**63)")
         for name in ("reset_documents", "shift_streams"):
             self._require(name, self.carry_state or not getattr(self, name), "false unless carry_state is true")
-
 
 
 @dataclass
@@ -252,8 +257,11 @@ class Preset:
         updates = parse_overrides(assignments)
         if "d_model" in updates["model"] and "d_ff" not in updates["model"]:
             updates["model"]["d_ff"] = max(1, round(updates["model"]["d_model"] * self.model.d_ff / self.model.d_model))
-        return Preset(dataclasses.replace(self.model, **updates["model"]), dataclasses.replace(self.train, **updates["train"]),
-                      self.data)
+        return Preset(
+            dataclasses.replace(self.model, **updates["model"]),
+            dataclasses.replace(self.train, **updates["train"]),
+            self.data,
+        )
 
 
 _SECTIONS: Dict[str, type] = {"model": LMConfig, "train": TrainConfig}
@@ -276,7 +284,9 @@ def parse_overrides(assignments: Iterable[str]) -> Dict[str, Dict[str, Any]]:
         part, _, name = key.rpartition(".")
         parts = [part] if part else [p for p in _SECTIONS if name in names[p]]
         if part not in ("", *_SECTIONS) or not parts or name not in names[parts[0]]:
-            raise ValueError(f"unknown setting {key!r}; model: {sorted(names['model'])}; train: {sorted(names['train'])}")
+            raise ValueError(
+                f"unknown setting {key!r}; model: {sorted(names['model'])}; train: {sorted(names['train'])}"
+            )
         updates[parts[0]][name] = _SECTIONS[parts[0]].parse_field(name, raw)
     return updates
 
@@ -374,11 +384,32 @@ def shakespeare_char(attention: str = "softmax", vocab_size: int = 65, carry_sta
     """nanoGPT's CPU "baby" run on tiny Shakespeare, characters: 4 layers, 4 heads, width 128,
     context 64, batch 12, 2000 steps, lr 1e-3 (cosine to 1e-4, warm-up 100), no dropout."""
     model = LMConfig(
-        vocab_size=vocab_size, d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.0, norm="pre",
-        pos_emb=_default_pos_emb(attention), context=64, tie_embeddings=True, attention=attention,
+        vocab_size=vocab_size,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=512,
+        dropout=0.0,
+        norm="pre",
+        pos_emb=_default_pos_emb(attention),
+        context=64,
+        tie_embeddings=True,
+        attention=attention,
     )
-    train = TrainConfig(batch_size=12, steps=2000, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1,
-                        beta2=0.99, grad_clip=1.0, eval_every=250, eval_batches=200, ckpt_every=250, carry_state=carry_state)
+    train = TrainConfig(
+        batch_size=12,
+        steps=2000,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup=100,
+        weight_decay=0.1,
+        beta2=0.99,
+        grad_clip=1.0,
+        eval_every=250,
+        eval_batches=200,
+        ckpt_every=250,
+        carry_state=carry_state,
+    )
     return Preset(model, train, "tinyshakespeare")
 
 
@@ -400,8 +431,11 @@ def shakespeare_char_carried(attention: str = "delta", vocab_size: int = 65) -> 
     up along a stream and its loss stalls (2.6-3.8). Validation reads the first 15,360 characters of
     the split as one carried stream (``eval_batches`` 20)."""
     preset = shakespeare_char(attention, vocab_size, carry_state=True)
-    return dataclasses.replace(preset, model=dataclasses.replace(preset.model, qk_norm=_carried_qk_norm(attention)),
-                               train=dataclasses.replace(preset.train, eval_batches=20))
+    return dataclasses.replace(
+        preset,
+        model=dataclasses.replace(preset.model, qk_norm=_carried_qk_norm(attention)),
+        train=dataclasses.replace(preset.train, eval_batches=20),
+    )
 
 
 def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
@@ -414,25 +448,70 @@ def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
     gated delta rule); softmax attention, whose state grows with the text, on windows with learned
     positions."""
     fwp = parse_attention(attention).kind != "softmax"
-    model = LMConfig(qk_norm=_carried_qk_norm(attention),
-        vocab_size=vocab_size, d_model=128, n_layers=4, n_heads=4, d_ff=512, dropout=0.2, norm="pre",
-        pos_emb=_default_pos_emb(attention), context=128, tie_embeddings=True, attention=attention,
-        adaptive_cutoffs=[c for c in (2000, 10000) if c < vocab_size] or None, adaptive_div_value=4.0,
+    model = LMConfig(
+        qk_norm=_carried_qk_norm(attention),
+        vocab_size=vocab_size,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=512,
+        dropout=0.2,
+        norm="pre",
+        pos_emb=_default_pos_emb(attention),
+        context=128,
+        tie_embeddings=True,
+        attention=attention,
+        adaptive_cutoffs=[c for c in (2000, 10000) if c < vocab_size] or None,
+        adaptive_div_value=4.0,
     )
-    train = TrainConfig(batch_size=16, steps=1000, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.1, beta2=0.99,
-                        grad_clip=1.0, eval_every=250, eval_batches=10, ckpt_every=250, carry_state=fwp)
+    train = TrainConfig(
+        batch_size=16,
+        steps=1000,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup=100,
+        weight_decay=0.1,
+        beta2=0.99,
+        grad_clip=1.0,
+        eval_every=250,
+        eval_batches=10,
+        ckpt_every=250,
+        carry_state=fwp,
+    )
     return Preset(model, train, "wikitext-2")
 
 
 def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: int, vocab_size: int) -> Preset:
     model = LMConfig(
-        vocab_size=vocab_size, d_model=d_model, n_layers=16, n_heads=8, d_head=d_head, d_ff=2048, dropout=0.1,
-        norm="post", pos_emb=_default_pos_emb(attention), context=context, tie_embeddings=True, attention=attention,
-        adaptive_cutoffs=[c for c in (20000, 40000, 200000) if c < vocab_size] or None, adaptive_div_value=4.0,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=16,
+        n_heads=8,
+        d_head=d_head,
+        d_ff=2048,
+        dropout=0.1,
+        norm="post",
+        pos_emb=_default_pos_emb(attention),
+        context=context,
+        tie_embeddings=True,
+        attention=attention,
+        adaptive_cutoffs=[c for c in (20000, 40000, 200000) if c < vocab_size] or None,
+        adaptive_div_value=4.0,
     )
     # Steps: the paper gives none for these runs; 120k is our choice for the full setting.
-    train = TrainConfig(batch_size=batch_size, steps=120_000, lr=2.5e-4, min_lr=0.0, warmup=2000, weight_decay=0.0,
-                        beta2=0.999, grad_clip=0.25, eval_every=2000, eval_batches=100, ckpt_every=2000)
+    train = TrainConfig(
+        batch_size=batch_size,
+        steps=120_000,
+        lr=2.5e-4,
+        min_lr=0.0,
+        warmup=2000,
+        weight_decay=0.0,
+        beta2=0.999,
+        grad_clip=0.25,
+        eval_every=2000,
+        eval_batches=100,
+        ckpt_every=2000,
+    )
     return Preset(model, train, "wikitext-103")
 
 

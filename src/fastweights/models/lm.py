@@ -31,12 +31,21 @@ def build_attention(cfg: LMConfig) -> nn.Module:
         return SoftmaxAttention(cfg.d_model, cfg.n_heads, cfg.d_head, dropout=cfg.dropout, bias=cfg.bias)
     kwargs = dict(spec.feature_map_kwargs)
     if spec.feature_map == "favor":
-        kwargs["input_scale"] = cfg.head_dim ** -0.25  # phi(q).phi(k) estimates exp(q.k / sqrt(d_head))
+        kwargs["input_scale"] = cfg.head_dim**-0.25  # phi(q).phi(k) estimates exp(q.k / sqrt(d_head))
     layer = RecurrentFastWeightAttention if spec.kind == "recurrent" else FastWeightAttention
     return layer(
-        cfg.d_model, cfg.n_heads, cfg.d_head, rule=spec.rule, feature_map=spec.feature_map,
-        feature_map_kwargs=kwargs, dropout=cfg.dropout, bias=cfg.bias, chunk_size=cfg.chunk_size,
-        impl=cfg.impl, decode_impl=cfg.decode_impl, qk_norm=None if cfg.qk_norm == "none" else cfg.qk_norm,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.d_head,
+        rule=spec.rule,
+        feature_map=spec.feature_map,
+        feature_map_kwargs=kwargs,
+        dropout=cfg.dropout,
+        bias=cfg.bias,
+        chunk_size=cfg.chunk_size,
+        impl=cfg.impl,
+        decode_impl=cfg.decode_impl,
+        qk_norm=None if cfg.qk_norm == "none" else cfg.qk_norm,
         out_norm=cfg.out_norm,
     )
 
@@ -120,7 +129,11 @@ class LanguageModel(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.norm == "pre" else None
         if adaptive:
             self.head: nn.Module = nn.AdaptiveLogSoftmaxWithLoss(
-                cfg.d_model, cfg.vocab_size, cfg.adaptive_cutoffs, div_value=cfg.adaptive_div_value, head_bias=cfg.bias,
+                cfg.d_model,
+                cfg.vocab_size,
+                cfg.adaptive_cutoffs,
+                div_value=cfg.adaptive_div_value,
+                head_bias=cfg.bias,
             )
         else:
             self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -147,7 +160,12 @@ class LanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ public API
     def forward(
-        self, idx: Tensor, targets: Optional[Tensor] = None, state: Optional[LMState] = None, *, return_logits: bool = True,
+        self,
+        idx: Tensor,
+        targets: Optional[Tensor] = None,
+        state: Optional[LMState] = None,
+        *,
+        return_logits: bool = True,
         resets: Optional[Tensor] = None,
     ) -> Tuple[Optional[Tensor], Optional[Tensor], LMState]:
         """Run a segment, optionally continuing from ``state``.
@@ -177,7 +195,10 @@ class LanguageModel(nn.Module):
         loss = None
         if targets is not None:
             if not isinstance(targets, Tensor) or targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {list(idx.shape)}, got {getattr(targets, 'shape', type(targets))}")
+                raise ValueError(
+                    f"targets must have the shape of idx {list(idx.shape)}, "
+                    f"got {getattr(targets, 'shape', type(targets))}"
+                )
             loss = self._loss(h.reshape(B * T, -1), targets.reshape(B * T))
         logits = self._logits(h) if return_logits else None
         return logits, loss, new_state
@@ -200,13 +221,21 @@ class LanguageModel(nn.Module):
     def _check_idx(self, idx: Tensor, dim: int, name: str) -> None:
         if not isinstance(idx, Tensor) or idx.dim() != dim or idx.dtype not in (torch.int64, torch.int32):
             want = "[B, T]" if dim == 2 else "[B]"
-            raise ValueError(f"{name} must be an integer tensor of shape {want}, got {getattr(idx, 'dtype', type(idx))} {list(getattr(idx, 'shape', []))}")
+            raise ValueError(
+                f"{name} must be an integer tensor of shape {want}, "
+                f"got {getattr(idx, 'dtype', type(idx))} {list(getattr(idx, 'shape', []))}"
+            )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
-            raise ValueError(f"{name} holds ids outside [0, vocab_size={self.cfg.vocab_size}): min {int(idx.min())}, max {int(idx.max())}")
+            raise ValueError(
+                f"{name} holds ids outside [0, vocab_size={self.cfg.vocab_size}): "
+                f"min {int(idx.min())}, max {int(idx.max())}"
+            )
 
     def _trunk(self, idx: Tensor, state: Optional[LMState], recurrent: bool) -> Tuple[Tensor, LMState]:
         B, T = idx.shape
-        if state is not None and (not isinstance(state, dict) or set(state) != {"pos", "layers"} or len(state["layers"]) != len(self.blocks)):
+        if state is not None and (
+            not isinstance(state, dict) or set(state) != {"pos", "layers"} or len(state["layers"]) != len(self.blocks)
+        ):
             raise ValueError(f"state must be an LMState {{'pos': int, 'layers': [{len(self.blocks)} layer states]}}")
         pos0 = 0 if state is None else state["pos"]  # int, or [B] per-row positions
         if isinstance(pos0, Tensor) and pos0.shape != (B,):
@@ -220,7 +249,9 @@ class LanguageModel(nn.Module):
                     f"learned positions cover {self.cfg.context} tokens, asked for positions up to {last + T - 1}; "
                     "use a sliding window (or pos_emb='none')"
                 )
-            pos = torch.as_tensor(pos0, device=idx.device)[..., None] + torch.arange(T, device=idx.device)  # [T] or [B, T]
+            pos = torch.as_tensor(pos0, device=idx.device)[..., None] + torch.arange(
+                T, device=idx.device
+            )  # [T] or [B, T]
             x = x + self.wpe(pos)  # [B, T, d_model]
         x = self.drop(x)
         for i, blk in enumerate(self.blocks):
@@ -234,17 +265,21 @@ class LanguageModel(nn.Module):
         its piece with the empty (all-zero) state at position 0."""
         B, T = idx.shape
         if not isinstance(resets, Tensor) or resets.dtype != torch.bool or resets.shape != (B, T):
-            raise ValueError(f"resets must be a bool tensor of the shape of idx {[B, T]}, got "
-                             f"{getattr(resets, 'dtype', type(resets))} {list(getattr(resets, 'shape', []))}")
+            raise ValueError(
+                f"resets must be a bool tensor of the shape of idx {[B, T]}, got "
+                f"{getattr(resets, 'dtype', type(resets))} {list(getattr(resets, 'shape', []))}"
+            )
         if not all(isinstance(blk.attn, FastWeightAttention) for blk in self.blocks):
-            raise ValueError(f"resets need fast-weight attention (an empty state is all zeros), got attention={self.cfg.attention!r}")
+            raise ValueError(
+                f"resets need fast-weight attention (an empty state is all zeros), got attention={self.cfg.attention!r}"
+            )
         cuts = [0] + [t for t in resets.any(0).nonzero().flatten().tolist() if t > 0] + [T]
         hs = []
         for a, b in zip(cuts, cuts[1:]):
             if state is not None and bool(resets[:, a].any()):
                 keep = ~resets[:, a]  # [B]
                 pos = torch.where(keep, torch.as_tensor(state["pos"], device=idx.device), 0)  # [B]
-                layers = map_tensors(lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, 0), state["layers"])
+                layers = map_tensors(lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, 0), state["layers"])  # noqa: B023 (used within this iteration)
                 state = {"pos": pos, "layers": layers}
             h, state = self._trunk(idx[:, a:b], state, recurrent=False)  # [B, b - a, d_model]
             hs.append(h)

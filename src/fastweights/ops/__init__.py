@@ -15,11 +15,33 @@ their package is installed; :func:`list_ops` lists what can run here.
 from __future__ import annotations
 
 from .registry import (
-    Backend, LearnedInput, Op, RuleSpec, check_impl, get_op, get_rule, list_backends, list_ops, list_rules, register_backend,
-    register_rule, select_backend,
+    Backend,
+    LearnedInput,
+    Op,
+    RuleSpec,
+    check_impl,
+    get_op,
+    get_rule,
+    list_backends,
+    list_ops,
+    list_rules,
+    register_backend,
+    register_rule,
+    select_backend,
 )
 
 __all__ = [
-    "Backend", "LearnedInput", "Op", "RuleSpec", "check_impl", "get_op", "get_rule", "list_backends", "list_ops", "list_rules",
-    "register_backend", "register_rule", "select_backend",
+    "Backend",
+    "LearnedInput",
+    "Op",
+    "RuleSpec",
+    "check_impl",
+    "get_op",
+    "get_rule",
+    "list_backends",
+    "list_ops",
+    "list_rules",
+    "register_backend",
+    "register_rule",
+    "select_backend",
 ]

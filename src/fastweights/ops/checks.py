@@ -44,9 +44,7 @@ def check_inputs(
         raise ValueError(f"k must have the shape of q {_shape(q)}, got {_shape(k)}")
     B, T, H, d_k = q.shape
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must have shape [B, T, H, d_v] = [{B}, {T}, {H}, d_v] like q, got {_shape(v)}"
-        )
+        raise ValueError(f"v must have shape [B, T, H, d_v] = [{B}, {T}, {H}, d_v] like q, got {_shape(v)}")
     if T == 0:
         raise ValueError("the sequence is empty: q, k, v have T = 0 tokens")
     if min(B, H, d_k, v.shape[-1]) == 0:
@@ -102,17 +100,24 @@ def check_cu_seqlens(cu_seqlens: Tensor, B: int, T: int) -> int:
 
 @torch.no_grad()  # a check: nothing of it belongs in the autograd graph (isfinite would save its input)
 @torch.no_grad()  # a check: its masks need no autograd graph
-def outside_bounds(bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]) -> Dict[str, Tensor]:
+def outside_bounds(
+    bounds: Mapping[str, Tuple[float, float]], per_token: Mapping[str, Optional[Tensor]]
+) -> Dict[str, Tensor]:
     """For each bounded per-token input given (``bounds[name] = (lo, hi)``, a rule's
     :attr:`~fastweights.ops.RuleSpec.bounds`), the ``[B, T, H]`` mask of its finite values outside
     ``[lo, hi]`` (non-finite values are left to :mod:`fastweights.ops.nonfinite`); no host sync."""
-    return {name: torch.isfinite(x) & ((x < lo) | (x > hi))  # [B, T, H]
-            for name, (lo, hi) in bounds.items() if (x := per_token.get(name)) is not None}
+    return {
+        name: torch.isfinite(x) & ((x < lo) | (x > hi))  # [B, T, H]
+        for name, (lo, hi) in bounds.items()
+        if (x := per_token.get(name)) is not None
+    }
 
 
 def bounds_error(rule: str, name: str, bounds: Tuple[float, float], x: Tensor, outside: Tensor) -> ValueError:
     """The error for the values of ``x`` that :func:`outside_bounds` marked in ``outside``."""
     bad = x[outside]
     lo, hi = bounds
-    return ValueError(f"{name} must lie in [{lo:g}, {hi:g}] for rule {rule!r}, got {bad.numel()} value(s) "
-                      f"outside, from {bad.min().item():g} to {bad.max().item():g}")
+    return ValueError(
+        f"{name} must lie in [{lo:g}, {hi:g}] for rule {rule!r}, got {bad.numel()} value(s) "
+        f"outside, from {bad.min().item():g} to {bad.max().item():g}"
+    )

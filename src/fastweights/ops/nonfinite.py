@@ -45,13 +45,18 @@ class NonFinite:
     write: Tensor
     state: Tensor
 
-    def clean(self, q: Tensor, k: Tensor, v: Tensor,
-              per_token: Dict[str, Optional[Tensor]]) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Optional[Tensor]]]:
+    def clean(
+        self, q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]]
+    ) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Optional[Tensor]]]:
         """The inputs with bad reads and every write from the first bad one on replaced by zeros
         (``q, k: [B, T, H, d_k]``, ``v: [B, T, H, d_v]``, ``per_token``: each ``[B, T, H]`` or None)."""
         write = self.write[..., None]  # [B, T, H, 1]
-        return (q.masked_fill(self.read[..., None], 0.0), k.masked_fill(write, 0.0), v.masked_fill(write, 0.0),
-                {n: x.masked_fill(self.write, 0.0) if x is not None else None for n, x in per_token.items()})
+        return (
+            q.masked_fill(self.read[..., None], 0.0),
+            k.masked_fill(write, 0.0),
+            v.masked_fill(write, 0.0),
+            {n: x.masked_fill(self.write, 0.0) if x is not None else None for n, x in per_token.items()},
+        )
 
     def poison(self, o: Tensor, final_state: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """NaN in the outputs ``o: [B, T, H, d_v]`` of bad reads and poisoned writes, and in the
@@ -76,8 +81,9 @@ def all_finite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Te
 
 
 @torch.no_grad()  # a check: its masks need no autograd graph
-def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]],
-                   cu: Optional[Sequence[int]]) -> NonFinite:
+def find_nonfinite(
+    q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]], cu: Optional[Sequence[int]]
+) -> NonFinite:
     """Where the checked op inputs (as :func:`all_finite`'s) are not finite; ``cu``: cumulative
     lengths of sequences packed along T (``B = 1``) or None."""
     writes = _writes(k, v, per_token)
@@ -92,7 +98,8 @@ def find_nonfinite(q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optiona
     else:
         seq = sequence_ids(cu, q.device)  # [T]
         first = at.new_full((len(cu) - 1, q.shape[2]), T).scatter_reduce(
-            0, seq[:, None].expand(-1, q.shape[2]), at[0], reduce="amin")  # [N, H]
+            0, seq[:, None].expand(-1, q.shape[2]), at[0], reduce="amin"
+        )  # [N, H]
         write = (t[:, None] >= first[seq])[None]  # [1, T, H]
     return NonFinite(read, write, first < T)
 

@@ -208,7 +208,8 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    from . import backends, __path__ as ops_path
+    from . import __path__ as ops_path
+    from . import backends
 
     for info in pkgutil.iter_modules(ops_path, __package__ + "."):
         if info.ispkg and info.name != backends.__name__ and not info.name.rpartition(".")[2].startswith("_"):
@@ -253,8 +254,9 @@ def list_ops(device: Optional[str] = None) -> List[Tuple[str, str]]:
 
 def select_backend(rule: str, q: Tensor, d_v: int) -> Backend:
     """The backend ``impl="auto"`` uses for queries ``q`` ``[B, T, H, d_k]`` and ``d_v`` value columns."""
-    ranked = [b for b in list_backends(rule)
-              if b.priority is not None and not b.emulated and b.unsupported(q, d_v) is None]
+    ranked = [
+        b for b in list_backends(rule) if b.priority is not None and not b.emulated and b.unsupported(q, d_v) is None
+    ]
     if not ranked:
         raise ValueError(f"no backend of rule {rule!r} runs {q.dtype} inputs of shape {list(q.shape)} on {q.device}")
     return max(ranked, key=lambda b: b.priority)
@@ -274,8 +276,10 @@ def get_op(rule: str, impl: str = "auto") -> "Op":
         raise ValueError(f"unknown impl {impl!r} for rule {rule!r}; expected 'auto' or one of {names}")
     backend = _BACKENDS[(rule, impl)]
     if not backend.available():
-        raise ValueError(f"impl {impl!r} for rule {rule!r} needs the optional package {backend.requires!r} "
-                         f"(pip install 'fastweights[{impl}]')")
+        raise ValueError(
+            f"impl {impl!r} for rule {rule!r} needs the optional package {backend.requires!r} "
+            f"(pip install 'fastweights[{impl}]')"
+        )
     return Op(spec, backend)
 
 
@@ -351,13 +355,21 @@ class Op:
         spec = self.spec
         unknown = sorted(set(inputs) - set(spec.inputs))
         if unknown:
-            raise TypeError(f"rule {spec.name!r} takes no input {unknown[0]!r}; its per-token inputs are "
-                            f"{sorted(spec.inputs)}")
+            raise TypeError(
+                f"rule {spec.name!r} takes no input {unknown[0]!r}; its per-token inputs are {sorted(spec.inputs)}"
+            )
         if normalize and not spec.normalize:
             raise ValueError(f"rule {spec.name!r} has no attention normalisation; use normalize=False")
         extra = 1 if normalize else 0
-        check_inputs(q, k, v, {"beta": beta, **inputs}, initial_state, cu_seqlens,
-                     state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None)
+        check_inputs(
+            q,
+            k,
+            v,
+            {"beta": beta, **inputs},
+            initial_state,
+            cu_seqlens,
+            state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None,
+        )
         check_chunk_size(chunk_size)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
@@ -388,8 +400,21 @@ class Op:
         s = 1.0 if scale is None else float(scale)
         cast = {n: x.to(dtype) for n, x in per_token.items() if x is not None}
         beta = cast.pop("beta", None)
-        o, s_t = spec.apply(run, q.to(dtype), k.to(dtype), v.to(dtype), beta, s, initial_state, output_final_state,
-                            cu_seqlens, chunk_size, normalize, eps, **cast)
+        o, s_t = spec.apply(
+            run,
+            q.to(dtype),
+            k.to(dtype),
+            v.to(dtype),
+            beta,
+            s,
+            initial_state,
+            output_final_state,
+            cu_seqlens,
+            chunk_size,
+            normalize,
+            eps,
+            **cast,
+        )
         o, s_t = o.to(q.dtype), (s_t if output_final_state else None)
         return nonfinite.poison(o, s_t) if nonfinite is not None else (o, s_t)
 
@@ -399,8 +424,18 @@ def _padded(run: Run, cu: Sequence[int]) -> Run:
     at their ends (zero keys, values and rates leave every state unchanged) and the output is
     packed back; a single sequence is a plain batch of one."""
 
-    def padded(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-               output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int, **inputs: Tensor):
+    def padded(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Optional[Tensor],
+        scale: float,
+        initial_state: Optional[Tensor],
+        output_final_state: bool,
+        cu_seqlens: Optional[Tensor],
+        chunk_size: int,
+        **inputs: Tensor,
+    ):
         if len(cu) == 2:
             return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
         q, k, v = unpack(q, cu), unpack(k, cu), unpack(v, cu)  # [N, T_max, H, D]

@@ -31,9 +31,18 @@ Core = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Tensor, int], Tuple[T
 def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
     """The backend ``name`` of ``rule`` that runs ``core`` (``declaration``: :class:`Backend` fields)."""
 
-    def run(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-            output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int,
-            **inputs: Tensor) -> Tuple[Tensor, Tensor]:
+    def run(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Optional[Tensor],
+        scale: float,
+        initial_state: Optional[Tensor],
+        output_final_state: bool,
+        cu_seqlens: Optional[Tensor],
+        chunk_size: int,
+        **inputs: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
         qc = q.transpose(1, 2)  # [B, H, T, d_k]
         if scale != 1.0:
             qc = qc * scale

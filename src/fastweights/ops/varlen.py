@@ -35,17 +35,36 @@ def per_sequence(run: Callable[..., Tuple[Tensor, Optional[Tensor]]]) -> Callabl
     calling it once per packed sequence, each from its own initial state: for rules where padding
     would change the state (a nonlinear ``sigma`` moves even a state that receives a zero key)."""
 
-    def each(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-             output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int, **inputs: Tensor):
+    def each(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Optional[Tensor],
+        scale: float,
+        initial_state: Optional[Tensor],
+        output_final_state: bool,
+        cu_seqlens: Optional[Tensor],
+        chunk_size: int,
+        **inputs: Tensor,
+    ):
         if cu_seqlens is None:
             return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
         cu = cu_seqlens.tolist()
         outs, states = [], []
         for i, (a, b) in enumerate(zip(cu, cu[1:])):
             at = slice(a, b)
-            o, s_t = run(q[:, at], k[:, at], v[:, at], beta[:, at] if beta is not None else None, scale,
-                         initial_state[i : i + 1] if initial_state is not None else None, output_final_state, None,
-                         chunk_size, **{n: x[:, at] for n, x in inputs.items()})
+            o, s_t = run(
+                q[:, at],
+                k[:, at],
+                v[:, at],
+                beta[:, at] if beta is not None else None,
+                scale,
+                initial_state[i : i + 1] if initial_state is not None else None,
+                output_final_state,
+                None,
+                chunk_size,
+                **{n: x[:, at] for n, x in inputs.items()},
+            )
             outs.append(o)
             states.append(s_t)
         return torch.cat(outs, dim=1), (torch.cat(states) if output_final_state else None)

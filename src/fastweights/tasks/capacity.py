@@ -52,8 +52,10 @@ from ..variants import parse_attention
 from .retrieval import RetrievalBatch, RetrievalTask
 
 METHOD_FORMS = ("softmax", "linear", "relu", "identity", "favor-<m>", "dpfp-<nu>")
-METHOD_HELP = (f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+<rule>', a rule of {list_rules()} "
-               "(default sum; 'delta' = 'linear+delta'), and a final '+rec' for a recurrent FWP ('rdn' = 'linear+delta+rec')")
+METHOD_HELP = (
+    f"{', '.join(METHOD_FORMS)}, each but softmax optionally with '+<rule>', a rule of {list_rules()} "
+    "(default sum; 'delta' = 'linear+delta'), and a final '+rec' for a recurrent FWP ('rdn' = 'linear+delta+rec')"
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,13 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
     if spec.kind == "softmax":
         return Method(name, "softmax")
-    method = Method(name, spec.rule, spec.feature_map, tuple(sorted(spec.feature_map_kwargs.items())),
-                    recurrent=spec.kind == "recurrent")
+    method = Method(
+        name,
+        spec.rule,
+        spec.feature_map,
+        tuple(sorted(spec.feature_map_kwargs.items())),
+        recurrent=spec.kind == "recurrent",
+    )
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
 
@@ -127,7 +134,12 @@ class RetrievalModel(nn.Module):
         self.normalize = spec.attn_norm
         if self.method.recurrent:
             self.read_proj = nn.Linear(d + n_keys, d, bias=False)  # W_r: the query of the reads while writing
-            widths = {"k": d, "read": d, **({"beta": 1} if spec.learned_rate else {}), **{name: 1 for name in spec.learned}}
+            widths = {
+                "k": d,
+                "read": d,
+                **({"beta": 1} if spec.learned_rate else {}),
+                **{name: 1 for name in spec.learned},
+            }
             self.recurrent = nn.ModuleDict({name: nn.Linear(n_keys, w, bias=False) for name, w in widths.items()})  # R
             self.step_op = get_op(spec.name, "recurrent")
         # Sequences here are short (at most a few hundred tokens), where a rule's quadratic form, if
@@ -144,15 +156,19 @@ class RetrievalModel(nn.Module):
         q = self.query_proj(self.embed(batch.queries))  # [B, Q, d]
         if self.method.feature_map is None:  # softmax
             return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [B, Q, S]
-        pre = {"k": k, **({"beta": self.beta_proj(x)} if self.beta_proj is not None else {}),
-               **{name: proj(x) for name, proj in self.input_projs.items()}}  # [B, T, width]: pre-activations
+        pre = {
+            "k": k,
+            **({"beta": self.beta_proj(x)} if self.beta_proj is not None else {}),
+            **{name: proj(x) for name, proj in self.input_projs.items()},
+        }  # [B, T, width]: pre-activations
         if self.method.recurrent:
             S = self._write_recurrent(pre, self.read_proj(x), v)
         else:
             # The T pairs are written (queries zero), then every query reads the final fast weights S_T.
             k, beta, inputs = self._write_inputs(pre)
-            _, S = self.op(torch.zeros_like(k), k, v[:, :, None], beta, output_final_state=True,
-                           normalize=self.normalize, **inputs)  # [B, 1, d_dot, S (+1)]
+            _, S = self.op(
+                torch.zeros_like(k), k, v[:, :, None], beta, output_final_state=True, normalize=self.normalize, **inputs
+            )  # [B, 1, d_dot, S (+1)]
         q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
         if self.qk_norm is not None:
             q = self.qk_norm(q)
@@ -184,8 +200,16 @@ class RetrievalModel(nn.Module):
             q = self.feature_map.forward_query(now["read"][:, :, None])  # [B, 1, 1, d_dot]
             if self.qk_norm is not None:
                 q = self.qk_norm(q)
-            out, S = self.step_op(q, k, v[:, t : t + 1, None], beta, initial_state=S, output_final_state=True,
-                                  normalize=self.normalize, **inputs)  # [B, 1, 1, S], [B, 1, d_dot, S (+1)]
+            out, S = self.step_op(
+                q,
+                k,
+                v[:, t : t + 1, None],
+                beta,
+                initial_state=S,
+                output_final_state=True,
+                normalize=self.normalize,
+                **inputs,
+            )  # [B, 1, 1, S], [B, 1, d_dot, S (+1)]
             o = out[:, 0, 0]  # [B, S]
         return S
 
@@ -304,14 +328,27 @@ def train_cell(
                 break
     final = evaluate(model, RetrievalTask(setting, n_keys, queries, seed=seed + 1), config, device)
     return CellResult(
-        setting=setting, method=method.name, feature_map=method.feature_map or "softmax", rule=method.rule,
-        d_dot=method.d_dot(d), n_keys=n_keys, queries=queries, d=d, seed=seed, **dataclasses.asdict(config),
-        final_loss=final, steps=step, seconds=round(time.perf_counter() - start, 2), stopped=stopped,
+        setting=setting,
+        method=method.name,
+        feature_map=method.feature_map or "softmax",
+        rule=method.rule,
+        d_dot=method.d_dot(d),
+        n_keys=n_keys,
+        queries=queries,
+        d=d,
+        seed=seed,
+        **dataclasses.asdict(config),
+        final_loss=final,
+        steps=step,
+        seconds=round(time.perf_counter() - start, 2),
+        stopped=stopped,
     )
 
 
 @torch.no_grad()
-def evaluate(model: RetrievalModel, task: RetrievalTask, config: TrainConfig, device: str | torch.device = "cpu") -> float:
+def evaluate(
+    model: RetrievalModel, task: RetrievalTask, config: TrainConfig, device: str | torch.device = "cpu"
+) -> float:
     """Mean retrieval loss of ``model`` over ``config.eval_batches`` batches of ``task``."""
     model.eval()
     losses = []

@@ -15,8 +15,11 @@ from .capacity import CellResult
 PREDICTS_NOTHING = 0.5  # the loss of an output of zeros
 
 
-TITLES = {1: "setting 1: each key once (length S)", 2: "setting 2: keys repeat (length 2S)",
-          3: "setting 3: only the last S/4 pairs asked (length 2S)"}
+TITLES = {
+    1: "setting 1: each key once (length S)",
+    2: "setting 2: keys repeat (length 2S)",
+    3: "setting 3: only the last S/4 pairs asked (length 2S)",
+}
 
 
 def _by_setting(rows: Sequence[CellResult]) -> Dict[int, Dict[Tuple[str, object], Dict[int, List[CellResult]]]]:
@@ -52,8 +55,11 @@ def format_table(rows: Sequence[CellResult]) -> str:
     for setting, methods in sorted(_by_setting(rows).items()):
         keys = sorted({s for cells in methods.values() for s in cells})
         seeds = _seeds(methods)
-        what = "final loss" if len(seeds) == 1 else (
-            f"final loss, median (min-max) over seeds {', '.join(map(str, seeds))}")
+        what = (
+            "final loss"
+            if len(seeds) == 1
+            else (f"final loss, median (min-max) over seeds {', '.join(map(str, seeds))}")
+        )
         lines = [
             f"setting {setting}: {what} (0.5 = predicts nothing)",
             "",
@@ -101,8 +107,14 @@ def plot_results(rows: Sequence[CellResult], path: Union[str, Path]) -> Path:
             label = method if d_dot is None else f"{method} (d_dot {d_dot})"
             ax.plot(keys, [max(m, 1e-6) for m in median], "o-", color=color, label=label)
             if any(len(cells[s]) > 1 for s in keys):
-                ax.fill_between(keys, [max(v, 1e-6) for v in low], [max(v, 1e-6) for v in high], color=color,
-                                alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    keys,
+                    [max(v, 1e-6) for v in low],
+                    [max(v, 1e-6) for v in high],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
             if d_dot is not None and lo <= d_dot <= hi:
                 ax.axvline(d_dot, color=color, linestyle=":", linewidth=1.2)
         ax.axhline(PREDICTS_NOTHING, color="grey", linestyle="--", linewidth=1, label="predicts nothing (0.5)")
@@ -118,4 +130,3 @@ def plot_results(rows: Sequence[CellResult], path: Union[str, Path]) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-

@@ -31,7 +31,9 @@ Cell = Tuple[int, str, int, int, int]
 CSV_NAME, JSON_NAME = "results.csv", "results.json"
 FIELDS = [f.name for f in dataclasses.fields(CellResult)]
 #: What identifies a cell's result: the cell and the training rule that produced it.
-KEY_FIELDS = ("setting", "method", "n_keys", "queries", "d", "seed") + tuple(f.name for f in dataclasses.fields(TrainConfig))
+KEY_FIELDS = ("setting", "method", "n_keys", "queries", "d", "seed") + tuple(
+    f.name for f in dataclasses.fields(TrainConfig)
+)
 #: The largest S: a sequence holds up to 2S pairs, each with a one-hot value of width S (the paper goes to 600).
 MAX_KEYS = 2048
 
@@ -73,7 +75,10 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.grids:
             raise ValueError("a sweep needs at least one grid")
-        if not (self.queries == "all" or (isinstance(self.queries, int) and not isinstance(self.queries, bool) and self.queries >= 1)):
+        if not (
+            self.queries == "all"
+            or (isinstance(self.queries, int) and not isinstance(self.queries, bool) and self.queries >= 1)
+        ):
             raise ValueError(f"queries must be a positive int or 'all', got {self.queries!r}")
         if not isinstance(self.d, int) or self.d < 1:
             raise ValueError(f"d must be a positive int, got {self.d!r}")
@@ -124,8 +129,13 @@ def quick() -> SweepConfig:
 def paper_setting1() -> SweepConfig:
     """The paper's setting 1 grid (d = 64, S = 20..600 step 20, one query, long training)."""
     return SweepConfig(
-        grids=(Grid(1, ("softmax", "linear", "favor-64", "favor-128", "favor-512", "dpfp-1", "dpfp-2", "dpfp-3"),
-                    tuple(range(20, 601, 20))),),
+        grids=(
+            Grid(
+                1,
+                ("softmax", "linear", "favor-64", "favor-128", "favor-512", "dpfp-1", "dpfp-2", "dpfp-3"),
+                tuple(range(20, 601, 20)),
+            ),
+        ),
         train=TrainConfig(max_steps=50000, window=100, patience=20),
     )
 
@@ -133,8 +143,13 @@ def paper_setting1() -> SweepConfig:
 def paper_setting2() -> SweepConfig:
     """The paper's setting 2 grid (d = 64, S = 20..200 step 20, one query, long training)."""
     return SweepConfig(
-        grids=(Grid(2, ("linear", "favor-64", "dpfp-2", "linear+delta", "favor-64+delta", "dpfp-2+delta"),
-                    tuple(range(20, 201, 20))),),
+        grids=(
+            Grid(
+                2,
+                ("linear", "favor-64", "dpfp-2", "linear+delta", "favor-64+delta", "dpfp-2+delta"),
+                tuple(range(20, 201, 20)),
+            ),
+        ),
         train=TrainConfig(max_steps=50000, window=100, patience=20),
     )
 
@@ -181,12 +196,16 @@ def parse_keys(text: str) -> Tuple[int, ...]:
             keys = tuple(int(p) for p in text.split(",") if p.strip())
             smallest, largest = min(keys), max(keys)
     except ValueError:
-        raise ValueError(f"keys must be START:STOP:STEP (e.g. 20:600:20) or a comma list (e.g. 8,16,32), got {text!r}") from None
+        raise ValueError(
+            f"keys must be START:STOP:STEP (e.g. 20:600:20) or a comma list (e.g. 8,16,32), got {text!r}"
+        ) from None
     if smallest < 2:
         raise ValueError(f"keys must give S values >= 2, got {text!r}")
     if largest > MAX_KEYS:
-        raise ValueError(f"keys must give S values <= {MAX_KEYS} (a sequence holds up to 2S pairs with one-hot values "
-                         f"of width S), got {text!r}")
+        raise ValueError(
+            f"keys must give S values <= {MAX_KEYS} (a sequence holds up to 2S pairs with one-hot values "
+            f"of width S), got {text!r}"
+        )
     return tuple(range(start, stop + 1, step)) if ":" in text else keys
 
 
@@ -255,8 +274,17 @@ def run_sweep(
         if not skipped:
             if on_start is not None:
                 on_start(i, len(cells), cell)
-            result = train_cell(method, setting, n_keys, queries=queries, d=config.d, seed=seed,
-                                device=device, config=config.train, on_step=on_step)
+            result = train_cell(
+                method,
+                setting,
+                n_keys,
+                queries=queries,
+                d=config.d,
+                seed=seed,
+                device=device,
+                config=config.train,
+                on_step=on_step,
+            )
             rows.append(result)
             done[_key(result)] = result
             save_results(out, rows)

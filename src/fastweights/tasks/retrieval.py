@@ -91,7 +91,9 @@ class RetrievalTask:
         self.length = sequence_length(setting, n_keys)
         self.window = queryable(setting, n_keys)
         if not isinstance(n_queries, int) or isinstance(n_queries, bool) or not 1 <= n_queries <= self.window:
-            raise ValueError(f"n_queries must be an int in [1, {self.window}] (the queryable positions), got {n_queries!r}")
+            raise ValueError(
+                f"n_queries must be an int in [1, {self.window}] (the queryable positions), got {n_queries!r}"
+            )
         self.n_queries = n_queries
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -87,8 +87,9 @@ class CharTokenizer:
         decoded by concatenation."""
         from tokenizers import Regex, decoders, pre_tokenizers
 
-        return _word_level_json(self.vocab, None, pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"),
-                                decoders.Fuse())
+        return _word_level_json(
+            self.vocab, None, pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"), decoders.Fuse()
+        )
 
 
 class WordTokenizer:
@@ -151,16 +152,22 @@ class WordTokenizer:
         spaces around it."""
         from tokenizers import Regex, decoders, normalizers, pre_tokenizers
 
-        decoder = decoders.Sequence([
-            decoders.Replace(Regex(f"^{self.eos}$"), " \n"),  # " "-prefixed: glued to the word before
-            decoders.WordPiece(prefix=" ", cleanup=False),  # the other words get a space before them
-            decoders.Fuse(),
-            decoders.Replace("\n ", "\n"),  # no space after a newline
-            decoders.Strip(" ", 1, 0),  # nor before a leading one
-        ])
-        return _word_level_json(self.vocab, normalizers.Replace("\n", f" {self.eos} "),
-                                pre_tokenizers.Split(Regex(f"[{WHITESPACE}]+"), behavior="removed"), decoder,
-                                unk=self.unk)
+        decoder = decoders.Sequence(
+            [
+                decoders.Replace(Regex(f"^{self.eos}$"), " \n"),  # " "-prefixed: glued to the word before
+                decoders.WordPiece(prefix=" ", cleanup=False),  # the other words get a space before them
+                decoders.Fuse(),
+                decoders.Replace("\n ", "\n"),  # no space after a newline
+                decoders.Strip(" ", 1, 0),  # nor before a leading one
+            ]
+        )
+        return _word_level_json(
+            self.vocab,
+            normalizers.Replace("\n", f" {self.eos} "),
+            pre_tokenizers.Split(Regex(f"[{WHITESPACE}]+"), behavior="removed"),
+            decoder,
+            unk=self.unk,
+        )
 
 
 class BPETokenizer:
@@ -181,7 +188,9 @@ class BPETokenizer:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
         tok.train_from_iterator(lines, trainer)
         return cls(tok)
 
@@ -205,8 +214,9 @@ class BPETokenizer:
 Tokenizer = Union[CharTokenizer, WordTokenizer, BPETokenizer]
 
 
-def _word_level_json(vocab: List[str], normalizer: object, pre_tokenizer: object, decoder: object,
-                     unk: str = "<unk>") -> str:
+def _word_level_json(
+    vocab: List[str], normalizer: object, pre_tokenizer: object, decoder: object, unk: str = "<unk>"
+) -> str:
     """The ``tokenizers`` JSON of a WordLevel model (id i = ``vocab[i]``) with these parts."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models
@@ -273,7 +283,11 @@ def save_tokenizer(tokenizer: Tokenizer, directory: PathLike) -> None:
 def check_same_tokenizer(tokenizer: Tokenizer, directory: PathLike) -> None:
     """Raise ``ValueError`` unless ``tokenizer`` equals the one saved in ``directory`` (e.g. a checkpoint)."""
     saved = load_tokenizer(directory)
-    if saved.kind != tokenizer.kind or saved.vocab_size != tokenizer.vocab_size or saved.to_json() != tokenizer.to_json():
+    if (
+        saved.kind != tokenizer.kind
+        or saved.vocab_size != tokenizer.vocab_size
+        or saved.to_json() != tokenizer.to_json()
+    ):
         raise ValueError(
             f"vocabulary mismatch: the data gives a {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens, "
             f"but {directory} was trained with a {saved.kind} tokenizer with {saved.vocab_size} tokens"
@@ -356,7 +370,9 @@ def load_corpus(
     elif kind == "auto":
         kind = "word" if src.is_dir() else "char"
     key = {
-        "version": _CACHE_VERSION, "kind": kind, "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
+        "version": _CACHE_VERSION,
+        "kind": kind,
+        "bpe_vocab_size": bpe_vocab_size if kind == "bpe" else None,
         "val_fraction": val_fraction if src.is_file() else None,
         "files": {s: file_sha256(f) for s, f in files.items()},
         "tokenizer": hashlib.sha256(tok_text.encode()).hexdigest() if tok_text is not None else None,
@@ -370,7 +386,9 @@ def load_corpus(
         _build_cache(cache, files, src.is_file(), kind, tok_text, bpe_vocab_size, val_fraction)
     meta = json.loads((cache / "meta.json").read_text())
     tokenizer = load_tokenizer(cache)
-    splits = {s: np.memmap(cache / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(n,)) for s, n in meta["lengths"].items()}
+    splits = {
+        s: np.memmap(cache / f"{s}.bin", dtype=meta["dtype"], mode="r", shape=(n,)) for s, n in meta["lengths"].items()
+    }
     documents = {s: np.load(cache / f"{s}.docs.npy", allow_pickle=False) for s in meta["lengths"]}
     info = {"path": str(src), "kind": kind, "vocab_size": tokenizer.vocab_size, "tokens": dict(meta["lengths"])}
     if src.is_file():
@@ -411,8 +429,15 @@ def _lines(path: Path) -> Iterator[str]:
         raise ValueError(f"cannot read {path} as UTF-8 text: {e}") from None
 
 
-def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: str, tok_text: Optional[str],
-                 bpe_vocab_size: int, val_fraction: float) -> None:
+def _build_cache(
+    cache: Path,
+    files: Dict[str, Path],
+    single_file: bool,
+    kind: str,
+    tok_text: Optional[str],
+    bpe_vocab_size: int,
+    val_fraction: float,
+) -> None:
     """Tokenize every split into a temporary directory, then rename it into place (atomic)."""
     if single_file:
         text = _read_text(files["all"])
@@ -427,7 +452,9 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
     if tok_text is not None:
         tokenizer = tokenizer_from_json(tok_text, "tokenizer_file")
     elif kind == "char":
-        tokenizer = CharTokenizer.from_text(text if single_file else "".join("".join(split_lines[s]()) for s in split_lines))
+        tokenizer = CharTokenizer.from_text(
+            text if single_file else "".join("".join(split_lines[s]()) for s in split_lines)
+        )
     elif kind == "word":
         tokenizer = WordTokenizer.from_lines(split_lines["train"]())
     else:
@@ -436,7 +463,7 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(cache.parent, cache.name)
     try:
-        dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
+        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
         lengths = {}
         for s, lines in split_lines.items():
             lengths[s], documents = _write_ids(tmp / f"{s}.bin", _encode_lines(tokenizer, lines()), dtype)
@@ -446,7 +473,9 @@ def _build_cache(cache: Path, files: Dict[str, Path], single_file: bool, kind: s
                 where = files.get(s, files.get("all"))
                 raise ValueError(f"the {s} split of {where} has no tokens (empty corpus or file too short)")
         save_tokenizer(tokenizer, tmp)
-        atomic_write_text(tmp / "meta.json", json.dumps({"dtype": np.dtype(dtype).name, "lengths": lengths, "kind": kind}))
+        atomic_write_text(
+            tmp / "meta.json", json.dumps({"dtype": np.dtype(dtype).name, "lengths": lengths, "kind": kind})
+        )
         fsync_dir(tmp)
         try:
             os.rename(tmp, cache)

@@ -35,8 +35,21 @@ from .common import chunk_decay, chunk_rows, decay_matrix, load_block, load_rows
 
 
 @triton.jit
-def _scores(q, k, g, rows, m_t, H, i_h, K, scale, BT: tl.constexpr, BK: tl.constexpr, GATED: tl.constexpr,
-            PRECISION: tl.constexpr):
+def _scores(
+    q,
+    k,
+    g,
+    rows,
+    m_t,
+    H,
+    i_h,
+    K,
+    scale,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """``P = scale tril(Q K^T) * D`` ``[BT, BT]`` of one chunk, in float32, over blocks of key columns."""
     o_c = tl.arange(0, BT)
     b_p = tl.zeros([BT, BT], dtype=tl.float32)
@@ -51,8 +64,24 @@ def _scores(q, k, g, rows, m_t, H, i_h, K, scale, BT: tl.constexpr, BK: tl.const
 
 
 @triton.jit
-def dv_local(q, k, g, do, dvn, scale, chunk_indices, cu_seqlens, H, K, V,
-             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+def dv_local(
+    q,
+    k,
+    g,
+    do,
+    dvn,
+    scale,
+    chunk_indices,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """``P^T dO`` of one chunk and head, written to ``dvn``."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
@@ -63,9 +92,31 @@ def dv_local(q, k, g, do, dvn, scale, chunk_indices, cu_seqlens, H, K, V,
 
 
 @triton.jit
-def state_bwd(q, k, g, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqlens, H, K, V,
-              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, DELTA: tl.constexpr,
-              GATED: tl.constexpr, HAS_DHT: tl.constexpr, PRECISION: tl.constexpr):
+def state_bwd(
+    q,
+    k,
+    g,
+    w,
+    do,
+    dvn,
+    dht,
+    dhs,
+    dh0,
+    scale,
+    chunk_offsets,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NK: tl.constexpr,
+    DELTA: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """The reverse scan over one sequence's chunks for one head and block of value columns: ``G_{n+1}``
     per chunk (``dhs``), ``dV'`` (``dvn``, which holds ``P^T dO`` on entry) and ``dS_0`` (``dh0``).
     ``G`` is held as the key blocks of :mod:`.blocks`."""
@@ -90,23 +141,49 @@ def state_bwd(q, k, g, w, do, dvn, dht, dhs, dh0, scale, chunk_offsets, cu_seqle
         b_dvn = load_block(dvn, rows, m_t, H, i_h, V, i_v, BV).to(tl.float32) + b_kg  # dV' = P^T dO + K_out G_{n+1}
         store_block(dvn, b_dvn, rows, m_t, H, i_h, V, i_v, BV)
         # G_n = Gamma_C G_{n+1} + scale Q^T diag(Gamma) dO (- W^T dV')
-        b_g1, b_g2, b_g3, b_g4 = blocks.update(q, rows, m_t, H, i_h, K, b_do.to(dt), b_g1, b_g2, b_g3, b_g4, BK, NK,
-                                               PRECISION)
+        b_g1, b_g2, b_g3, b_g4 = blocks.update(
+            q, rows, m_t, H, i_h, K, b_do.to(dt), b_g1, b_g2, b_g3, b_g4, BK, NK, PRECISION
+        )
         if DELTA:
-            b_g1, b_g2, b_g3, b_g4 = blocks.update(w, rows, m_t, H, i_h, K, (-b_dvn).to(dt), b_g1, b_g2, b_g3, b_g4,
-                                                   BK, NK, PRECISION)
+            b_g1, b_g2, b_g3, b_g4 = blocks.update(
+                w, rows, m_t, H, i_h, K, (-b_dvn).to(dt), b_g1, b_g2, b_g3, b_g4, BK, NK, PRECISION
+            )
     blocks.store(dh0, b_g1, b_g2, b_g3, b_g4, i_n, H, i_h, K, V, i_v, BK, BV, NK)
 
 
 @triton.jit
-def grads_qk(q, k, g, vn, dvn, hs, dhs, do, dq, dk, dkp, ndw, dgl, scale, chunk_indices, cu_seqlens, H, K, V,
-             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr, GATED: tl.constexpr,
-             PRECISION: tl.constexpr):
+def grads_qk(
+    q,
+    k,
+    g,
+    vn,
+    dvn,
+    hs,
+    dhs,
+    do,
+    dq,
+    dk,
+    dkp,
+    ndw,
+    dgl,
+    scale,
+    chunk_indices,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    DELTA: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """dQ, the attention and state parts of dK (the whole dK for the sum rule, ``dk``; for the delta
     rules the float32 part ``dkp`` that :func:`wy_bwd` completes) and (delta rules) ``-dW`` for one
-    block of key columns of one chunk and head; the value columns are visited in blocks of BV. Gated, also this key block's part
-    of ``<G_{n+1}, S_{n+1}> = Gamma_C <G_{n+1}, S_n> + <K_out G_{n+1}, V'>`` (``dgl`` ``[chunks, H, key
-    blocks]``: the gradient of ``gamma_C``)."""
+    block of key columns of one chunk and head; the value columns are visited in blocks of BV. Gated,
+    also this key block's part of ``<G_{n+1}, S_{n+1}> = Gamma_C <G_{n+1}, S_n> + <K_out G_{n+1}, V'>``
+    (``dgl`` ``[chunks, H, key blocks]``: the gradient of ``gamma_C``)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NKB = tl.num_programs(0)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
@@ -155,8 +232,34 @@ def grads_qk(q, k, g, vn, dvn, hs, dhs, do, dq, dk, dkp, ndw, dgl, scale, chunk_
 
 
 @triton.jit
-def wy_bwd(q, k, v, beta, g, linv, dvn, ndw, dkp, dq, dgl, dk, dv, dbeta, dg, chunk_indices, cu_seqlens, H, K, V, NKB,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+def wy_bwd(
+    q,
+    k,
+    v,
+    beta,
+    g,
+    linv,
+    dvn,
+    ndw,
+    dkp,
+    dq,
+    dgl,
+    dk,
+    dv,
+    dbeta,
+    dg,
+    chunk_indices,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    NKB,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Delta rules, one chunk and head: dV, and dK (``dkp``, the part from :func:`grads_qk`, plus the
     WY part) and dbeta through ``W = T diag(Gamma) K``, ``U = T V`` (``dU = dV'``, ``dW = -ndw``);
     gated, ``dg`` from ``dq``, the final dK, its ``exp(-gamma)`` part and the ``NKB`` partial sums of
@@ -197,7 +300,9 @@ def wy_bwd(q, k, v, beta, g, linv, dvn, ndw, dkp, dq, dgl, dk, dv, dbeta, dg, ch
         b_k = load_block(k, rows, m_t, H, i_h, K, i_k, BK)
         b_ndw = load_block(ndw, rows, m_t, H, i_h, K, i_k, BK).to(dt)
         b_dkp = load_block(dkp, rows, m_t, H, i_h, K, i_k, BK).to(tl.float32)
-        b_dk = b_dkp - tl.dot(tl.trans(b_tmd), b_ndw, input_precision=PRECISION) * b_row[:, None]  # + diag(Gamma) T^T dW
+        b_dk = (
+            b_dkp - tl.dot(tl.trans(b_tmd), b_ndw, input_precision=PRECISION) * b_row[:, None]
+        )  # + diag(Gamma) T^T dW
         b_ndak = tl.dot(b_ndad, b_k, input_precision=PRECISION)  # [BT, BK]: -(dA * D) K
         b_dbeta -= tl.sum(b_k.to(tl.float32) * b_ndak, 1)
         b_dk -= b_ndak * b_beta[:, None]  # + diag(beta) (dA * D) K
@@ -206,8 +311,9 @@ def wy_bwd(q, k, v, beta, g, linv, dvn, ndw, dkp, dq, dgl, dk, dv, dbeta, dg, ch
         store_block(dk, b_dk, rows, m_t, H, i_h, K, i_k, BK)
         if GATED:  # q . dq + k . dk - 2 k . dk_inv, dk_inv = dkp - b_col
             b_kf = b_k.to(tl.float32)
-            b_qdq = load_block(q, rows, m_t, H, i_h, K, i_k, BK).to(tl.float32) \
-                * load_block(dq, rows, m_t, H, i_h, K, i_k, BK).to(tl.float32)
+            b_qdq = load_block(q, rows, m_t, H, i_h, K, i_k, BK).to(tl.float32) * load_block(
+                dq, rows, m_t, H, i_h, K, i_k, BK
+            ).to(tl.float32)
             b_dgam += tl.sum(b_qdq + b_kf * (b_dk - 2.0 * (b_dkp - b_col)), 1)
     tl.store(dbeta + rows * H + i_h, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if GATED:

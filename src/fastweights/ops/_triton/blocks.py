@@ -74,8 +74,7 @@ def contract(x, rows, m_t, H, i_h, K, b1, b2, b3, b4, BK: tl.constexpr, NK: tl.c
 
 
 @triton.jit
-def update(x, rows, m_t, H, i_h, K, b_y, b1, b2, b3, b4, BK: tl.constexpr, NK: tl.constexpr,
-           PRECISION: tl.constexpr):
+def update(x, rows, m_t, H, i_h, K, b_y, b1, b2, b3, b4, BK: tl.constexpr, NK: tl.constexpr, PRECISION: tl.constexpr):
     """``S + X^T Y`` (``X`` as in :func:`contract`, ``b_y`` ``[BT, BV]`` in ``x``'s dtype)."""
     b1 += tl.dot(tl.trans(load_block(x, rows, m_t, H, i_h, K, 0, BK)), b_y, input_precision=PRECISION)
     if NK > 1:

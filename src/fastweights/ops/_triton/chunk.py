@@ -21,9 +21,12 @@ from triton.runtime.errors import OutOfResources
 from . import backward, fit, forward
 from .launch import KernelConfig, kernel_chunk, preferred
 
-KERNELS = {name: getattr(module, name) for module in (forward, backward)
-           for name in ("wy_fwd", "state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk", "wy_bwd")
-           if hasattr(module, name)}
+KERNELS = {
+    name: getattr(module, name)
+    for module in (forward, backward)
+    for name in ("wy_fwd", "state_fwd", "output_fwd", "dv_local", "state_bwd", "grads_qk", "wy_bwd")
+    if hasattr(module, name)
+}
 
 
 def capability(device: torch.device) -> int:
@@ -37,8 +40,18 @@ def capability(device: torch.device) -> int:
 class Layout:
     """Sequences, chunks and kernel configurations of one call."""
 
-    def __init__(self, cu: List[int], H: int, K: int, V: int, chunk_size: int, delta: bool, gated: bool,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        cu: List[int],
+        H: int,
+        K: int,
+        V: int,
+        chunk_size: int,
+        delta: bool,
+        gated: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         cap = capability(device)
         BT = kernel_chunk(dtype, K, chunk_size, cap)  # the kernels' own: the plan uses the same
         chunks = [(n, j) for n, (a, b) in enumerate(zip(cu, cu[1:])) for j in range(-(-(b - a) // BT))]
@@ -70,9 +83,11 @@ class Layout:
         try:
             KERNELS[name][grid](*args, **flags, **config.kwargs())
         except OutOfResources as e:  # a configuration the offline check missed: say which and what limit
-            raise ValueError(f"Triton kernel {name} ({config.constexprs}, num_warps={config.num_warps}, "
-                             f"num_stages={config.num_stages}) needs {e.required:,} of {e.name}, the GPU allows "
-                             f"{e.limit:,}; use impl='chunk' for these inputs") from None
+            raise ValueError(
+                f"Triton kernel {name} ({config.constexprs}, num_warps={config.num_warps}, "
+                f"num_stages={config.num_stages}) needs {e.required:,} of {e.name}, the GPU allows "
+                f"{e.limit:,}; use impl='chunk' for these inputs"
+            ) from None
 
     def value_blocks(self, name: str) -> int:
         return triton.cdiv(self.V, self.config(name).constexprs["BV"])
@@ -86,15 +101,41 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, *x.shape[2:]).contiguous()
 
 
-def _scan_forward(lay: Layout, k: Tensor, v: Tensor, g: Tensor, w: Optional[Tensor], u: Optional[Tensor],
-                  h0: Optional[Tensor], delta: bool, final: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def _scan_forward(
+    lay: Layout,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    w: Optional[Tensor],
+    u: Optional[Tensor],
+    h0: Optional[Tensor],
+    delta: bool,
+    final: bool,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """The chunk states ``[NT, H, K, V]`` (float32), ``V'`` (``v`` itself for the sum rule) and the final state."""
     hs = k.new_empty(lay.NT, lay.H, lay.K, lay.V, dtype=torch.float32)
     vn = torch.empty_like(v) if delta else v
     ht = k.new_empty(lay.N, lay.H, lay.K, lay.V, dtype=torch.float32) if final else None
-    lay.launch("state_fwd", (lay.value_blocks("state_fwd"), lay.N * lay.H),
-               k, v, g, w if delta else k, u if delta else v, vn, h0 if h0 is not None else hs, hs, ht if final else hs,
-               lay.chunk_offsets, lay.cu, lay.H, lay.K, lay.V, HAS_H0=h0 is not None, STORE_FINAL=final)
+    lay.launch(
+        "state_fwd",
+        (lay.value_blocks("state_fwd"), lay.N * lay.H),
+        k,
+        v,
+        g,
+        w if delta else k,
+        u if delta else v,
+        vn,
+        h0 if h0 is not None else hs,
+        hs,
+        ht if final else hs,
+        lay.chunk_offsets,
+        lay.cu,
+        lay.H,
+        lay.K,
+        lay.V,
+        HAS_H0=h0 is not None,
+        STORE_FINAL=final,
+    )
     return hs, vn, ht
 
 
@@ -103,9 +144,20 @@ class TritonChunk(torch.autograd.Function):
     tensors; ``g`` the gated rule's log decays ``[B, T, H]`` (None: no decay)."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], g: Optional[Tensor],
-                h0: Optional[Tensor], scale: float, cu: List[int], chunk_size: int, delta: bool,
-                final: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Optional[Tensor],
+        g: Optional[Tensor],
+        h0: Optional[Tensor],
+        scale: float,
+        cu: List[int],
+        chunk_size: int,
+        delta: bool,
+        final: bool,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         B, T, H, K = q.shape
         V = v.shape[-1]
         gated = g is not None
@@ -121,8 +173,22 @@ class TritonChunk(torch.autograd.Function):
             lay.launch("wy_fwd", (lay.NT, H), kf, vf, bf, g_arg, w, u, linv, lay.chunk_indices, lay.cu, H, K, V)
         hs, vn, ht = _scan_forward(lay, kf, vf, g_arg, w, u, h0, delta, final)
         o = torch.empty_like(vf)
-        lay.launch("output_fwd", (lay.value_blocks("output_fwd"), lay.NT, H),
-                   qf, kf, g_arg, vn, hs, o, scale, lay.chunk_indices, lay.cu, H, K, V)
+        lay.launch(
+            "output_fwd",
+            (lay.value_blocks("output_fwd"), lay.NT, H),
+            qf,
+            kf,
+            g_arg,
+            vn,
+            hs,
+            o,
+            scale,
+            lay.chunk_indices,
+            lay.cu,
+            H,
+            K,
+            V,
+        )
         ctx.save_for_backward(qf, kf, vf, bf, gf, h0, w, u, linv)
         ctx.lay, ctx.scale, ctx.delta, ctx.shape, ctx.g_dtype = lay, scale, delta, (B, T), g.dtype if gated else None
         return o.view(B, T, H, V), ht
@@ -141,34 +207,114 @@ class TritonChunk(torch.autograd.Function):
         lay.launch("dv_local", (lay.NT, H), qf, kf, g_arg, dof, dvn, scale, lay.chunk_indices, lay.cu, H, K, V)
         dhs = torch.empty_like(hs)
         dh0 = kf.new_empty(lay.N, H, K, V, dtype=torch.float32)
-        lay.launch("state_bwd", (lay.value_blocks("state_bwd"), lay.N * H),
-                   qf, kf, g_arg, w if delta else kf, dof, dvn, dht.contiguous() if dht is not None else dh0,
-                   dhs, dh0, scale, lay.chunk_offsets, lay.cu, H, K, V, HAS_DHT=dht is not None)
+        lay.launch(
+            "state_bwd",
+            (lay.value_blocks("state_bwd"), lay.N * H),
+            qf,
+            kf,
+            g_arg,
+            w if delta else kf,
+            dof,
+            dvn,
+            dht.contiguous() if dht is not None else dh0,
+            dhs,
+            dh0,
+            scale,
+            lay.chunk_offsets,
+            lay.cu,
+            H,
+            K,
+            V,
+            HAS_DHT=dht is not None,
+        )
         dq, dk = torch.empty_like(qf), torch.empty_like(kf)
         # delta rules: dK's attention and state part and -dW in float32, completed by wy_bwd
         dkp = kf.new_empty(kf.shape, dtype=torch.float32) if delta else None
         ndw = torch.empty_like(dkp) if delta else None
         nkb = lay.key_blocks("grads_qk")
         dgl = hs.new_empty(lay.NT, H, nkb) if gated else hs  # <G_{n+1}, S_{n+1}> per chunk and key block
-        lay.launch("grads_qk", (nkb, lay.NT, H), qf, kf, g_arg, vn, dvn, hs, dhs, dof, dq, dk,
-                   dkp if delta else hs, ndw if delta else hs, dgl, scale, lay.chunk_indices, lay.cu, H, K, V)
+        lay.launch(
+            "grads_qk",
+            (nkb, lay.NT, H),
+            qf,
+            kf,
+            g_arg,
+            vn,
+            dvn,
+            hs,
+            dhs,
+            dof,
+            dq,
+            dk,
+            dkp if delta else hs,
+            ndw if delta else hs,
+            dgl,
+            scale,
+            lay.chunk_indices,
+            lay.cu,
+            H,
+            K,
+            V,
+        )
         dbeta = dg = None
         if delta:
             dv, dbeta = torch.empty_like(vf), torch.empty_like(bf)
             dg = torch.empty_like(gf) if gated else None
-            lay.launch("wy_bwd", (lay.NT, H), qf, kf, vf, bf, g_arg, linv, dvn, ndw, dkp, dq, dgl, dk, dv, dbeta,
-                       dg if gated else dgl, lay.chunk_indices, lay.cu, H, K, V, nkb)
+            lay.launch(
+                "wy_bwd",
+                (lay.NT, H),
+                qf,
+                kf,
+                vf,
+                bf,
+                g_arg,
+                linv,
+                dvn,
+                ndw,
+                dkp,
+                dq,
+                dgl,
+                dk,
+                dv,
+                dbeta,
+                dg if gated else dgl,
+                lay.chunk_indices,
+                lay.cu,
+                H,
+                K,
+                V,
+                nkb,
+            )
         else:
             dv = dvn
         B, T = ctx.shape
         grads = [x.view(B, T, H, -1) for x in (dq, dk, dv)]
-        return (*grads, dbeta.view(B, T, H) if delta else None, dg.view(B, T, H).to(ctx.g_dtype) if gated else None,
-                dh0 if h0 is not None else None, None, None, None, None, None)
+        return (
+            *grads,
+            dbeta.view(B, T, H) if delta else None,
+            dg.view(B, T, H).to(ctx.g_dtype) if gated else None,
+            dh0 if h0 is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def run(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-        output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int, delta: bool,
-        g: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+def run(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    delta: bool,
+    g: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """The op contract's ``run`` for the sum (``delta=False``, ``beta`` ignored), delta or gated delta
     rule (``g``: log decays ``[B, T, H]``, None: none)."""
     B, T = q.shape[:2]

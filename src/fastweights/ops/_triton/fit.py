@@ -84,8 +84,16 @@ def _ptxas_usage(ptx: str, arch: int) -> Tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.ptx"
         src.write_text(ptx)
-        cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-               f"--gpu-name={sm_arch_from_capability(arch)}", str(src), "-o", str(Path(tmp) / "kernel.cubin")]
+        cmd = [
+            get_ptxas(arch).path,
+            "-lineinfo",
+            "-v",
+            "--regAllocOptLevel=2",
+            f"--gpu-name={sm_arch_from_capability(arch)}",
+            str(src),
+            "-o",
+            str(Path(tmp) / "kernel.cubin"),
+        ]
         log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores", log)
@@ -94,8 +102,15 @@ def _ptxas_usage(ptx: str, arch: int) -> Tuple[int, int]:
     return int(registers.group(1)), int(spills.group(1))
 
 
-def measure(kernel: str, config: KernelConfig, dtype: torch.dtype, d_k: int, d_v: int, arch: int,
-            cache_dir: Optional[Path] = None) -> Resources:
+def measure(
+    kernel: str,
+    config: KernelConfig,
+    dtype: torch.dtype,
+    d_k: int,
+    d_v: int,
+    arch: int,
+    cache_dir: Optional[Path] = None,
+) -> Resources:
     """Compile ``kernel`` with ``config`` for ``dtype`` inputs of widths ``d_k``, ``d_v`` on ``arch``
     (e.g. 90) and return its resources (read from ``cache_dir`` when measured before)."""
     import triton
@@ -104,8 +119,22 @@ def measure(kernel: str, config: KernelConfig, dtype: torch.dtype, d_k: int, d_v
 
     from .chunk import KERNELS
 
-    key = hashlib.sha256(repr((_sources_digest(), triton.__version__, kernel, sorted(config.constexprs.items()),
-                               config.num_warps, config.num_stages, str(dtype), d_k, d_v, arch)).encode()).hexdigest()
+    key = hashlib.sha256(
+        repr(
+            (
+                _sources_digest(),
+                triton.__version__,
+                kernel,
+                sorted(config.constexprs.items()),
+                config.num_warps,
+                config.num_stages,
+                str(dtype),
+                d_k,
+                d_v,
+                arch,
+            )
+        ).encode()
+    ).hexdigest()
     cache = Path(cache_dir) / f"{key[:32]}.json" if cache_dir is not None else None
     if cache is not None and cache.exists():
         return Resources(**json.loads(cache.read_text()))
@@ -115,10 +144,16 @@ def measure(kernel: str, config: KernelConfig, dtype: torch.dtype, d_k: int, d_v
     constexprs = dict(config.constexprs, **{f: v for f, v in FLAGS.items() if f in fn.arg_names})
     sig = signature(fn, dtype, constexprs)
     ints = {"H": HEADS, "K": d_k, "V": d_v}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
-             if sig[name].startswith("*") or (name in ints and ints[name] % 16 == 0)}
-    compiled = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs), target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if sig[name].startswith("*") or (name in ints and ints[name] % 16 == 0)
+    }
+    compiled = triton.compile(
+        ASTSource(fn, sig, constexprs=constexprs, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+    )
     registers, spilled = _ptxas_usage(compiled.asm["ptx"], arch)
     result = Resources(registers, spilled, compiled.metadata.shared, SHARED_LIMIT[arch])
     if cache is not None:
@@ -129,8 +164,15 @@ def measure(kernel: str, config: KernelConfig, dtype: torch.dtype, d_k: int, d_v
     return result
 
 
-def choose(kernel: str, candidates: Sequence[KernelConfig], dtype: torch.dtype, d_k: int, d_v: int, arch: int,
-           cache_dir: Optional[Path] = None) -> Tuple[int, KernelConfig, Resources]:
+def choose(
+    kernel: str,
+    candidates: Sequence[KernelConfig],
+    dtype: torch.dtype,
+    d_k: int,
+    d_v: int,
+    arch: int,
+    cache_dir: Optional[Path] = None,
+) -> Tuple[int, KernelConfig, Resources]:
     """The first of ``candidates`` that fits, its index and its resources; when none fits, the first
     candidate (index 0) and its resources."""
     first = None
@@ -143,8 +185,9 @@ def choose(kernel: str, candidates: Sequence[KernelConfig], dtype: torch.dtype, 
 
 
 @functools.lru_cache(maxsize=None)
-def chosen(kernel: str, delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk: int,
-           capability: int) -> Tuple[KernelConfig, Optional[Resources]]:
+def chosen(
+    kernel: str, delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk: int, capability: int
+) -> Tuple[KernelConfig, Optional[Resources]]:
     """The configuration the backend launches ``kernel`` with on a GPU of ``capability`` (see
     :func:`choose`; the disk cache at :func:`default_cache_dir`). With the environment variable
     ``FASTWEIGHTS_TRITON_FIT=preferred`` nothing is measured: the preferred candidate, resources None
@@ -157,20 +200,27 @@ def chosen(kernel: str, delta: bool, gated: bool, dtype: torch.dtype, d_k: int, 
     try:
         _, config, resources = choose(kernel, candidates, dtype, d_k, d_v, arch, default_cache_dir())
     except (OSError, RuntimeError, subprocess.CalledProcessError) as e:  # no ptxas, an unwritable cache, ...
-        log.warning("could not measure the Triton kernel %s (%s: %s); launching its preferred configuration",
-                    kernel, type(e).__name__, e)
+        log.warning(
+            "could not measure the Triton kernel %s (%s: %s); launching its preferred configuration",
+            kernel,
+            type(e).__name__,
+            e,
+        )
         return candidates[0], None
     return config, resources
 
 
-def unfit(delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, capability: int,
-          chunk: int = 64) -> Optional[str]:
+def unfit(
+    delta: bool, gated: bool, dtype: torch.dtype, d_k: int, d_v: int, capability: int, chunk: int = 64
+) -> Optional[str]:
     """Why the kernels of a call cannot run on a GPU of ``capability`` (no candidate of some kernel
     fits), or ``None``."""
     for kernel in plan(delta, dtype, d_k, d_v, chunk, capability, gated):
         config, resources = chosen(kernel, delta, gated, dtype, d_k, d_v, chunk, capability)
         if resources is not None and not resources.fits:
-            return (f"its Triton kernel {kernel} has no launch configuration that fits sm_{capability} for "
-                    f"d_k = {d_k}, d_v = {d_v} in {str(dtype).replace('torch.', '')}: with {config.num_warps} warps "
-                    f"it {resources.why_not()}")
+            return (
+                f"its Triton kernel {kernel} has no launch configuration that fits sm_{capability} for "
+                f"d_k = {d_k}, d_v = {d_v} in {str(dtype).replace('torch.', '')}: with {config.num_warps} warps "
+                f"it {resources.why_not()}"
+            )
     return None

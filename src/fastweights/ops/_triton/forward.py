@@ -30,8 +30,25 @@ from .common import chunk_decay, chunk_rows, decay_matrix, load_block, load_rows
 
 
 @triton.jit
-def wy_fwd(k, v, beta, g, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+def wy_fwd(
+    k,
+    v,
+    beta,
+    g,
+    w,
+    u,
+    linv,
+    chunk_indices,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Delta rule: ``L^-1`` ``[BT, BT]``, ``W = T diag(Gamma) K`` and ``U = T V`` of one chunk and head."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)
@@ -65,9 +82,31 @@ def wy_fwd(k, v, beta, g, w, u, linv, chunk_indices, cu_seqlens, H, K, V,
 
 
 @triton.jit
-def state_fwd(k, v, g, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
-              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, DELTA: tl.constexpr,
-              GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, PRECISION: tl.constexpr):
+def state_fwd(
+    k,
+    v,
+    g,
+    w,
+    u,
+    vn,
+    h0,
+    hs,
+    ht,
+    chunk_offsets,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    NK: tl.constexpr,
+    DELTA: tl.constexpr,
+    GATED: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """The scan over one sequence's chunks for one head and one block of value columns: ``S_n`` per
     chunk (``hs``), ``V'_n`` (delta, ``vn``) and the final state (``ht``). ``S`` is held as the key
     blocks of :mod:`.blocks`."""
@@ -90,15 +129,33 @@ def state_fwd(k, v, g, w, u, vn, h0, hs, ht, chunk_offsets, cu_seqlens, H, K, V,
             b_vn = b_vn.to(k.dtype.element_ty)
         else:
             b_vn = load_block(v, rows, m_t, H, i_h, V, i_v, BV)
-        b_h1, b_h2, b_h3, b_h4 = blocks.update(k, rows, m_t, H, i_h, K, b_vn, b_h1, b_h2, b_h3, b_h4, BK, NK,
-                                               PRECISION)  # S += K^T V'
+        b_h1, b_h2, b_h3, b_h4 = blocks.update(
+            k, rows, m_t, H, i_h, K, b_vn, b_h1, b_h2, b_h3, b_h4, BK, NK, PRECISION
+        )  # S += K^T V'
     if STORE_FINAL:
         blocks.store(ht, b_h1, b_h2, b_h3, b_h4, i_n, H, i_h, K, V, i_v, BK, BV, NK)
 
 
 @triton.jit
-def output_fwd(q, k, g, vn, hs, o, scale, chunk_indices, cu_seqlens, H, K, V,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PRECISION: tl.constexpr):
+def output_fwd(
+    q,
+    k,
+    g,
+    vn,
+    hs,
+    o,
+    scale,
+    chunk_indices,
+    cu_seqlens,
+    H,
+    K,
+    V,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    GATED: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """``O = scale (diag(Gamma) Q S_n + (tril(Q K^T) * D) V')`` for one chunk, head and block of value columns."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, m_t = chunk_rows(chunk_indices, cu_seqlens, i_c, BT)

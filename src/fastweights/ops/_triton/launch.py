@@ -79,8 +79,9 @@ def family(capability: int) -> int:
     return 86 if SHARED_LIMIT.get(capability, 101_376) < 166_912 else 80
 
 
-def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64,
-         capability: int = 90, gated: bool = False) -> Dict[str, List[KernelConfig]]:
+def plan(
+    delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64, capability: int = 90, gated: bool = False
+) -> Dict[str, List[KernelConfig]]:
     """The candidate configurations of every kernel a forward and backward of the sum
     (``delta=False``), delta or gated delta (``gated``) rule launches for ``[.., d_k]`` keys and
     ``[.., d_v]`` values of ``dtype`` on a GPU of compute capability ``capability`` (``90`` for
@@ -117,8 +118,9 @@ def plan(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 
         "output_fwd": KernelConfig("output_fwd", local, warps, stages),
         "dv_local": KernelConfig("dv_local", local, warps, stages),
         "state_bwd": KernelConfig("state_bwd", dict(scan, DELTA=delta), scan_warps, scan_stages),
-        "grads_qk": KernelConfig("grads_qk", dict(common, BV=min(grad_bv, width(d_v)), DELTA=delta), wide_warps,
-                                 grad_stages),
+        "grads_qk": KernelConfig(
+            "grads_qk", dict(common, BV=min(grad_bv, width(d_v)), DELTA=delta), wide_warps, grad_stages
+        ),
     }
     if delta:
         configs["wy_fwd"] = KernelConfig("wy_fwd", local, warps, stages)
@@ -134,15 +136,17 @@ def _candidates(preferred: KernelConfig) -> List[KernelConfig]:
     for bv in bvs:
         for warps in (8, 4):
             for stages in (1, 2, 3):
-                config = replace(preferred, constexprs=dict(preferred.constexprs, BV=bv), num_warps=warps,
-                                 num_stages=stages)
+                config = replace(
+                    preferred, constexprs=dict(preferred.constexprs, BV=bv), num_warps=warps, num_stages=stages
+                )
                 if config not in out:
                     out.append(config)
     return out
 
 
-def preferred(delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64, capability: int = 90,
-              gated: bool = False) -> Dict[str, KernelConfig]:
+def preferred(
+    delta: bool, dtype: torch.dtype, d_k: int, d_v: int, chunk_size: int = 64, capability: int = 90, gated: bool = False
+) -> Dict[str, KernelConfig]:
     """The first candidate of each kernel (what runs under the interpreter)."""
     return {name: options[0] for name, options in plan(delta, dtype, d_k, d_v, chunk_size, capability, gated).items()}
 

@@ -42,20 +42,47 @@ def _call(kernel: Callable, q: Tensor, k: Tensor, v: Tensor, initial_state: Opti
     return o[..., :d_v], (s_t[..., :d_k, :d_v] if s_t is not None else None)
 
 
-def run_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-              output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int) -> Tuple[Tensor, Optional[Tensor]]:
+def run_delta(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_delta_rule`` under the fastweights contract (``chunk_size`` is FLA's own, 64)."""
     from fla.ops.delta_rule import chunk_delta_rule
 
     if beta is None:
         beta = q.new_ones(q.shape[:3])  # [B, T, H]
-    return _call(chunk_delta_rule, q, k, v, initial_state, beta, scale=scale, output_final_state=output_final_state,
-                 cu_seqlens=cu_seqlens)
+    return _call(
+        chunk_delta_rule,
+        q,
+        k,
+        v,
+        initial_state,
+        beta,
+        scale=scale,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
 
 
-def run_gated_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
-                    initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
-                    chunk_size: int, g: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+def run_gated_delta(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    g: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_gated_delta_rule`` under the fastweights contract (``g`` None: no decay)."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -63,24 +90,84 @@ def run_gated_delta(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], sca
         beta = q.new_ones(q.shape[:3])  # [B, T, H]
     if g is None:
         g = q.new_zeros(q.shape[:3])  # [B, T, H]: log 1
-    return _call(chunk_gated_delta_rule, q, k, v, initial_state, g, beta, scale=scale,
-                 output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    return _call(
+        chunk_gated_delta_rule,
+        q,
+        k,
+        v,
+        initial_state,
+        g,
+        beta,
+        scale=scale,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
 
 
-def run_sum(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float, initial_state: Optional[Tensor],
-            output_final_state: bool, cu_seqlens: Optional[Tensor], chunk_size: int) -> Tuple[Tensor, Optional[Tensor]]:
+def run_sum(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_linear_attn`` (normalisation off) under the fastweights contract; the rule applies the rate."""
     from fla.ops.linear_attn import chunk_linear_attn
 
-    return _call(chunk_linear_attn, q, k, v, initial_state, scale=scale, output_final_state=output_final_state,
-                 normalize=False, cu_seqlens=cu_seqlens)
+    return _call(
+        chunk_linear_attn,
+        q,
+        k,
+        v,
+        initial_state,
+        scale=scale,
+        output_final_state=output_final_state,
+        normalize=False,
+        cu_seqlens=cu_seqlens,
+    )
 
 
 BACKENDS = [
-    Backend("fla", "delta", run_delta, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
-            max_d_k=256, priority=20, requires="fla", tolerance=2e-2),
-    Backend("fla", "gated_delta", run_gated_delta, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
-            max_d_k=256, priority=20, requires="fla", tolerance=2e-2),
-    Backend("fla", "sum", run_sum, devices=("cuda",), dtypes=HALF, upcast=False, native_varlen=True,
-            priority=20, requires="fla", tolerance=2e-2),
+    Backend(
+        "fla",
+        "delta",
+        run_delta,
+        devices=("cuda",),
+        dtypes=HALF,
+        upcast=False,
+        native_varlen=True,
+        max_d_k=256,
+        priority=20,
+        requires="fla",
+        tolerance=2e-2,
+    ),
+    Backend(
+        "fla",
+        "gated_delta",
+        run_gated_delta,
+        devices=("cuda",),
+        dtypes=HALF,
+        upcast=False,
+        native_varlen=True,
+        max_d_k=256,
+        priority=20,
+        requires="fla",
+        tolerance=2e-2,
+    ),
+    Backend(
+        "fla",
+        "sum",
+        run_sum,
+        devices=("cuda",),
+        dtypes=HALF,
+        upcast=False,
+        native_varlen=True,
+        priority=20,
+        requires="fla",
+        tolerance=2e-2,
+    ),
 ]

@@ -48,11 +48,19 @@ def _run(*args, delta: bool, **inputs):
 
 def _declare(rule: str, delta: bool, gated: bool = False) -> Backend:
     return Backend(
-        "triton", rule, partial(_run, delta=delta),
+        "triton",
+        rule,
+        partial(_run, delta=delta),
         devices=("cuda", "cpu") if INTERPRETED else ("cuda",),
         dtypes=(torch.float16, torch.bfloat16, torch.float32) if not INTERPRETED else (torch.float16, torch.float32),
-        upcast=False, native_varlen=True, max_d_k=MAX_WIDTH, max_d_v=MAX_WIDTH,
-        emulated=INTERPRETED, priority=15, requires="triton", tolerance=1e-4,
+        upcast=False,
+        native_varlen=True,
+        max_d_k=MAX_WIDTH,
+        max_d_v=MAX_WIDTH,
+        emulated=INTERPRETED,
+        priority=15,
+        requires="triton",
+        tolerance=1e-4,
         check=partial(_check, delta=delta, gated=gated),
     )
 

@@ -41,9 +41,20 @@ def exclusive_key_sums(k: Tensor, z0: Optional[Tensor], cu: Optional[Sequence[in
     return excl, excl[0, last] + kf[0, last]
 
 
-def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
-          initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
-          chunk_size: int, normalize: bool, eps: float) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(
+    run: Run,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    normalize: bool,
+    eps: float,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """The normalised variant (see the module docstring) around a backend's ``run``; otherwise ``run`` itself."""
     if not normalize:
         return run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size)

@@ -39,8 +39,17 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._chunked import (CumulativeDecay, Decay, causal_scores, flat, from_chunks, segments, to_chunks,
-                        unit_lower_inverse, without_autocast)
+from .._chunked import (
+    CumulativeDecay,
+    Decay,
+    causal_scores,
+    flat,
+    from_chunks,
+    segments,
+    to_chunks,
+    unit_lower_inverse,
+    without_autocast,
+)
 
 
 def wy_inverse(kc: Tensor, bc: Tensor, out: Tensor, decay: Decay) -> Tensor:
@@ -70,8 +79,9 @@ class ChunkDeltaRule(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Optional[Tensor], S0: Tensor,
-                chunk_size: int) -> Tuple[Tensor, Tensor]:
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Optional[Tensor], S0: Tensor, chunk_size: int
+    ) -> Tuple[Tensor, Tensor]:
         B, H, T, _ = q.shape
         qc, kc, vc = (to_chunks(x, chunk_size) for x in (q, k, v))  # [N, BH, C, d]
         bc = to_chunks(beta[..., None], chunk_size)  # [N, BH, C, 1]: padded rates are 0
@@ -84,7 +94,9 @@ class ChunkDeltaRule(torch.autograd.Function):
         states[0] = S0.reshape(BH, d_k, d_v)
         for s in segments(N, BH * C * max(C, d_k, d_v), kc.device):
             decay = segment_decay(gc, s)
-            tm = wy_inverse(kc[s], bc[s], linv[s], decay) * bc[s].transpose(-1, -2)  # [n, BH, C, C]: T = L^-1 diag(beta)
+            tm = wy_inverse(kc[s], bc[s], linv[s], decay) * bc[s].transpose(
+                -1, -2
+            )  # [n, BH, C, C]: T = L^-1 diag(beta)
             torch.matmul(decay.columns(tm), kc[s], out=w[s])  # W = T diag(Gamma) K
             torch.matmul(tm, vc[s], out=vn[s])  # U = T V
             k_out = decay.tail(kc[s]).transpose(-1, -2)  # [n, BH, d_k, C]: (diag(Gamma_C / Gamma) K)^T
@@ -116,7 +128,9 @@ class ChunkDeltaRule(torch.autograd.Function):
         wt = w.transpose(-1, -2)  # [N, BH, d_k, C]
         for s in reversed(segments(N, BH * C * max(C, d_k, d_v), kc.device)):
             decay = segment_decay(gc, s)
-            dvn = decay.mask_(causal_scores(qc[s], kc[s])).transpose(-1, -2) @ doc[s]  # [n, BH, C, d_v]: P^T dO, then dV'
+            dvn = (
+                decay.mask_(causal_scores(qc[s], kc[s])).transpose(-1, -2) @ doc[s]
+            )  # [n, BH, C, d_v]: P^T dO, then dV'
             do_in = decay.head(doc[s])  # [n, BH, C, d_v]: diag(Gamma) dO
             y = qc[s].transpose(-1, -2) @ do_in  # [n, BH, d_k, d_v]: (diag(Gamma) Q)^T dO
             k_out = decay.tail(kc[s])  # [n, BH, C, d_k]: diag(Gamma_C / Gamma) K
@@ -161,8 +175,12 @@ class ChunkDeltaRule(torch.autograd.Function):
         return (*grads, dbeta, dg, gs[0].view(B, H, d_k, d_v), None)
 
 
-def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
-    """Delta rule over chunks of ``chunk_size``. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]``."""
+def chunk_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
+    """Delta rule over chunks of ``chunk_size``.
+
+    ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]``."""
     if beta is None:
         beta = q.new_ones(q.shape[:3])
     return ChunkDeltaRule.apply(q, k, v, beta, None, S0, chunk_size)

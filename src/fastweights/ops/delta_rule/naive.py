@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 
-
-def naive_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
+def naive_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
     """Delta rule, one token at a time. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``, ``beta: [B, H, T]``."""
     if beta is None:
         beta = q.new_ones(q.shape[:3])
@@ -28,4 +29,3 @@ def naive_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tenso
         S = S + b_t[..., None, None] * k_t[..., :, None] * (v_t - v_old)[..., None, :]  # [B, H, d_k, d_v]
         outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))  # [B, H, d_v]
     return torch.stack(outs, dim=2), S  # [B, H, T, d_v]
-

@@ -1,6 +1,6 @@
 """Delta rule, one-token step for decoding::
 
-    S = S + beta k (v - S^T k)^T,    o = S^T q
+S = S + beta k (v - S^T k)^T,    o = S^T q
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 
-
-def recurrent_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
+def recurrent_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
     """One token (T must be 1): ``q, k: [B, H, 1, d_k]``, ``v: [B, H, 1, d_v]``, ``beta: [B, H, 1]``."""
     u = v - k @ S  # [B, H, 1, d_v]: v_t - S^T k_t
     if beta is not None:
         u = u * beta[..., None]
     S = S + k.transpose(-1, -2) @ u  # [B, H, d_k, d_v]
     return q @ S, S  # [B, H, 1, d_v]
-

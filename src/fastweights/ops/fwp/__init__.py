@@ -9,8 +9,8 @@ Two rules, one per ``sigma`` on the fast weights:
 The identity would give back the sum rule. Forms: ``naive`` (the definition), ``recurrent`` (one
 token) and ``checkpoint`` (the training form: the loop recomputed from a state kept every
 ``chunk_size`` tokens; see :mod:`fastweights.ops.fwp.forms`). Packed sequences run one by one:
-padding them would not leave the state alone, since ``sigma`` moves it even without a write. Layers use normalised keys and a
-learned rate, which scales the written value as in the sum rule.
+padding them would not leave the state alone, since ``sigma`` moves it even without a write.
+Layers use normalised keys and a learned rate, which scales the written value as in the sum rule.
 """
 
 from __future__ import annotations
@@ -35,9 +35,20 @@ def norm_cap(S: Tensor) -> Tensor:
     return S / torch.clamp(norm / cap, min=1.0)
 
 
-def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
-          initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
-          chunk_size: int, normalize: bool, eps: float) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(
+    run: Run,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    normalize: bool,
+    eps: float,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """The rate scales the written value (``beta_t k_t v_t^T``), as in the sum rule."""
     if beta is not None:
         v = v * beta[..., None]  # [B, T, H, d_v]
@@ -46,19 +57,30 @@ def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], sca
 
 def _rule(name: str, sigma: forms.Sigma, summary: str) -> RuleSpec:
     return RuleSpec(
-        name=name, summary=summary, apply=apply, normalize=False, key_norm=True, learned_rate=True,
-        forms=tuple(replace(b, run=per_sequence(b.run), native_varlen=True) for b in (  # padding would move S
-            torch_form(name, "naive", forms.naive(sigma)),
-            torch_form(name, "checkpoint", forms.checkpointed(sigma), priority=10),
-            torch_form(name, "recurrent", forms.recurrent(sigma), one_token=True),
-        )),
+        name=name,
+        summary=summary,
+        apply=apply,
+        normalize=False,
+        key_norm=True,
+        learned_rate=True,
+        forms=tuple(
+            replace(b, run=per_sequence(b.run), native_varlen=True)
+            for b in (  # padding would move S
+                torch_form(name, "naive", forms.naive(sigma)),
+                torch_form(name, "checkpoint", forms.checkpointed(sigma), priority=10),
+                torch_form(name, "recurrent", forms.recurrent(sigma), one_token=True),
+            )
+        ),
     )
 
 
 RULES = [
     _rule("fwp-tanh", torch.tanh, "General FWP: S_t = tanh(S_{t-1} + beta_t k_t v_t^T), o_t = S_t^T q_t"),
-    _rule("fwp-normcap", norm_cap,
-          "General FWP: S_t = capF(S_{t-1} + beta_t k_t v_t^T), capF(S) = S / max(1, |S|_F / sqrt(d_k d_v))"),
+    _rule(
+        "fwp-normcap",
+        norm_cap,
+        "General FWP: S_t = capF(S_{t-1} + beta_t k_t v_t^T), capF(S) = S / max(1, |S|_F / sqrt(d_k d_v))",
+    ),
 ]
 
 __all__ = ["RULES", "apply", "norm_cap"]

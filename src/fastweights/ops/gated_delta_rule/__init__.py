@@ -21,9 +21,21 @@ from .naive import naive_core
 from .recurrent import recurrent_core
 
 
-def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
-          initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
-          chunk_size: int, normalize: bool, eps: float, g: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(
+    run: Run,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    normalize: bool,
+    eps: float,
+    g: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """The backend's ``run`` with the decay (no rule-level work: no normalised variant)."""
     inputs = {"g": g} if g is not None else {}
     return run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, **inputs)

@@ -47,8 +47,9 @@ from torch import Tensor
 from ..delta_rule.chunk import ChunkDeltaRule
 
 
-def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int,
-               g: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def chunk_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int, g: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """Gated delta rule over chunks of ``chunk_size``. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``,
     ``beta, g: [B, H, T]`` (None: rate 1; no decay, the delta rule)."""
     if beta is None:

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 
-def naive_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int,
-               g: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def naive_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int, g: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """Gated delta rule, one token at a time. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``,
     ``beta, g: [B, H, T]`` (None: rate 1, no decay)."""
     if beta is None:

@@ -1,6 +1,6 @@
 """Gated delta rule, one-token step for decoding::
 
-    S' = alpha S,   S = S' + beta k (v - S'^T k)^T,   o = S^T q,   alpha = exp(g)
+S' = alpha S,   S = S' + beta k (v - S'^T k)^T,   o = S^T q,   alpha = exp(g)
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 
-def recurrent_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int,
-                   g: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def recurrent_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int, g: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
     """One token (T = 1): ``q, k: [B, H, 1, d_k]``, ``v: [B, H, 1, d_v]``, ``beta, g: [B, H, 1]``."""
     if g is not None:
         S = g.exp()[..., None] * S  # [B, H, d_k, d_v]

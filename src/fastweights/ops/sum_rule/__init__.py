@@ -21,9 +21,20 @@ from .parallel import parallel_core
 from .recurrent import recurrent_core
 
 
-def apply(run: Run, q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], scale: float,
-          initial_state: Optional[Tensor], output_final_state: bool, cu_seqlens: Optional[Tensor],
-          chunk_size: int, normalize: bool, eps: float) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(
+    run: Run,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Optional[Tensor],
+    scale: float,
+    initial_state: Optional[Tensor],
+    output_final_state: bool,
+    cu_seqlens: Optional[Tensor],
+    chunk_size: int,
+    normalize: bool,
+    eps: float,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """The rate and the normalisation around a backend's ``run`` (every tensor ``[B, T, H, .]``)."""
     if beta is not None:
         v = v * beta[..., None]  # [B, T, H, d_v]: the written value is beta_t v_t

@@ -87,7 +87,8 @@ class ChunkSumRule(torch.autograd.Function):
         return (*grads, g[0].view(B, H, d_k, d_v), None)
 
 
-def chunk_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int) -> Tuple[Tensor, Tensor]:
+def chunk_core(
+    q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S0: Tensor, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
     """Sum rule over chunks of ``chunk_size``. ``q, k: [B, H, T, d_k]``, ``v: [B, H, T, d_v]``."""
     return ChunkSumRule.apply(q, k, v, S0, chunk_size)
-
