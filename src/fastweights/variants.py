@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .ops import list_rules
 
@@ -28,15 +28,49 @@ RECURRENT = "+rec"  #: the suffix of a recurrent FWP
 
 
 @dataclass(frozen=True)
-class AttentionSpec:
-    """A parsed attention variant: ``kind`` is ``'softmax'``, ``'fwp'`` or ``'recurrent'`` (a recurrent
-    FWP, whose slow net also reads the layer's previous output); for the FWPs the update ``rule`` (a
-    name of :func:`fastweights.ops.list_rules`), the registered ``feature_map`` and its keyword arguments."""
+class FeatureMapSpec:
+    """A registered feature map (:func:`fastweights.feature_maps.list_feature_maps`) and its keyword
+    arguments (``{"nu": 2}`` for ``dpfp-2``)."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class AttentionSpec(str):
+    """An attention variant: its name, parsed once into typed parts.
+
+    It is the name itself (a ``str``: equal to it, written to configs and checkpoints as it), with
+    the parts the model, trainer, capacity experiment and Hugging Face code read:
+
+    - ``kind``: ``'softmax'``, ``'fwp'`` or ``'recurrent'`` (a recurrent FWP, whose slow net also
+      reads the layer's previous output);
+    - ``rule``: for the FWPs, the update rule (a name of :func:`fastweights.ops.list_rules`);
+    - ``feature_map``: for the FWPs, a :class:`FeatureMapSpec`.
+
+    ``AttentionSpec("dpfp-2+delta")`` parses (a ``ValueError`` listing the grammar for an unknown
+    name); an ``AttentionSpec`` given to it is returned as it is.
+    """
 
     kind: str
-    rule: Optional[str] = None
-    feature_map: Optional[str] = None
-    feature_map_kwargs: Dict[str, Any] = field(default_factory=dict)
+    rule: Optional[str]
+    feature_map: Optional[FeatureMapSpec]
+
+    def __new__(cls, name: str) -> "AttentionSpec":
+        if isinstance(name, AttentionSpec):
+            return name
+        if not isinstance(name, str):
+            raise TypeError(f"attention must be a str, got {type(name).__name__}")
+        spec = super().__new__(cls, name)
+        spec.kind, spec.rule, spec.feature_map = _parse(name)
+        return spec
+
+    def __getnewargs__(self) -> Tuple[str]:  # copy and pickle rebuild it from its name
+        return (str(self),)
+
+    @property
+    def is_fast_weight(self) -> bool:
+        """Whether the layer is a fast weight programmer (has an update rule and a fixed-size state)."""
+        return self.rule is not None
 
 
 def list_attentions() -> List[str]:
@@ -58,15 +92,18 @@ def describe_attentions() -> str:
 
 
 def parse_attention(name: str) -> AttentionSpec:
-    """Parse an attention variant name (see the module docstring) into an :class:`AttentionSpec`.
+    """The :class:`AttentionSpec` of an attention variant name (see the module docstring).
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"attention must be a str, got {type(name).__name__}")
+    return AttentionSpec(name)
+
+
+def _parse(name: str) -> Tuple[str, Optional[str], Optional[FeatureMapSpec]]:
+    """``(kind, rule, feature map)`` of an attention variant name (:class:`AttentionSpec`)."""
     if name == "softmax":
-        return AttentionSpec("softmax")
+        return "softmax", None, None
     kind, full = "fwp", name
     if name == "rdn":
         kind, name = "recurrent", "delta"
@@ -82,5 +119,4 @@ def parse_attention(name: str) -> AttentionSpec:
     if m is None or m.group(1) not in _MAPS or (_MAPS[m.group(1)][1] is None) != (m.group(2) is None):
         raise ValueError(f"unknown attention variant {full!r}; expected {describe_attentions()}")
     feature_map, param = _MAPS[m.group(1)]
-    kwargs: Dict[str, Any] = {param: int(m.group(2))} if param else {}
-    return AttentionSpec(kind, rule, feature_map, kwargs)
+    return kind, rule, FeatureMapSpec(feature_map, {param: int(m.group(2))} if param else {})

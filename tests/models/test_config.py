@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import pickle
 import re
 
 import pytest
@@ -17,24 +20,44 @@ from fastweights.models import (
     parse_attention,
 )
 from fastweights.ops import list_rules
+from fastweights.variants import FeatureMapSpec
 
 
 @pytest.mark.parametrize(
-    "name, spec",
+    "name, parts",
     [
-        ("softmax", AttentionSpec("softmax")),
-        ("linear", AttentionSpec("fwp", "sum", "elu_p1", {})),
-        ("delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
-        ("linear+delta", AttentionSpec("fwp", "delta", "elu_p1", {})),
-        ("relu+delta", AttentionSpec("fwp", "delta", "relu", {})),
-        ("dpfp-2+delta", AttentionSpec("fwp", "delta", "dpfp", {"nu": 2})),
-        ("dpfp-3", AttentionSpec("fwp", "sum", "dpfp", {"nu": 3})),
-        ("favor-64", AttentionSpec("fwp", "sum", "favor", {"m": 64})),
-        ("favor-16+delta", AttentionSpec("fwp", "delta", "favor", {"m": 16})),
+        ("softmax", ("softmax", None, None)),
+        ("linear", ("fwp", "sum", FeatureMapSpec("elu_p1"))),
+        ("delta", ("fwp", "delta", FeatureMapSpec("elu_p1"))),
+        ("linear+delta", ("fwp", "delta", FeatureMapSpec("elu_p1"))),
+        ("relu+delta", ("fwp", "delta", FeatureMapSpec("relu"))),
+        ("dpfp-2+delta", ("fwp", "delta", FeatureMapSpec("dpfp", {"nu": 2}))),
+        ("dpfp-3", ("fwp", "sum", FeatureMapSpec("dpfp", {"nu": 3}))),
+        ("favor-64", ("fwp", "sum", FeatureMapSpec("favor", {"m": 64}))),
+        ("favor-16+delta", ("fwp", "delta", FeatureMapSpec("favor", {"m": 16}))),
+        ("rdn", ("recurrent", "delta", FeatureMapSpec("elu_p1"))),
     ],
 )
-def test_parse_attention(name: str, spec: AttentionSpec) -> None:
-    assert parse_attention(name) == spec
+def test_parse_attention(name: str, parts: tuple) -> None:
+    spec = parse_attention(name)
+    assert (spec.kind, spec.rule, spec.feature_map) == parts
+    assert spec == name and str(spec) == name and AttentionSpec(spec) is spec  # the name itself, parsed once
+
+
+def test_the_config_holds_the_parsed_spec_and_writes_its_name() -> None:
+    cfg = LMConfig(vocab_size=10, attention="dpfp-2+delta")
+    assert isinstance(cfg.attention, AttentionSpec) and cfg.attention.feature_map == FeatureMapSpec("dpfp", {"nu": 2})
+    d = cfg.to_dict()
+    assert type(d["attention"]) is str and d["attention"] == "dpfp-2+delta"  # config.json as before
+    again = LMConfig.from_dict(json.loads(json.dumps(d)))
+    assert again == cfg and again.attention.rule == "delta"
+    assert copy.deepcopy(cfg).attention.feature_map == cfg.attention.feature_map
+    assert pickle.loads(pickle.dumps(cfg)).attention.kind == "fwp"
+    assert LMConfig.parse_field("attention", "rdn").kind == "recurrent"  # --set attention=rdn
+    with pytest.raises(ValueError, match=r"^LMConfig.attention: unknown attention variant 'nope'"):
+        LMConfig(vocab_size=10, attention="nope")
+    with pytest.raises(ValueError, match=r"^LMConfig.attention must be an attention variant name, got 3"):
+        LMConfig(vocab_size=10, attention=3)
 
 
 @pytest.mark.parametrize(

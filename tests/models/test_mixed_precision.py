@@ -46,7 +46,7 @@ def test_layer_hands_the_op_one_dtype(attention: str) -> None:
 
     spec = parse_attention(attention)
     layer = FastWeightAttention(
-        16, 2, rule=spec.rule, feature_map=spec.feature_map, feature_map_kwargs=spec.feature_map_kwargs
+        16, 2, rule=spec.rule, feature_map=spec.feature_map.name, feature_map_kwargs=spec.feature_map.kwargs
     )
     seen = []
     op = layer.op

@@ -49,7 +49,7 @@ from ..models import LanguageModel
 from ..models.config import LMConfig, TrainConfig
 from ..ops import list_backends
 from ..train import autocast_context, autocast_dtype, make_optimizer
-from ..variants import parse_attention
+from ..variants import AttentionSpec
 from .ops import peak_rss_mb, return_freed_memory
 
 #: Defaults that depend on ``--device``: the GPU setting of our GPU issue, a small one for CPUs.
@@ -91,7 +91,7 @@ def model_config(cfg: LMBenchConfig, attention: str, context: int) -> LMConfig:
         context=context,
         attention=attention,
         impl=cfg.impl,
-        pos_emb="learned" if parse_attention(attention).kind == "softmax" else "none",
+        pos_emb="none" if AttentionSpec(attention).is_fast_weight else "learned",
     )
 
 
@@ -313,7 +313,7 @@ def check_config(cfg: LMBenchConfig) -> None:
     check_device(cfg.device)
     for attention in cfg.attentions:
         try:
-            parse_attention(attention)
+            AttentionSpec(attention)
         except ValueError as e:
             raise ValueError(f"--attentions {attention}: {e}") from None
     impls = sorted({b.name for b in list_backends(available=False)})

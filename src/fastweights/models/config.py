@@ -1,8 +1,8 @@
 """Language-model configuration: the model and training dataclasses, attention variants, named presets.
 
     >>> cfg = get_preset("shakespeare-char", attention="dpfp-2+delta")
-    >>> cfg.n_layers, cfg.d_model, parse_attention(cfg.attention).feature_map
-    (4, 128, 'dpfp')
+    >>> cfg.n_layers, cfg.d_model, cfg.attention.rule, cfg.attention.feature_map
+    (4, 128, 'delta', FeatureMapSpec(name='dpfp', kwargs={'nu': 2}))
 
 Attention variant names:
 
@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ..ops import check_impl, get_rule
-from ..variants import parse_attention
+from ..variants import AttentionSpec
 
+#: the attention variants the presets default to
+SOFTMAX, DELTA = AttentionSpec("softmax"), AttentionSpec("delta")
 #: the words ``--set`` reads as booleans (any case)
 BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 #: the words ``--set`` reads as ``None`` for an optional field (any case)
@@ -38,8 +40,8 @@ class _DictConfig:
     their ``__post_init__`` runs: every field of its annotated type, then in its range."""
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable dict (inverse of :meth:`from_dict`); an attention spec as its name."""
+        return {k: str(v) if isinstance(v, AttentionSpec) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]):
@@ -82,7 +84,9 @@ class LMConfig(_DictConfig):
         pos_emb: ``'learned'`` absolute positions (at most ``context`` of them) or ``'none'``.
         context: training segment length T (block size); the limit of learned positions.
         tie_embeddings: share input embedding and output projection weights.
-        attention: attention variant name (see :func:`list_attentions`).
+        attention: the attention variant (see :func:`list_attentions`): an
+            :class:`~fastweights.variants.AttentionSpec`, parsed from its name when the config is
+            built (a name given as a plain ``str`` is converted) and written back as that name.
         adaptive_cutoffs: ``None`` for a full softmax; else increasing cutoffs ``< vocab_size`` for
             adaptive input and adaptive softmax (``torch.nn.AdaptiveLogSoftmaxWithLoss``).
         adaptive_div_value: width divisor between adaptive clusters.
@@ -107,7 +111,7 @@ class LMConfig(_DictConfig):
     pos_emb: str = "learned"
     context: int = 64
     tie_embeddings: bool = True
-    attention: str = "softmax"
+    attention: AttentionSpec = SOFTMAX
     adaptive_cutoffs: Optional[List[int]] = None
     adaptive_div_value: float = 4.0
     bias: bool = False
@@ -131,9 +135,9 @@ class LMConfig(_DictConfig):
         self._require("pos_emb", self.pos_emb in ("learned", "none"), "'learned' or 'none'")
         self._require("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
         self._require("adaptive_div_value", self.adaptive_div_value > 0.0, "in (0, inf)")
-        spec = parse_attention(self.attention)
-        self._require("out_norm", spec.rule is not None or not self.out_norm, "false for softmax attention")
-        if spec.rule is not None:
+        spec = self.attention
+        self._require("out_norm", spec.is_fast_weight or not self.out_norm, "false for softmax attention")
+        if spec.is_fast_weight:
             for name in ("impl", "decode_impl"):
                 try:
                     check_impl(spec.rule, getattr(self, name))
@@ -322,7 +326,13 @@ def _expected(tp: Any) -> str:
         return f"{_expected(_optional_of(tp))} or null"
     if typing.get_origin(tp) is list:
         return f"a list of {typing.get_args(tp)[0].__name__}s"
-    return {int: "an int", float: "a finite number", bool: "a bool (true/false, yes/no, 1/0)", str: "a string"}[tp]
+    return {
+        int: "an int",
+        float: "a finite number",
+        bool: "a bool (true/false, yes/no, 1/0)",
+        str: "a string",
+        AttentionSpec: "an attention variant name",
+    }[tp]
 
 
 def _typed(label: str, tp: Any, value: Any) -> Any:
@@ -335,6 +345,13 @@ def _typed(label: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{label} must be {_expected(tp)}, got {value!r}")
         return [_typed(f"{label}[{i}]", typing.get_args(tp)[0], v) for i, v in enumerate(value)]
+    if tp is AttentionSpec:
+        if not isinstance(value, str):
+            raise ValueError(f"{label} must be {_expected(tp)}, got {value!r}")
+        try:
+            return AttentionSpec(value)
+        except ValueError as e:
+            raise ValueError(f"{label}: {e}") from None
     ok = {
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
@@ -364,8 +381,8 @@ def _from_text(label: str, tp: Any, text: str) -> Any:
         if text.strip().lower() not in BOOL_WORDS:
             raise ValueError(f"{label} must be {_expected(tp)}, got {text!r}")
         return BOOL_WORDS[text.strip().lower()]
-    if tp is str:
-        return text
+    if tp in (str, AttentionSpec):
+        return _typed(label, tp, text)
     try:
         value = tp(text)
     except ValueError:
@@ -373,14 +390,14 @@ def _from_text(label: str, tp: Any, text: str) -> Any:
     return _typed(label, tp, value)
 
 
-def _default_pos_emb(attention: str) -> str:
+def _default_pos_emb(attention: AttentionSpec) -> str:
     # Fast weights see order through their recurrence and need no positions, which also lets them
     # run (and carry state) past the training context; the softmax baseline needs positions.
-    return "learned" if parse_attention(attention).kind == "softmax" else "none"
+    return "none" if attention.is_fast_weight else "learned"
 
 
 # ---------------------------------------------------------------------------- presets
-def shakespeare_char(attention: str = "softmax", vocab_size: int = 65, carry_state: bool = False) -> Preset:
+def shakespeare_char(attention: AttentionSpec = SOFTMAX, vocab_size: int = 65, carry_state: bool = False) -> Preset:
     """nanoGPT's CPU "baby" run on tiny Shakespeare, characters: 4 layers, 4 heads, width 128,
     context 64, batch 12, 2000 steps, lr 1e-3 (cosine to 1e-4, warm-up 100), no dropout."""
     model = LMConfig(
@@ -413,17 +430,16 @@ def shakespeare_char(attention: str = "softmax", vocab_size: int = 65, carry_sta
     return Preset(model, train, "tinyshakespeare")
 
 
-def _carried_qk_norm(attention: str) -> str:
+def _carried_qk_norm(attention: AttentionSpec) -> str:
     """Key/query normalisation for a model that carries its state over a whole text: ``'l2'`` for
     rules that normalise keys (the delta rules). With sum-normalised keys (``||k||_2`` down to
     ``d^-1/2``) the delta rule's state converges to ``v / ||k||`` along each key and its norm keeps
     growing with the text (measured on shakespeare-char: mean ``||S||_F`` 30 after 64 characters,
     970 after 4k); unit keys make each write a projection, as in DeltaNet (Yang et al., 2024)."""
-    spec = parse_attention(attention)
-    return "l2" if spec.kind != "softmax" and get_rule(spec.rule).key_norm else "auto"
+    return "l2" if attention.is_fast_weight and get_rule(attention.rule).key_norm else "auto"
 
 
-def shakespeare_char_carried(attention: str = "delta", vocab_size: int = 65) -> Preset:
+def shakespeare_char_carried(attention: AttentionSpec = DELTA, vocab_size: int = 65) -> Preset:
     """``shakespeare-char`` trained with carried fast weights (``carry_state``: 12 contiguous streams,
     truncated BPTT every 64 characters), so the model reads the whole text through its state; for
     fast-weight attention only. A rule that forgets trains best this way: measured, the gated delta
@@ -438,7 +454,7 @@ def shakespeare_char_carried(attention: str = "delta", vocab_size: int = 65) -> 
     )
 
 
-def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
+def wt2_small(attention: AttentionSpec = SOFTMAX, vocab_size: int = 33278) -> Preset:
     """A small word-level model that trains in about a quarter of an hour on a 2-core CPU: 4 pre-LN
     layers, width 128, 4 heads, FFN 512, dropout 0.2, adaptive input/softmax (cutoffs 2k/10k, those
     below ``vocab_size``; tied), context 128, batch 16, 1000 steps, lr 1e-3 (cosine to 1e-4, warm-up
@@ -447,7 +463,7 @@ def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
     scored on its test split, it measured no better, 196.3 against 194.2 test perplexity for the
     gated delta rule); softmax attention, whose state grows with the text, on windows with learned
     positions."""
-    fwp = parse_attention(attention).kind != "softmax"
+    fwp = attention.is_fast_weight
     model = LMConfig(
         qk_norm=_carried_qk_norm(attention),
         vocab_size=vocab_size,
@@ -481,7 +497,9 @@ def wt2_small(attention: str = "softmax", vocab_size: int = 33278) -> Preset:
     return Preset(model, train, "wikitext-2")
 
 
-def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: int, vocab_size: int) -> Preset:
+def _wt103(
+    attention: AttentionSpec, d_model: int, d_head: int, context: int, batch_size: int, vocab_size: int
+) -> Preset:
     model = LMConfig(
         vocab_size=vocab_size,
         d_model=d_model,
@@ -515,14 +533,14 @@ def _wt103(attention: str, d_model: int, d_head: int, context: int, batch_size: 
     return Preset(model, train, "wikitext-103")
 
 
-def wt103_small(attention: str = "softmax", vocab_size: int = 267735) -> Preset:
+def wt103_small(attention: AttentionSpec = SOFTMAX, vocab_size: int = 267735) -> Preset:
     """The paper's small WikiText-103 setting: 16 post-LN layers, d_model 128, 8 heads of 16, FFN 2048,
     dropout 0.1, adaptive input/softmax (cutoffs 20k/40k/200k, those below ``vocab_size``; tied), context 256, batch 96,
     Adam lr 2.5e-4, warm-up 2000, cosine, clip 0.25."""
     return _wt103(attention, d_model=128, d_head=16, context=256, batch_size=96, vocab_size=vocab_size)
 
 
-def wt103_medium(attention: str = "softmax", vocab_size: int = 267735) -> Preset:
+def wt103_medium(attention: AttentionSpec = SOFTMAX, vocab_size: int = 267735) -> Preset:
     """The paper's medium WikiText-103 setting: as small with d_model 256, 8 heads of 32, context 384, batch 56."""
     return _wt103(attention, d_model=256, d_head=32, context=384, batch_size=56, vocab_size=vocab_size)
 
@@ -547,7 +565,7 @@ def get_run_preset(name: str, attention: str = "softmax", vocab_size: Optional[i
     if name not in _PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {list_presets()}")
     kw = {} if vocab_size is None else {"vocab_size": vocab_size}
-    return _PRESETS[name](attention, **kw)
+    return _PRESETS[name](AttentionSpec(attention), **kw)  # parsed here, once
 
 
 def get_preset(name: str, attention: str = "softmax", vocab_size: Optional[int] = None) -> LMConfig:

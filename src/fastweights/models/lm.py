@@ -19,18 +19,18 @@ from torch import Tensor, nn
 
 from ..layers import FastWeightAttention, RecurrentFastWeightAttention, SoftmaxAttention
 from ..state import map_tensors
-from .config import LMConfig, parse_attention
+from .config import LMConfig
 
 LMState = Dict[str, Any]
 
 
 def build_attention(cfg: LMConfig) -> nn.Module:
     """The attention layer of ``cfg.attention`` (same ``forward``/``step`` interface for all)."""
-    spec = parse_attention(cfg.attention)
-    if spec.kind == "softmax":
+    spec = cfg.attention
+    if not spec.is_fast_weight:
         return SoftmaxAttention(cfg.d_model, cfg.n_heads, cfg.d_head, dropout=cfg.dropout, bias=cfg.bias)
-    kwargs = dict(spec.feature_map_kwargs)
-    if spec.feature_map == "favor":
+    kwargs = dict(spec.feature_map.kwargs)
+    if spec.feature_map.name == "favor":
         kwargs["input_scale"] = cfg.head_dim**-0.25  # phi(q).phi(k) estimates exp(q.k / sqrt(d_head))
     layer = RecurrentFastWeightAttention if spec.kind == "recurrent" else FastWeightAttention
     return layer(
@@ -38,7 +38,7 @@ def build_attention(cfg: LMConfig) -> nn.Module:
         cfg.n_heads,
         cfg.d_head,
         rule=spec.rule,
-        feature_map=spec.feature_map,
+        feature_map=spec.feature_map.name,
         feature_map_kwargs=kwargs,
         dropout=cfg.dropout,
         bias=cfg.bias,

@@ -87,13 +87,13 @@ def parse_method(name: str) -> Method:
         spec = parse_attention(name)
     except ValueError:
         raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
-    if spec.kind == "softmax":
+    if not spec.is_fast_weight:
         return Method(name, "softmax")
     method = Method(
         name,
         spec.rule,
-        spec.feature_map,
-        tuple(sorted(spec.feature_map_kwargs.items())),
+        spec.feature_map.name,
+        tuple(sorted(spec.feature_map.kwargs.items())),
         recurrent=spec.kind == "recurrent",
     )
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
