@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .layers import SoftmaxAttention
-
 IGNORE = -100
 
 
@@ -61,8 +59,8 @@ class EvalResult:
 
 
 def is_fast_weight_model(model: nn.Module) -> bool:
-    """True when no layer of ``model`` is softmax attention (its state has a fixed size)."""
-    return not any(isinstance(m, SoftmaxAttention) for m in model.modules())
+    """True when every attention layer of ``model`` has a fixed-size state (``fixed_size_state``)."""
+    return all(m.fixed_size_state for m in model.modules() if hasattr(m, "fixed_size_state"))
 
 
 def window_starts(n_tokens: int, context: int, stride: int) -> Tuple[Tensor, Tensor]:

@@ -26,8 +26,6 @@ from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple, 
 import torch
 from torch import Tensor, nn
 
-from .layers import SoftmaxAttention
-from .layers.softmax import select_cache, stack_caches
 from .models.lm import LMState
 
 Prompts = Union[Sequence[int], Sequence[Sequence[int]], Tensor]
@@ -254,33 +252,21 @@ def position(state: Optional[LMState], row: int) -> int:
 
 def batch_size(model: nn.Module, state: LMState) -> int:
     """Rows of an :data:`LMState` (the batch size of its first layer's keys or fast weights)."""
-    layer = state["layers"][0]
-    return layer["k" if isinstance(model.blocks[0].attn, SoftmaxAttention) else "S"].shape[0]
+    return model.blocks[0].attn.state_batch_size(state["layers"][0])
 
 
 def select_rows(model: nn.Module, state: LMState, rows: Sequence[int]) -> LMState:
     """The state of the batch rows ``rows`` (indices, in that order)."""
     index = torch.as_tensor(list(rows), dtype=torch.long)  # [b]
-    layers = []
-    for blk, layer in zip(model.blocks, state["layers"]):
-        if isinstance(blk.attn, SoftmaxAttention):
-            layers.append(select_cache(layer, index))
-        else:  # fast weights: every tensor is batch-major
-            layers.append({name: t.index_select(0, index.to(t.device)) for name, t in layer.items()})
+    layers = [blk.attn.select_state(layer, index) for blk, layer in zip(model.blocks, state["layers"])]
     pos = state["pos"]
     return {"pos": pos.index_select(0, index) if isinstance(pos, Tensor) else pos, "layers": layers}
 
 
 def stack_states(model: nn.Module, states: Sequence[LMState]) -> LMState:
-    """One state of the rows of ``states``, batch-concatenated in order (caches right-aligned, see
-    :func:`fastweights.layers.softmax.stack_caches`; ``pos`` per row when the rows differ)."""
-    layers = []
-    for i, blk in enumerate(model.blocks):
-        parts = [s["layers"][i] for s in states]
-        if isinstance(blk.attn, SoftmaxAttention):
-            layers.append(stack_caches(parts))
-        else:
-            layers.append({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
+    """One state of the rows of ``states``, batch-concatenated in order (each layer's
+    ``stack_states``: KV caches right-aligned; ``pos`` per row when the rows differ)."""
+    layers = [blk.attn.stack_states([s["layers"][i] for s in states]) for i, blk in enumerate(model.blocks)]
     positions = [s["pos"] for s in states]
     if all(not isinstance(p, Tensor) for p in positions) and len(set(positions)) == 1:
         return {"pos": positions[0], "layers": layers}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,8 @@ class FastWeightAttention(nn.Module):
         chunk_size: chunk length of chunkwise backends.
         eps: added to normalisers.
     """
+
+    fixed_size_state = True  #: the fast weights: the same size whatever the number of tokens read
 
     def __init__(
         self,
@@ -184,6 +186,18 @@ class FastWeightAttention(nn.Module):
         device = device if device is not None else self.qkv.weight.device
         d_v = self.d_head + (1 if self.attn_norm else 0)
         return {"S": torch.zeros(batch_size, self.n_heads, self.d_key, d_v, device=device)}
+
+    def state_batch_size(self, state: State) -> int:
+        """The number of sequences (rows) of a state."""
+        return state["S"].shape[0]
+
+    def select_state(self, state: State, rows: Tensor) -> State:
+        """The state of batch rows ``rows`` (``[b]`` indices, in that order): every tensor is batch-major."""
+        return {name: t.index_select(0, rows.to(t.device)) for name, t in state.items()}
+
+    def stack_states(self, states: List[State]) -> State:
+        """One state of the rows of ``states``, in order."""
+        return {name: torch.cat([s[name] for s in states]) for name in states[0]}
 
     def init_learned_inputs(self) -> None:
         """Set the biases of the rule's learned inputs to the rule's starting values

@@ -45,6 +45,8 @@ class SoftmaxAttention(nn.Module):
         bias: biases in the projections.
     """
 
+    fixed_size_state = False  #: the KV cache grows with every token
+
     def __init__(
         self, d_model: int, n_heads: int, d_head: Optional[int] = None, dropout: float = 0.0, bias: bool = False
     ) -> None:
@@ -92,6 +94,18 @@ class SoftmaxAttention(nn.Module):
         device = device if device is not None else self.qkv.weight.device
         empty = torch.zeros(batch_size, self.n_heads, 0, self.d_head, device=device)
         return {"k": empty, "v": empty.clone(), "length": 0, "written": torch.tensor([0]), "start": None}
+
+    def state_batch_size(self, state: State) -> int:
+        """The number of sequences (rows) of a cache."""
+        return state["k"].shape[0]
+
+    def select_state(self, state: State, rows: Tensor) -> State:
+        """The cache of batch rows ``rows`` (``[b]`` indices, in that order): :func:`select_cache`."""
+        return select_cache(state, rows)
+
+    def stack_states(self, states: List[State]) -> State:
+        """One cache of the rows of ``states``, in order (right-aligned): :func:`stack_caches`."""
+        return stack_caches(states)
 
     def extra_repr(self) -> str:
         return f"heads={self.n_heads}, d_head={self.d_head}"
