@@ -151,8 +151,8 @@ def test_a_new_rule_is_one_spec_away(scratch_registry) -> None:
     layer, the attention-name grammar and impl='auto' with no other change."""
     sum_rule = get_rule("sum")
 
-    def half_rate(run, q, k, v, beta, *args):
-        return sum_rule.apply(run, q, k, v * 0.5, beta, *args)
+    def half_rate(run, call):
+        return sum_rule.apply(run, call.replace(v=call.v * 0.5))
 
     forms = tuple(Backend(b.name, "half", b.run, one_token=b.one_token, priority=b.priority) for b in sum_rule.forms)
     register_rule(RuleSpec("half", "S_t = S_{t-1} + k_t v_t^T / 2", half_rate, forms, attn_norm=True))

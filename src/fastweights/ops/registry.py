@@ -40,17 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .call import OpCall, Run
 from .checks import bounds_error, check_chunk_size, check_inputs, outside_bounds
 from .nonfinite import all_finite, find_nonfinite
 from .varlen import pack, unpack
 
 log = logging.getLogger(__name__)
 
-#: ``run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, **inputs)
-#: -> (o, S_T)``: checked ``[B, T, H, D]`` tensors in the backend's compute dtype, ``scale`` a float,
-#: the state ``[N, H, d_k, d_v]`` or None, the rule's other per-token inputs ``[B, T, H]``; ``o`` comes
-#: back in the dtype of ``v``.
-Run = Callable[..., Tuple[Tensor, Optional[Tensor]]]
 
 ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -129,10 +125,9 @@ class Backend:
         return None
 
 
-#: ``apply(run, q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size,
-#: normalize, eps, **inputs) -> (o, S_T)``: a rule's own work around a backend's ``run``; ``inputs``
-#: are the rule's per-token inputs other than ``beta`` (``[B, T, H]`` or None).
-Apply = Callable[..., Tuple[Tensor, Optional[Tensor]]]
+#: ``apply(run, call) -> (o, S_T)``: a rule's own work around a backend's ``run``, given the checked
+#: :class:`~fastweights.ops.call.OpCall` (which it hands on, changed or not, to ``run``).
+Apply = Callable[[Run, OpCall], Tuple[Tensor, Optional[Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -397,24 +392,22 @@ class Op:
         run = backend.run
         if cu is not None and not backend.native_varlen:
             run = _padded(run, cu)
-        s = 1.0 if scale is None else float(scale)
         cast = {n: x.to(dtype) for n, x in per_token.items() if x is not None}
-        beta = cast.pop("beta", None)
-        o, s_t = spec.apply(
-            run,
+        call = OpCall(
             q.to(dtype),
             k.to(dtype),
             v.to(dtype),
-            beta,
-            s,
-            initial_state,
-            output_final_state,
-            cu_seqlens,
-            chunk_size,
-            normalize,
-            eps,
-            **cast,
+            beta=cast.pop("beta", None),
+            scale=1.0 if scale is None else float(scale),
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size,
+            normalize=normalize,
+            eps=eps,
+            inputs=cast,
         )
+        o, s_t = spec.apply(run, call)
         o, s_t = o.to(q.dtype), (s_t if output_final_state else None)
         return nonfinite.poison(o, s_t) if nonfinite is not None else (o, s_t)
 
@@ -424,24 +417,19 @@ def _padded(run: Run, cu: Sequence[int]) -> Run:
     at their ends (zero keys, values and rates leave every state unchanged) and the output is
     packed back; a single sequence is a plain batch of one."""
 
-    def padded(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        beta: Optional[Tensor],
-        scale: float,
-        initial_state: Optional[Tensor],
-        output_final_state: bool,
-        cu_seqlens: Optional[Tensor],
-        chunk_size: int,
-        **inputs: Tensor,
-    ):
+    def padded(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
         if len(cu) == 2:
-            return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
-        q, k, v = unpack(q, cu), unpack(k, cu), unpack(v, cu)  # [N, T_max, H, D]
-        beta = unpack(beta, cu) if beta is not None else None
-        inputs = {n: unpack(x, cu) for n, x in inputs.items()}  # padded with 0 (a log decay of 0: no decay)
-        o, s_t = run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
+            return run(call.replace(cu_seqlens=None))
+        o, s_t = run(
+            call.replace(
+                q=unpack(call.q, cu),  # [N, T_max, H, d_k]
+                k=unpack(call.k, cu),
+                v=unpack(call.v, cu),
+                beta=unpack(call.beta, cu) if call.beta is not None else None,
+                cu_seqlens=None,
+                inputs={n: unpack(x, cu) for n, x in call.inputs.items()},  # padded with 0 (log decay 0: none)
+            )
+        )
         return pack(o, cu), s_t
 
     return padded

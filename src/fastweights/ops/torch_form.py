@@ -23,6 +23,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .call import OpCall
 from .registry import Backend
 
 Core = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Tensor, int], Tuple[Tensor, Tensor]]
@@ -31,31 +32,20 @@ Core = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Tensor, int], Tuple[T
 def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
     """The backend ``name`` of ``rule`` that runs ``core`` (``declaration``: :class:`Backend` fields)."""
 
-    def run(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        beta: Optional[Tensor],
-        scale: float,
-        initial_state: Optional[Tensor],
-        output_final_state: bool,
-        cu_seqlens: Optional[Tensor],
-        chunk_size: int,
-        **inputs: Tensor,
-    ) -> Tuple[Tensor, Tensor]:
-        qc = q.transpose(1, 2)  # [B, H, T, d_k]
-        if scale != 1.0:
-            qc = qc * scale
-        kc, vc = k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, d_k], [B, H, T, d_v]
-        bc = beta.transpose(1, 2) if beta is not None else None  # [B, H, T]
+    def run(call: OpCall) -> Tuple[Tensor, Tensor]:
+        qc = call.q.transpose(1, 2)  # [B, H, T, d_k]
+        if call.scale != 1.0:
+            qc = qc * call.scale
+        kc, vc = call.k.transpose(1, 2), call.v.transpose(1, 2)  # [B, H, T, d_k], [B, H, T, d_v]
+        bc = call.beta.transpose(1, 2) if call.beta is not None else None  # [B, H, T]
         B, H, _, d_k = kc.shape
-        if initial_state is None:
+        if call.initial_state is None:
             s0 = kc.new_zeros(B, H, d_k, vc.shape[-1])
         else:
-            s0 = initial_state.to(q.dtype)
-        extra = {n: x.transpose(1, 2) for n, x in inputs.items()}  # each [B, H, T]
-        with torch.autocast(q.device.type, enabled=False):
-            o, s_t = core(qc, kc, vc, bc, s0, chunk_size, **extra)
+            s0 = call.initial_state.to(call.q.dtype)
+        extra = {n: x.transpose(1, 2) for n, x in call.inputs.items()}  # each [B, H, T]
+        with torch.autocast(call.q.device.type, enabled=False):
+            o, s_t = core(qc, kc, vc, bc, s0, call.chunk_size, **extra)
         return o.transpose(1, 2), s_t  # [B, T, H, d_v]
 
     run.__name__ = f"{name}_{rule}_rule"

@@ -3,10 +3,12 @@ rules whose state a zero key leaves unchanged) or one call per sequence (for the
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .call import OpCall, Run
 
 
 def unpack(x: Tensor, cu: Sequence[int]) -> Tensor:
@@ -30,43 +32,16 @@ def pack(x: Tensor, cu: Sequence[int]) -> Tensor:
     return torch.cat([x[i, : b - a] for i, (a, b) in enumerate(zip(cu, cu[1:]))], dim=0)[None]
 
 
-def per_sequence(run: Callable[..., Tuple[Tensor, Optional[Tensor]]]) -> Callable[..., Tuple[Tensor, Optional[Tensor]]]:
-    """``run`` (a backend's, see :data:`fastweights.ops.registry.Run`) made to read ``cu_seqlens`` by
+def per_sequence(run: Run) -> Run:
+    """``run`` (a backend's, see :data:`fastweights.ops.call.Run`) made to read ``cu_seqlens`` by
     calling it once per packed sequence, each from its own initial state: for rules where padding
     would change the state (a nonlinear ``sigma`` moves even a state that receives a zero key)."""
 
-    def each(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        beta: Optional[Tensor],
-        scale: float,
-        initial_state: Optional[Tensor],
-        output_final_state: bool,
-        cu_seqlens: Optional[Tensor],
-        chunk_size: int,
-        **inputs: Tensor,
-    ):
-        if cu_seqlens is None:
-            return run(q, k, v, beta, scale, initial_state, output_final_state, None, chunk_size, **inputs)
-        cu = cu_seqlens.tolist()
-        outs, states = [], []
-        for i, (a, b) in enumerate(zip(cu, cu[1:])):
-            at = slice(a, b)
-            o, s_t = run(
-                q[:, at],
-                k[:, at],
-                v[:, at],
-                beta[:, at] if beta is not None else None,
-                scale,
-                initial_state[i : i + 1] if initial_state is not None else None,
-                output_final_state,
-                None,
-                chunk_size,
-                **{n: x[:, at] for n, x in inputs.items()},
-            )
-            outs.append(o)
-            states.append(s_t)
-        return torch.cat(outs, dim=1), (torch.cat(states) if output_final_state else None)
+    def each(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
+        if call.cu_seqlens is None:
+            return run(call)
+        cu = call.cu_seqlens.tolist()
+        outs, states = zip(*(run(call.sequences(a, b, slice(i, i + 1))) for i, (a, b) in enumerate(zip(cu, cu[1:]))))
+        return torch.cat(outs, dim=1), (torch.cat(states) if call.output_final_state else None)
 
     return each

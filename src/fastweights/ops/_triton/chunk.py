@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
+from ..call import OpCall
 from . import backward, fit, forward
 from .launch import KernelConfig, kernel_chunk, preferred
 
@@ -302,24 +303,26 @@ class TritonChunk(torch.autograd.Function):
         )
 
 
-def run(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    delta: bool,
-    g: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def run(call: OpCall, delta: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """The op contract's ``run`` for the sum (``delta=False``, ``beta`` ignored), delta or gated delta
-    rule (``g``: log decays ``[B, T, H]``, None: none)."""
+    rule (``call.inputs["g"]``: log decays ``[B, T, H]``; absent: none)."""
+    q, beta = call.q, call.beta
     B, T = q.shape[:2]
-    cu = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
+    cu = call.cu_seqlens.tolist() if call.cu_seqlens is not None else [b * T for b in range(B + 1)]
     if delta and beta is None:
         beta = q.new_ones(q.shape[:3])  # [B, T, H]
-    h0 = initial_state.float().contiguous() if initial_state is not None else None
-    return TritonChunk.apply(q, k, v, beta if delta else None, g, h0, scale, cu, chunk_size, delta, output_final_state)
+    h0 = call.initial_state.float().contiguous() if call.initial_state is not None else None
+    g = call.inputs.get("g")
+    return TritonChunk.apply(
+        q,
+        call.k,
+        call.v,
+        beta if delta else None,
+        g,
+        h0,
+        call.scale,
+        cu,
+        call.chunk_size,
+        delta,
+        call.output_final_state,
+    )

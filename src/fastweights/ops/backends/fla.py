@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..call import OpCall
 from ..registry import Backend
 
 HALF = (torch.bfloat16, torch.float16)
@@ -42,93 +43,40 @@ def _call(kernel: Callable, q: Tensor, k: Tensor, v: Tensor, initial_state: Opti
     return o[..., :d_v], (s_t[..., :d_k, :d_v] if s_t is not None else None)
 
 
-def run_delta(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def _kernel_args(call: OpCall) -> dict:
+    """The keyword arguments every FLA kernel takes from the contract: scale (always passed: FLA's
+    default is ``d_k^-1/2``), final state, packed sequences."""
+    return dict(scale=call.scale, output_final_state=call.output_final_state, cu_seqlens=call.cu_seqlens)
+
+
+def _rate(call: OpCall) -> Tensor:
+    """``beta`` ``[B, T, H]``, ones where the call has none."""
+    return call.beta if call.beta is not None else call.q.new_ones(call.q.shape[:3])
+
+
+def run_delta(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_delta_rule`` under the fastweights contract (``chunk_size`` is FLA's own, 64)."""
     from fla.ops.delta_rule import chunk_delta_rule
 
-    if beta is None:
-        beta = q.new_ones(q.shape[:3])  # [B, T, H]
-    return _call(
-        chunk_delta_rule,
-        q,
-        k,
-        v,
-        initial_state,
-        beta,
-        scale=scale,
-        output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens,
-    )
+    return _call(chunk_delta_rule, call.q, call.k, call.v, call.initial_state, _rate(call), **_kernel_args(call))
 
 
-def run_gated_delta(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    g: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """``chunk_gated_delta_rule`` under the fastweights contract (``g`` None: no decay)."""
+def run_gated_delta(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
+    """``chunk_gated_delta_rule`` under the fastweights contract (no ``g``: no decay)."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
-    if beta is None:
-        beta = q.new_ones(q.shape[:3])  # [B, T, H]
-    if g is None:
-        g = q.new_zeros(q.shape[:3])  # [B, T, H]: log 1
+    g = call.inputs.get("g")
+    g = g if g is not None else call.q.new_zeros(call.q.shape[:3])  # [B, T, H]: log 1
     return _call(
-        chunk_gated_delta_rule,
-        q,
-        k,
-        v,
-        initial_state,
-        g,
-        beta,
-        scale=scale,
-        output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens,
+        chunk_gated_delta_rule, call.q, call.k, call.v, call.initial_state, g, _rate(call), **_kernel_args(call)
     )
 
 
-def run_sum(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def run_sum(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """``chunk_linear_attn`` (normalisation off) under the fastweights contract; the rule applies the rate."""
     from fla.ops.linear_attn import chunk_linear_attn
 
-    return _call(
-        chunk_linear_attn,
-        q,
-        k,
-        v,
-        initial_state,
-        scale=scale,
-        output_final_state=output_final_state,
-        normalize=False,
-        cu_seqlens=cu_seqlens,
-    )
+    return _call(chunk_linear_attn, call.q, call.k, call.v, call.initial_state, normalize=False, **_kernel_args(call))
 
 
 BACKENDS = [

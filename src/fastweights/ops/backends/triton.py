@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ..call import OpCall
 from ..registry import Backend
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -40,10 +41,10 @@ def _check(q: torch.Tensor, d_v: int, delta: bool, gated: bool) -> Optional[str]
     return unfit(delta, gated, q.dtype, q.shape[-1], d_v, 10 * capability[0] + capability[1])
 
 
-def _run(*args, delta: bool, **inputs):
+def _run(call: OpCall, delta: bool):
     from .._triton.chunk import run
 
-    return run(*args, delta=delta, **inputs)
+    return run(call, delta=delta)
 
 
 def _declare(rule: str, delta: bool, gated: bool = False) -> Backend:

@@ -13,7 +13,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..registry import RuleSpec, Run
+from ..call import OpCall, Run
+from ..registry import RuleSpec
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
@@ -41,34 +42,22 @@ def exclusive_key_sums(k: Tensor, z0: Optional[Tensor], cu: Optional[Sequence[in
     return excl, excl[0, last] + kf[0, last]
 
 
-def apply(
-    run: Run,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    normalize: bool,
-    eps: float,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """The normalised variant (see the module docstring) around a backend's ``run``; otherwise ``run`` itself."""
-    if not normalize:
-        return run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
-    s0, z0 = (initial_state[..., :-1], initial_state[..., -1]) if initial_state is not None else (None, None)
-    cu = cu_seqlens.tolist() if cu_seqlens is not None else None
+    if not call.normalize:
+        return run(call)
+    q, k, eps, state = call.q, call.k, call.eps, call.initial_state
+    s0, z0 = (state[..., :-1], state[..., -1]) if state is not None else (None, None)
+    cu = call.cu_seqlens.tolist() if call.cu_seqlens is not None else None
     z_prev, z_last = exclusive_key_sums(k, z0, cu)  # [B, T, H, d_k], [N, H, d_k]
     c = (z_prev * k).sum(-1)  # [B, T, H]: c_t = z_{t-1} . k_t
     c = torch.where(c == 0, torch.ones_like(c), c)
-    rate = c if beta is None else beta * c
+    rate = c if call.beta is None else call.beta * c
     k_n = (k / (c[..., None] + eps)).to(k.dtype)  # [B, T, H, d_k]
-    o, s_t = run(q, k_n, v, rate.to(k.dtype), scale, s0, output_final_state, cu_seqlens, chunk_size)
-    den = scale * ((z_prev + k) * q).sum(-1, keepdim=True)  # [B, T, H, 1]: z_t . q_t
-    o = (o / (den + eps)).to(v.dtype)
-    if output_final_state:
+    o, s_t = run(call.replace(k=k_n, beta=rate.to(k.dtype), initial_state=s0))
+    den = call.scale * ((z_prev + k) * q).sum(-1, keepdim=True)  # [B, T, H, 1]: z_t . q_t
+    o = (o / (den + eps)).to(call.v.dtype)
+    if call.output_final_state:
         s_t = torch.cat([s_t, z_last[..., None].to(s_t.dtype)], dim=-1)  # [N, H, d_k, d_v + 1]
     return o, s_t
 

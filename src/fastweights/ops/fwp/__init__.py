@@ -22,7 +22,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..registry import RuleSpec, Run
+from ..call import OpCall, Run
+from ..registry import RuleSpec
 from ..torch_form import torch_form
 from ..varlen import per_sequence
 from . import forms
@@ -35,24 +36,11 @@ def norm_cap(S: Tensor) -> Tensor:
     return S / torch.clamp(norm / cap, min=1.0)
 
 
-def apply(
-    run: Run,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    normalize: bool,
-    eps: float,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """The rate scales the written value (``beta_t k_t v_t^T``), as in the sum rule."""
-    if beta is not None:
-        v = v * beta[..., None]  # [B, T, H, d_v]
-    return run(q, k, v, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
+    if call.beta is None:
+        return run(call)
+    return run(call.replace(v=call.v * call.beta[..., None], beta=None))  # v: [B, T, H, d_v]
 
 
 def _rule(name: str, sigma: forms.Sigma, summary: str) -> RuleSpec:

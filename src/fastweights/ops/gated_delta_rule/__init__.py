@@ -14,31 +14,17 @@ from typing import Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import LearnedInput, RuleSpec, Run
+from ..call import OpCall, Run
+from ..registry import LearnedInput, RuleSpec
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
 from .recurrent import recurrent_core
 
 
-def apply(
-    run: Run,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    normalize: bool,
-    eps: float,
-    g: Optional[Tensor] = None,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """The backend's ``run`` with the decay (no rule-level work: no normalised variant)."""
-    inputs = {"g": g} if g is not None else {}
-    return run(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, chunk_size, **inputs)
+    return run(call)
 
 
 RULE = RuleSpec(

@@ -13,7 +13,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..registry import RuleSpec, Run
+from ..call import OpCall, Run
+from ..registry import RuleSpec
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
@@ -21,28 +22,14 @@ from .parallel import parallel_core
 from .recurrent import recurrent_core
 
 
-def apply(
-    run: Run,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Optional[Tensor],
-    scale: float,
-    initial_state: Optional[Tensor],
-    output_final_state: bool,
-    cu_seqlens: Optional[Tensor],
-    chunk_size: int,
-    normalize: bool,
-    eps: float,
-) -> Tuple[Tensor, Optional[Tensor]]:
+def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     """The rate and the normalisation around a backend's ``run`` (every tensor ``[B, T, H, .]``)."""
-    if beta is not None:
-        v = v * beta[..., None]  # [B, T, H, d_v]: the written value is beta_t v_t
-    if normalize:
+    v = call.v if call.beta is None else call.v * call.beta[..., None]  # [B, T, H, d_v]: the written beta_t v_t
+    if call.normalize:
         v = torch.cat([v, v.new_ones(v.shape[:-1] + (1,))], dim=-1)  # [B, T, H, d_v + 1]
-    o, s_t = run(q, k, v, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
-    if normalize:
-        o = o[..., :-1] / (o[..., -1:] + eps)  # [B, T, H, d_v]: o_t / (z_t . q_t + eps)
+    o, s_t = run(call.replace(v=v, beta=None))
+    if call.normalize:
+        o = o[..., :-1] / (o[..., -1:] + call.eps)  # [B, T, H, d_v]: o_t / (z_t . q_t + eps)
     return o, s_t
 
 
