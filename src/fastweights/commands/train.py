@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import sys
 from contextlib import contextmanager
@@ -171,5 +172,6 @@ def main(args: argparse.Namespace) -> int:
             dist.barrier()  # every process done with its collectives before the group is torn down
     finally:
         if dist.is_initialized():
+            gc.collect()  # the DDP/FSDP wrappers' reference cycles hold the group: free them first
             dist.destroy_process_group()
     return 0
