@@ -11,9 +11,9 @@ import pytest
 
 from fastweights.cli import build_parser, main
 from fastweights.runlock import run_lock
-from fastweights.tasks.capacity import TrainConfig
+from fastweights.tasks.capacity import CapacityTraining
 from fastweights.tasks.capacity_report import format_loss
-from fastweights.tasks.capacity_sweep import Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
+from fastweights.tasks.capacity_sweep import Grid, SweepConfig, get_sweep_preset, load_results, parse_keys, run_sweep
 
 TINY = ["--methods", "linear", "dpfp-1+delta", "--keys", "3,4", "--max-steps", "5", "--d", "4", "--queries", "2"]
 
@@ -41,7 +41,7 @@ def test_cli_writes_table_csv_json_and_png(tmp_path, capsys):
 
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     config = SweepConfig(
-        (Grid(1, ("linear", "dpfp-1"), (3, 4)),), TrainConfig(max_steps=4, eval_batches=1), queries=1, d=4
+        (Grid(1, ("linear", "dpfp-1"), (3, 4)),), CapacityTraining(max_steps=4, eval_batches=1), queries=1, d=4
     )
     trained = []
 
@@ -82,13 +82,13 @@ def test_cli_rerun_skips_done_cells_and_adds_new_ones(tmp_path, capsys):
 
 
 def test_a_cell_trained_under_another_training_rule_is_trained_again(tmp_path):
-    """A cell's result is reused only under the same whole TrainConfig (window, patience, ...), not
+    """A cell's result is reused only under the same whole CapacityTraining (window, patience, ...), not
     just the same step cap: switching preset must not pick up cells trained under other settings."""
     grid = (Grid(1, ("linear",), (3,)),)
     trained = []
     for patience in (1, 2, 2):
         config = SweepConfig(
-            grid, TrainConfig(max_steps=4, window=2, patience=patience, eval_batches=1), queries=1, d=4
+            grid, CapacityTraining(max_steps=4, window=2, patience=patience, eval_batches=1), queries=1, d=4
         )
         run_sweep(config, tmp_path, on_start=lambda i, n, cell: trained.append(patience))  # noqa: B023 (used within this iteration)
     assert trained == [1, 2]  # the third run found its cell done
@@ -98,7 +98,7 @@ def test_a_cell_trained_under_another_training_rule_is_trained_again(tmp_path):
 
 def test_results_of_an_older_version_are_refused(tmp_path):
     """Rows without the training rule cannot be matched to a cell: a clear error, not a silent reuse."""
-    config = SweepConfig((Grid(1, ("linear",), (3,)),), TrainConfig(max_steps=2, eval_batches=1), queries=1, d=4)
+    config = SweepConfig((Grid(1, ("linear",), (3,)),), CapacityTraining(max_steps=2, eval_batches=1), queries=1, d=4)
     run_sweep(config, tmp_path)
     doc = json.loads((tmp_path / "results.json").read_text())
     for row in doc["cells"]:
@@ -115,10 +115,10 @@ def test_results_of_an_older_version_are_refused(tmp_path):
 def test_keys_and_presets():
     assert parse_keys("20:100:20") == (20, 40, 60, 80, 100)
     assert parse_keys("8,16") == (8, 16)
-    s1, s2 = get_preset("paper-setting1"), get_preset("paper-setting2")
+    s1, s2 = get_sweep_preset("paper-setting1"), get_sweep_preset("paper-setting2")
     assert s1.grids[0].keys == tuple(range(20, 601, 20)) and s1.d == 64 and s1.train.lr == 1e-3
     assert s2.grids[0].setting == 2 and "dpfp-2+delta" in s2.grids[0].methods
-    quick = get_preset("quick")
+    quick = get_sweep_preset("quick")
     assert {g.setting for g in quick.grids} == {1, 2}
     assert any("+delta" in m for g in quick.grids for m in g.methods)
 

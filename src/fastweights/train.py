@@ -221,7 +221,7 @@ def eval_windows(n_tokens: int, context: int, max_windows: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_loss(
     model: nn.Module,
     data: np.ndarray,
     context: int,
@@ -514,7 +514,7 @@ def train(
                     bar.set_postfix_str("validating...", refresh=True)
                     t_eval = time.perf_counter()
                     if streams is None:
-                        val_loss = evaluate(
+                        val_loss = validation_loss(
                             model,
                             corpus.val,
                             model_cfg.context,
@@ -524,7 +524,7 @@ def train(
                             amp,
                         )
                     else:
-                        val_loss = evaluate_carried(
+                        val_loss = carried_validation_loss(
                             model,
                             corpus.val,
                             model_cfg.context,
@@ -709,7 +709,7 @@ def _streams(model: nn.Module, corpus: Corpus, model_cfg: LMConfig, train_cfg: T
     )
 
 
-def evaluate_carried(
+def carried_validation_loss(
     model: nn.Module, data: np.ndarray, context: int, max_tokens: int, documents: Optional[np.ndarray] = None
 ) -> float:
     """Validation loss of a streamed run: the carried-state protocol over the first ``max_tokens + 1``

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from fastweights.tasks.capacity import (
+    CapacityTraining,
     CellResult,
     RetrievalModel,
-    TrainConfig,
     parse_method,
     retrieval_loss,
     train_cell,
 )
 from fastweights.tasks.capacity_report import format_loss, format_table, method_colors, plot_results
-from fastweights.tasks.capacity_sweep import Grid, get_preset, run_sweep
+from fastweights.tasks.capacity_sweep import Grid, get_sweep_preset, run_sweep
 from fastweights.tasks.retrieval import RetrievalBatch, RetrievalTask
 
 
@@ -130,20 +130,20 @@ def test_loss_of_an_output_of_zeros_is_one_half():
 
 @pytest.mark.parametrize("method,setting,d", [("dpfp-1", 1, 8), ("dpfp-1+delta", 2, 16)])
 def test_a_tiny_configuration_learns(method, setting, d):
-    r = train_cell(method, setting, 4, queries=4, d=d, config=TrainConfig(max_steps=300, window=25, patience=50))
+    r = train_cell(method, setting, 4, queries=4, d=d, config=CapacityTraining(max_steps=300, window=25, patience=50))
     assert r.final_loss < 0.05, r
     assert (r.method, r.setting, r.n_keys, r.d_dot) == (method, setting, 4, 2 * d)
     assert r.stopped in ("converged", "max_steps") and 1 <= r.steps <= 300
 
 
 def test_training_is_deterministic_by_seed():
-    cfg = TrainConfig(max_steps=20, eval_batches=2)
+    cfg = CapacityTraining(max_steps=20, eval_batches=2)
     a, b, c = (train_cell("linear", 1, 5, seed=s, d=8, config=cfg) for s in (0, 0, 1))
     assert a.final_loss == b.final_loss != c.final_loss
 
 
 def test_plateau_stops_training():
-    cfg = TrainConfig(max_steps=10_000, window=5, patience=2, min_improvement=0.5)
+    cfg = CapacityTraining(max_steps=10_000, window=5, patience=2, min_improvement=0.5)
     r = train_cell("linear", 2, 4, d=8, config=cfg)
     assert r.stopped == "plateau" and r.steps < 10_000
 
@@ -151,7 +151,7 @@ def test_plateau_stops_training():
 @pytest.mark.parametrize("field,value", [("max_steps", 0), ("batch_size", -1), ("window", 1.5), ("lr", 0.0)])
 def test_bad_train_config(field, value):
     with pytest.raises(ValueError, match=field):
-        TrainConfig(**{field: value})
+        CapacityTraining(**{field: value})
 
 
 def _row(setting: int, method: str, n_keys: int, loss: float, seed: int = 0) -> CellResult:
@@ -167,7 +167,7 @@ def _row(setting: int, method: str, n_keys: int, loss: float, seed: int = 0) -> 
         queries=1,
         d=8,
         seed=seed,
-        **dataclasses.asdict(TrainConfig()),
+        **dataclasses.asdict(CapacityTraining()),
         final_loss=loss,
         steps=10,
         seconds=0.1,
@@ -224,7 +224,7 @@ def test_the_quick_preset_findings_hold_on_a_reduced_grid(tmp_path):
     softmax do not; setting 2 (keys repeat): the sum rule fails at S = 8, the delta rule does not.
     Seeds 0-23 all pass: solved cells <= 0.0006, failed ones >= 0.235, DPFP-2 at S = 32 and
     Linear + delta at most 0.015 and 0.021 (one seed each; the others below 0.0003)."""
-    quick = get_preset("quick")
+    quick = get_sweep_preset("quick")
     config = dataclasses.replace(
         quick,
         grids=(

@@ -27,7 +27,7 @@ from ..atomic import remove_temporaries
 from ..runlock import run_lock
 from ..tasks.capacity import METHOD_HELP
 from ..tasks.capacity_report import format_table, plot_results
-from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_preset, load_results, parse_keys, run_sweep
+from ..tasks.capacity_sweep import PRESETS, Grid, SweepConfig, get_sweep_preset, load_results, parse_keys, run_sweep
 from ..tasks.retrieval import SETTINGS
 
 RESULT_FILES = ("results.csv", "results.json", "capacity.png")
@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
     """The preset of ``args`` with the command-line overrides applied (``ValueError`` if invalid)."""
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    config = get_preset(args.preset)
+    config = get_sweep_preset(args.preset)
     grids = config.grids
     if args.setting is not None:
         grids = tuple(g for g in grids if g.setting == args.setting)

@@ -220,7 +220,7 @@ def retrieval_loss(y: Tensor, targets: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class CapacityTraining:
     """The paper's training rule: Adam, batch 32, until converged, on a plateau or at a step cap.
 
     Every ``window`` steps the mean training loss of the window is compared with
@@ -251,7 +251,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class CellResult:
     """One trained (setting, method, S) cell: what the CSV and JSON rows hold, the whole
-    :class:`TrainConfig` it was trained under included (``max_steps`` to ``eval_batches``)."""
+    :class:`CapacityTraining` it was trained under included (``max_steps`` to ``eval_batches``)."""
 
     setting: int
     method: str
@@ -285,7 +285,7 @@ def train_cell(
     d: int = 64,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    config: TrainConfig = TrainConfig(),
+    config: CapacityTraining = CapacityTraining(),
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> CellResult:
     """Train a fresh :class:`RetrievalModel` on one cell and measure its final loss.
@@ -326,7 +326,7 @@ def train_cell(
             if stale >= config.patience:
                 stopped = "plateau"
                 break
-    final = evaluate(model, RetrievalTask(setting, n_keys, queries, seed=seed + 1), config, device)
+    final = mean_retrieval_loss(model, RetrievalTask(setting, n_keys, queries, seed=seed + 1), config, device)
     return CellResult(
         setting=setting,
         method=method.name,
@@ -346,8 +346,8 @@ def train_cell(
 
 
 @torch.no_grad()
-def evaluate(
-    model: RetrievalModel, task: RetrievalTask, config: TrainConfig, device: str | torch.device = "cpu"
+def mean_retrieval_loss(
+    model: RetrievalModel, task: RetrievalTask, config: CapacityTraining, device: str | torch.device = "cpu"
 ) -> float:
     """Mean retrieval loss of ``model`` over ``config.eval_batches`` batches of ``task``."""
     model.eval()

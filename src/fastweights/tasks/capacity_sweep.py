@@ -3,7 +3,7 @@
 Each finished cell is appended to ``results.json`` and ``results.csv`` in the output folder at
 once, so an interrupted sweep restarted with the same folder skips the cells already there (a
 cell is the same when its setting, method, S, queries, width d, seed and whole training rule,
-:class:`~fastweights.tasks.capacity.TrainConfig`, agree: a preset with another window or patience
+:class:`~fastweights.tasks.capacity.CapacityTraining`, agree: a preset with another window or patience
 trains its own cells). A sweep over several seeds trains and stores every cell once per seed, so
 a rerun with more seeds trains only the new ones.
 """
@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 
 from ..arguments import check_output_path
-from .capacity import CellResult, TrainConfig, parse_method, train_cell
+from .capacity import CapacityTraining, CellResult, parse_method, train_cell
 from .retrieval import check_setting, queryable
 
 Queries = Union[int, str]
@@ -32,7 +32,7 @@ CSV_NAME, JSON_NAME = "results.csv", "results.json"
 FIELDS = [f.name for f in dataclasses.fields(CellResult)]
 #: What identifies a cell's result: the cell and the training rule that produced it.
 KEY_FIELDS = ("setting", "method", "n_keys", "queries", "d", "seed") + tuple(
-    f.name for f in dataclasses.fields(TrainConfig)
+    f.name for f in dataclasses.fields(CapacityTraining)
 )
 #: The largest S: a sequence holds up to 2S pairs, each with a one-hot value of width S (the paper goes to 600).
 MAX_KEYS = 2048
@@ -66,7 +66,7 @@ class SweepConfig:
     """
 
     grids: Tuple[Grid, ...]
-    train: TrainConfig = TrainConfig()
+    train: CapacityTraining = CapacityTraining()
     queries: Queries = 1
     d: int = 64
     seed: int = 0
@@ -120,7 +120,7 @@ def quick() -> SweepConfig:
             Grid(1, ("linear", "dpfp-1", "dpfp-2", "softmax"), (8, 16, 24, 32, 48)),
             Grid(2, ("linear", "dpfp-2", "linear+delta", "dpfp-2+delta"), (8, 16)),
         ),
-        train=TrainConfig(max_steps=1500, window=50, patience=12),
+        train=CapacityTraining(max_steps=1500, window=50, patience=12),
         queries="all",
         d=16,
     )
@@ -136,7 +136,7 @@ def paper_setting1() -> SweepConfig:
                 tuple(range(20, 601, 20)),
             ),
         ),
-        train=TrainConfig(max_steps=50000, window=100, patience=20),
+        train=CapacityTraining(max_steps=50000, window=100, patience=20),
     )
 
 
@@ -150,7 +150,7 @@ def paper_setting2() -> SweepConfig:
                 tuple(range(20, 201, 20)),
             ),
         ),
-        train=TrainConfig(max_steps=50000, window=100, patience=20),
+        train=CapacityTraining(max_steps=50000, window=100, patience=20),
     )
 
 
@@ -162,7 +162,7 @@ def family() -> SweepConfig:
     methods = ("linear", "linear+delta", "linear+gated_delta", "linear+fwp-tanh", "linear+fwp-normcap", "rdn")
     return SweepConfig(
         grids=(Grid(2, methods, (8, 16)), Grid(3, methods, (32, 64))),
-        train=TrainConfig(max_steps=1500, window=50, patience=12),
+        train=CapacityTraining(max_steps=1500, window=50, patience=12),
         queries="all",
         d=16,
     )
@@ -176,7 +176,7 @@ PRESETS: Dict[str, Callable[[], SweepConfig]] = {
 }
 
 
-def get_preset(name: str) -> SweepConfig:
+def get_sweep_preset(name: str) -> SweepConfig:
     """The preset called ``name`` (see :data:`PRESETS`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
