@@ -103,6 +103,22 @@ def damaged(request: pytest.FixtureRequest, pristine: Dict[str, Path], tmp_path:
     return directory, error, "weights file " + re.escape(str(directory / WEIGHTS)) + " " + pattern
 
 
+def eval_argv(directory: Path, text: Path) -> List[str]:
+    """``fastweights eval`` of the run in ``directory`` on ``text``, one protocol, quickly."""
+    return [
+        "eval",
+        "--checkpoint",
+        str(directory),
+        "--data",
+        str(text),
+        "--protocol",
+        "sliding-window",
+        "--stride",
+        "16",
+        "--no-progress",
+    ]
+
+
 def run(argv: List[str], capsys: pytest.CaptureFixture) -> Tuple[int, str, List[str]]:
     """``fastweights`` ``argv``: exit status, stdout, stderr lines."""
     code = cli.main(argv)
@@ -139,21 +155,7 @@ def test_generate_and_eval_refuse_damaged_weights_in_one_line(damaged, pristine,
     assert_one_line(
         "eval",
         pattern,
-        run(
-            [
-                "eval",
-                "--checkpoint",
-                str(directory),
-                "--data",
-                str(pristine["text"]),
-                "--protocol",
-                "sliding-window",
-                "--stride",
-                "16",
-                "--no-progress",
-            ],
-            capsys,
-        ),
+        run(eval_argv(directory, pristine["text"]), capsys),
     )
 
 
@@ -277,21 +279,7 @@ def test_eval_never_reports_a_non_finite_score(pristine, tmp_path: Path, capsys)
     with torch.no_grad():
         model.head.weight.mul_(1e37)  # finite weights whose logits overflow to inf: a NaN loss
     save_weights(model, directory / WEIGHTS)
-    result = run(
-        [
-            "eval",
-            "--checkpoint",
-            str(directory),
-            "--data",
-            str(pristine["text"]),
-            "--protocol",
-            "sliding-window",
-            "--stride",
-            "16",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    result = run(eval_argv(directory, pristine["text"]), capsys)
     assert_one_line(
         "eval",
         rf"the sliding-window loss of {re.escape(str(directory))} on the val split of "

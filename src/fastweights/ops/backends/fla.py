@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..call import OpCall
+from ..call import OpCall, Run
 from ..registry import Backend
 
 HALF = (torch.bfloat16, torch.float16)
@@ -79,43 +79,25 @@ def run_sum(call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
     return _call(chunk_linear_attn, call.q, call.k, call.v, call.initial_state, normalize=False, **_kernel_args(call))
 
 
+def _declare(rule: str, run: Run, **limits: int) -> Backend:
+    """FLA's kernel of ``rule``: CUDA, half precision (float32 accumulation), ``cu_seqlens`` native."""
+    return Backend(
+        "fla",
+        rule,
+        run,
+        devices=("cuda",),
+        dtypes=HALF,
+        upcast=False,
+        native_varlen=True,
+        priority=20,
+        requires="fla",
+        tolerance=2e-2,
+        **limits,
+    )
+
+
 BACKENDS = [
-    Backend(
-        "fla",
-        "delta",
-        run_delta,
-        devices=("cuda",),
-        dtypes=HALF,
-        upcast=False,
-        native_varlen=True,
-        max_d_k=256,
-        priority=20,
-        requires="fla",
-        tolerance=2e-2,
-    ),
-    Backend(
-        "fla",
-        "gated_delta",
-        run_gated_delta,
-        devices=("cuda",),
-        dtypes=HALF,
-        upcast=False,
-        native_varlen=True,
-        max_d_k=256,
-        priority=20,
-        requires="fla",
-        tolerance=2e-2,
-    ),
-    Backend(
-        "fla",
-        "sum",
-        run_sum,
-        devices=("cuda",),
-        dtypes=HALF,
-        upcast=False,
-        native_varlen=True,
-        priority=20,
-        requires="fla",
-        tolerance=2e-2,
-    ),
+    _declare("delta", run_delta, max_d_k=256),
+    _declare("gated_delta", run_gated_delta, max_d_k=256),
+    _declare("sum", run_sum),
 ]
