@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-from fastweights.ops._chunked import from_chunks, to_chunks, unit_lower_inverse
+from fastweights.ops.common.chunked import from_chunks, to_chunks, unit_lower_inverse
 from fastweights.ops.delta_rule.chunk import chunk_core as delta_chunk_core
 from fastweights.ops.gated_delta_rule.chunk import chunk_core as gated_chunk_core
 from fastweights.ops.sum_rule.chunk import chunk_core as sum_chunk_core

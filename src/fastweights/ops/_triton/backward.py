@@ -20,7 +20,7 @@ gated rule's decays (``GATED``; otherwise every factor is 1: ``Gamma = exp(gamma
   of dK through the factors ``exp(-gamma_j)``, i.e. the columns of D and ``K_out``) plus
   ``<G_{n+1}, S_{n+1}>`` at the chunk's end, and ``dg`` its reverse cumulative sum in the chunk.
 
-The derivation is in :mod:`fastweights.ops.delta_rule.chunk` and
+The derivation is in :mod:`fastweights.ops.common.delta_chunk` and
 :mod:`fastweights.ops.gated_delta_rule.chunk`. The scan holds ``G`` as up to four ``[BK, BV]`` key
 blocks like the forward scan (:mod:`.blocks`).
 """

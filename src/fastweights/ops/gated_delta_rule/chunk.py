@@ -1,6 +1,6 @@
 """Gated delta rule, chunkwise parallel (the UT transform with cumulative decays), with a hand-derived backward.
 
-It is the delta rule's chunk form (``delta_rule/chunk.py``, :class:`ChunkDeltaRule`) with decays
+It is the delta rule's chunk form (:mod:`fastweights.ops.common.delta_chunk`, :class:`ChunkDeltaRule`) with decays
 inside each chunk; that one autograd Function computes both, given the log decays ``g`` or not.
 
 Within a chunk of C tokens starting from state S_n, with ``gamma_i = sum_{s <= i} g_s`` (the log of
@@ -44,7 +44,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from ..delta_rule.chunk import ChunkDeltaRule
+from ..common.delta_chunk import ChunkDeltaRule
 
 
 def chunk_core(

@@ -28,14 +28,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._chunked import causal_scores, flat, from_chunks, segments, to_chunks, without_autocast
+from ..common.chunked import causal_scores, flat, from_chunks, segments, to_chunks, without_autocast
 
 
 class ChunkSumRule(torch.autograd.Function):
     """``(q, k, v, S0, chunk_size) -> (o, S_T)`` on ``[B, H, T, D]`` tensors; see the module docstring.
 
     The products are batched over one cache-sized segment of chunks at a time
-    (:func:`~fastweights.ops._chunked.segments`).
+    (:func:`~fastweights.ops.common.chunked.segments`).
     """
 
     @staticmethod

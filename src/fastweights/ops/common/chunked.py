@@ -1,5 +1,5 @@
-"""Building blocks of the hand-differentiated chunk forms (``sum_rule/chunk.py``, ``delta_rule/chunk.py``,
-which the gated delta rule shares).
+"""Building blocks of the hand-differentiated chunk forms (``sum_rule/chunk.py`` and
+``common/delta_chunk.py``, which the delta and gated delta rules share).
 
 Layout: the chunk forms work on *chunk-major* tensors ``[N, B*H, C, D]`` (N chunks of C tokens).
 Chunk ``n`` of every head is then one contiguous ``[B*H, C, D]`` block, so the scan over chunks
