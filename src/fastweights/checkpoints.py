@@ -14,7 +14,7 @@ A checkpoint is built in a temporary directory, fsynced and renamed into place, 
 any moment leaves complete checkpoints only (plus a temporary directory that the next start removes).
 A resume still verifies one before trusting it (:func:`load_checkpoint`): a disk can truncate or
 flip bytes after the fact. The model directory that ``eval`` and ``generate`` read (``<out>/config.json``,
-``<out>/model.safetensors``) is :mod:`fastweights.models.checkpoint`; ``<out>/model.safetensors`` is a
+``<out>/model.safetensors``) is :mod:`fastweights.models.directory`; ``<out>/model.safetensors`` is a
 copy of the newest checkpoint's weights, whose SHA-256 ``<out>/config.json`` records (a checkpoint's
 own are in its manifest).
 """
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_write, atomic_write_text, file_sha256, fsync_dir, make_temp_dir
-from .models.checkpoint import WEIGHTS_FILE, load_weights, save_weights, write_weights
+from .models.directory import WEIGHTS_FILE, load_weights, save_weights, write_weights
 from .state import load_state, nonfinite, save_state
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -131,7 +131,7 @@ def save_checkpoint(
 
 def publish_weights(out_dir: PathLike, ckpt: PathLike) -> None:
     """Atomically copy a checkpoint's weights to the model directory's ``<out>/model.safetensors``
-    (recording its SHA-256 in ``<out>/config.json``: :func:`~fastweights.models.checkpoint.write_weights`)."""
+    (recording its SHA-256 in ``<out>/config.json``: :func:`~fastweights.models.directory.write_weights`)."""
     write_weights(Path(out_dir) / WEIGHTS_FILE, lambda p: shutil.copyfile(Path(ckpt) / WEIGHTS_FILE, p))
 
 
@@ -141,7 +141,7 @@ def load_checkpoint(ckpt: PathLike, model: nn.Module, device: Union[str, torch.d
 
     Verified: the files' SHA-256 against the manifest (checkpoints written before manifests existed
     have none and skip this), the weights load into ``model`` with every tensor matching and are
-    finite (:func:`~fastweights.models.checkpoint.load_weights`), the trainer state loads with
+    finite (:func:`~fastweights.models.directory.load_weights`), the trainer state loads with
     ``weights_only=True``, is finite and is for the directory's step.
 
     Raises:

@@ -4,7 +4,7 @@ periodic evaluation, metrics, atomic checkpoints and bit-for-bit resume, on one 
 Nothing runs at import. :func:`train` trains a :class:`~fastweights.models.LanguageModel` on a
 :class:`~fastweights.tasks.text.Corpus` and writes to ``out_dir``:
 
-    config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.checkpoint)
+    config.json, tokenizer.json, model.safetensors   the model directory (see fastweights.models.directory)
     loss.png                                         the training and validation loss curves, at the end
     metrics.csv                                      step, lr, train_loss, val_loss, tokens_per_s, elapsed_s,
                                                      val_protocol (windows; carried-state with carry_state,
@@ -87,7 +87,7 @@ from .data_parallel import DataParallel
 from .errors import Interrupted, describe_os_error
 from .evaluate import carried_state_loss, is_fast_weight_model
 from .models import LanguageModel, LMConfig, TrainConfig, read_config, write_config
-from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from .models.directory import CONFIG_FILE, WEIGHTS_FILE
 from .runlock import run_lock
 from .state import map_tensors
 from .streams import TokenStreams

@@ -20,7 +20,7 @@ from fastweights import cli
 from fastweights.atomic import file_sha256
 from fastweights.checkpoints import save_checkpoint
 from fastweights.models import load_model, read_config, save_weights
-from fastweights.models.checkpoint import VERIFY_ENV, WEIGHTS_FILE, write_weights
+from fastweights.models.directory import VERIFY_ENV, WEIGHTS_FILE, write_weights
 from fastweights.state import save_state
 from fastweights.tasks.text import load_tokenizer
 

@@ -23,7 +23,7 @@ from fastweights.hf import FastWeightCache, FastWeightsConfig, FastWeightsForCau
 from fastweights.hf.configuration import check_local_folder  # noqa: E402
 from fastweights.hf.modeling import CACHE_ARG  # noqa: E402
 from fastweights.models import load_model  # noqa: E402
-from fastweights.models.checkpoint import record_weights  # noqa: E402
+from fastweights.models.directory import record_weights  # noqa: E402
 from fastweights.tasks.text import WordTokenizer  # noqa: E402
 
 from ..test_generate import PROMPTS, left_padded  # noqa: E402

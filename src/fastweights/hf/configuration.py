@@ -26,7 +26,7 @@ from typing import Any, Optional
 from transformers import PretrainedConfig
 
 from ..models import LMConfig
-from ..models.checkpoint import CONFIG_FILE, FORMAT, WEIGHTS_RECORD
+from ..models.directory import CONFIG_FILE, FORMAT, WEIGHTS_RECORD
 
 MODEL_TYPE = "fastweights"
 _LM_FIELDS = frozenset(f.name for f in dataclasses.fields(LMConfig))

@@ -14,7 +14,7 @@ token is one :meth:`LanguageModel.step`, as in :func:`fastweights.generate.gener
 ``from_pretrained`` on a local folder checks its ``model.safetensors`` as
 :func:`fastweights.models.load_model` does (complete, the SHA-256 ``config.json`` records, no NaN or
 inf: one ``ValueError`` or ``FileNotFoundError`` naming the file), and ``save_pretrained`` records
-that SHA-256 (:mod:`fastweights.models.checkpoint`).
+that SHA-256 (:mod:`fastweights.models.directory`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..generate import prefill, unpad
 from ..models import LanguageModel, read_config
-from ..models.checkpoint import (
+from ..models.directory import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     WEIGHTS_RECORD,

@@ -1,8 +1,8 @@
 """Language models: config and presets, the decoder LM, and the model directory on disk."""
 
 from ..variants import AttentionSpec, list_attentions, parse_attention
-from .checkpoint import load_model, read_config, save_weights, write_config
 from .config import LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_presets
+from .directory import load_model, read_config, save_weights, write_config
 from .lm import LanguageModel, LMState
 
 __all__ = [

@@ -73,7 +73,7 @@ def test_weights_of_other_shapes_and_a_malformed_digest_are_clear_errors(tmp_pat
 def test_weights_replaced_while_they_are_read_are_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A training run publishing new weights between a reader's config.json and its weights file:
     the reader sees a digest mismatch, finds a new digest recorded and loads the new weights."""
-    from fastweights.models import checkpoint
+    from fastweights.models import directory
 
     cfg = LMConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_ff=8)
     write_config(tmp_path, cfg)
@@ -83,13 +83,13 @@ def test_weights_replaced_while_they_are_read_are_read_again(tmp_path: Path, mon
     newer = LanguageModel(cfg)
     save_weights(newer, tmp_path / "model.safetensors")
     reads = []
-    real = checkpoint.read_config
+    real = directory.read_config
 
-    def first_stale(directory):
-        reads.append(directory)
-        return stale if len(reads) == 1 else real(directory)
+    def first_stale(path):
+        reads.append(path)
+        return stale if len(reads) == 1 else real(path)
 
-    monkeypatch.setattr(checkpoint, "read_config", first_stale)
+    monkeypatch.setattr(directory, "read_config", first_stale)
     loaded, _ = load_model(tmp_path)
     assert len(reads) == 3  # the stale read, the check that the record changed, the fresh read
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), newer.state_dict().values()))
