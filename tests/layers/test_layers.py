@@ -20,6 +20,7 @@ VARIANTS = {
     "delta-l2-fixed-beta": dict(rule="delta", feature_map="identity", qk_norm="l2", beta=0.7),
     "dpfp-2+delta": dict(rule="delta", feature_map="dpfp", feature_map_kwargs={"nu": 2}),
     "favor+sum": dict(rule="sum", feature_map="favor", feature_map_kwargs={"m": 8}),
+    **{rule: dict(rule=rule) for rule in list_rules() if rule not in ("sum", "delta")},  # every other rule
 }
 
 
