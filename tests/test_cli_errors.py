@@ -58,7 +58,7 @@ CASES = [
         r"--setting 2: preset 'paper-setting1' has no such setting",
     ),
     case("capacity", "capacity --device nonsense", r"--device: .*nonsense"),
-    case("capacity", "capacity --threads 0", r"argument --threads: expected a positive integer, got 0", parser=True),
+    case("capacity", "capacity --threads 0", r"argument --threads: must be >= 1, got 0", parser=True),
     case(
         "train",
         "train --preset shakespeare-char --out {folder} --max-steps 5",

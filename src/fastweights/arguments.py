@@ -1,12 +1,13 @@
 """Checks of command-line arguments that several commands share, made before any work: output
-paths (so that a long run does not fail at its first write) and devices."""
+paths (so that a long run does not fail at its first write), devices and bounded integers."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import torch
 
@@ -44,3 +45,18 @@ def check_device(name: str, option: str = "--device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{option} {name}: CUDA is not available on this machine")
     return device
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int ``>= minimum`` (argparse then reports ``argument --x: must be >= 1, got 0``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse

@@ -23,6 +23,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .arguments import at_least
+
 ENV = "OMP_NUM_THREADS"
 
 
@@ -78,21 +80,11 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), usable_cpus() - busy_cpus()))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--threads N`` to a command's parser (``args.threads``: None until :func:`set_threads`)."""
     parser.add_argument(
         "--threads",
-        type=_positive,
+        type=at_least(1),
         metavar="N",
         help=f"CPU threads for torch (default: ${ENV} if set, else the CPUs that other work leaves idle, "
         f"at most torch's default of {torch.get_num_threads()}; fewer threads are much faster than "
@@ -108,5 +100,5 @@ def set_threads(requested: Optional[int]) -> int:
 
 
 def describe_threads() -> str:
-    """``1 of 2 CPUs`` (torch's current threads of this process's CPUs), for the commands' status lines."""
+    """``1 thread(s) on 2 CPU(s)``: torch's threads and this process's CPUs, for the commands' status lines."""
     return f"{torch.get_num_threads()} thread(s) on {usable_cpus()} CPU(s)"

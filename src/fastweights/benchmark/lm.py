@@ -44,7 +44,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ..arguments import check_device, check_output_path
+from ..arguments import at_least, check_device, check_output_path
 from ..models import LanguageModel
 from ..models.config import LMConfig, TrainConfig
 from ..ops import list_backends
@@ -246,22 +246,10 @@ def format_ratios(result: Dict) -> str:
     )
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an int ``>= minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     """Command-line options of ``fastweights bench lm`` (``None`` defaults depend on ``--device``)."""
     d, gpu, cpu = LMBenchConfig(), DEVICE_DEFAULTS["cuda"], DEVICE_DEFAULTS["cpu"]
-    positive = _at_least(1)
+    positive = at_least(1)
 
     def per_device(key: str) -> str:
         show = (lambda v: " ".join(map(str, v))) if isinstance(gpu[key], list) else str
@@ -290,7 +278,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--warmup",
-        type=_at_least(0),
+        type=at_least(0),
         default=d.warmup,
         help="untimed steps first, once per cell: compilation, autotuning (default: %(default)s)",
     )

@@ -68,7 +68,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..arguments import check_device, check_output_path
+from ..arguments import at_least, check_device, check_output_path
 from ..ops import Backend, get_op, get_rule, list_backends, list_rules
 from . import peers as peer_impls
 
@@ -632,15 +632,8 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    """An argparse type: an int >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def configure(p: argparse.ArgumentParser) -> None:
+    positive = at_least(1)
     """Command-line options of ``fastweights bench ops`` and ``benchmarks/ops.py``."""
     d = BenchConfig()
     cpu, cuda = dict(asdict(d), **DEVICE_DEFAULTS["cpu"]), DEVICE_DEFAULTS["cuda"]
@@ -665,31 +658,31 @@ def configure(p: argparse.ArgumentParser) -> None:
         "on the device, one-token forms excepted); one that cannot run a cell is a skipped row",
     )
     p.add_argument(
-        "--lengths", nargs="+", type=_positive, metavar="L", help=f"sequence lengths L {per_device('lengths')}"
+        "--lengths", nargs="+", type=positive, metavar="L", help=f"sequence lengths L {per_device('lengths')}"
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
-        "--batch", type=_positive, metavar="B", help=f"batch size B at every length (default on cpu: {d.batch})"
+        "--batch", type=positive, metavar="B", help=f"batch size B at every length (default on cpu: {d.batch})"
     )
     size.add_argument(
         "--tokens",
-        type=_positive,
+        type=positive,
         metavar="N",
         help=f"fix B*T: B = max(1, N // L) at each length (default on cuda: {cuda['tokens']})",
     )
-    p.add_argument("--heads", type=_positive, help=f"heads H {per_device('heads')}")
-    p.add_argument("--dim", type=_positive, default=d.dim, help=f"d_v, and d_k unless --dk (default: {d.dim})")
+    p.add_argument("--heads", type=positive, help=f"heads H {per_device('heads')}")
+    p.add_argument("--dim", type=positive, default=d.dim, help=f"d_v, and d_k unless --dk (default: {d.dim})")
     p.add_argument(
         "--dk",
         dest="d_ks",
         nargs="+",
-        type=_positive,
+        type=positive,
         metavar="D_K",
         help="key widths d_k, each a series of rows (default: --dim on cpu; --dim and 4 x --dim, "
         "DPFP-2's width, on cuda)",
     )
     p.add_argument(
-        "--chunk-size", type=_positive, default=d.chunk_size, help=f"chunk length C (default: {d.chunk_size})"
+        "--chunk-size", type=positive, default=d.chunk_size, help=f"chunk length C (default: {d.chunk_size})"
     )
     p.add_argument(
         "--dtypes",
@@ -701,7 +694,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=d.repeat,
         help=f"timed repetitions per cell; the median is kept (default: {d.repeat})",
     )
@@ -712,7 +705,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-parallel",
-        type=_positive,
+        type=positive,
         default=d.max_parallel,
         help=f"longest L for the quadratic form (default: {d.max_parallel})",
     )
