@@ -22,9 +22,9 @@ from typing import List, Optional, Tuple
 
 from fastweights.cli import build_parser
 from fastweights.cli import main as cli_main
-from fastweights.commands.capacity import build_config
-from fastweights.tasks.capacity_report import format_table, plot_results
-from fastweights.tasks.capacity_sweep import run_sweep
+from fastweights.cli.commands.capacity import build_config
+from fastweights.experiments.capacity_report import format_table, plot_results
+from fastweights.experiments.capacity_sweep import run_sweep
 
 
 def parse_args(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, List[str]]:

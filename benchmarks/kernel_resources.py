@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from fastweights.benchmark.kernels import DTYPES, Job, compile_job
+from fastweights.bench.kernels import DTYPES, Job, compile_job
 from fastweights.ops import get_op
 from fastweights.ops._triton import default_cache_dir
 from fastweights.ops._triton.chunk import KERNELS, capability

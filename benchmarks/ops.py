@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastweights.benchmark import ops
+from fastweights.bench import ops
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=ops.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

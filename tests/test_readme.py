@@ -47,9 +47,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from fastweights.benchmark import ops as bench_ops
+from fastweights.bench import ops as bench_ops
 from fastweights.cli import build_parser, main
-from fastweights.corpora import bundled_path
+from fastweights.data.corpora import bundled_path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -323,7 +323,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory for the module: the token-id cache (``$FASTWEIGHTS_CACHE``) and the compiled
     kernels (``{cache}`` of :data:`SCALED`). No option scales down what ``bench ops`` measures first
     (the 4096^3 matmul peak, ~25 s on two cores) or its fresh process per cell for the peak memory:
-    both are replaced by constants, as tests/benchmark/test_bench_ops.py does."""
+    both are replaced by constants, as tests/bench/test_bench_ops.py does."""
     path = tmp_path_factory.mktemp("docs-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASTWEIGHTS_CACHE", str(path / "corpora"))

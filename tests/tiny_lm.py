@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import torch
 
+from fastweights.data.text import CharTokenizer, Tokenizer, save_tokenizer
 from fastweights.models import LanguageModel, LMConfig, list_attentions, save_weights, write_config
-from fastweights.tasks.text import CharTokenizer, Tokenizer, save_tokenizer
 
 #: every attention variant of list_attentions(), with its parameter filled in
 VARIANTS: List[str] = [a.replace("<nu>", "2").replace("<m>", "8") for a in list_attentions()]

@@ -3,11 +3,14 @@
 Schlag, Irie & Schmidhuber (ICML 2021), "Linear Transformers Are Secretly Fast Weight Programmers".
 """
 
+from . import compat
 from .feature_maps import FeatureMap, get_feature_map, list_feature_maps, register_feature_map
-from .generate import generate
 from .layers import FastWeightAttention, SoftmaxAttention
 from .models import LanguageModel, load_model
+from .models.generate import generate
 from .ops import get_op, list_ops
+
+compat.install()
 
 __version__ = "0.1.0"
 

@@ -17,16 +17,16 @@ transformers = pytest.importorskip("transformers")
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
-from fastweights.atomic import file_sha256  # noqa: E402
-from fastweights.generate import generate  # noqa: E402
+from fastweights.data.text import WordTokenizer  # noqa: E402
+from fastweights.files.atomic import file_sha256  # noqa: E402
 from fastweights.hf import FastWeightCache, FastWeightsConfig, FastWeightsForCausalLM  # noqa: E402
 from fastweights.hf.configuration import check_local_folder  # noqa: E402
 from fastweights.hf.modeling import CACHE_ARG  # noqa: E402
 from fastweights.models import load_model  # noqa: E402
 from fastweights.models.directory import record_weights  # noqa: E402
-from fastweights.tasks.text import WordTokenizer  # noqa: E402
+from fastweights.models.generate import generate  # noqa: E402
 
-from ..test_generate import PROMPTS, left_padded  # noqa: E402
+from ..models.test_generate import PROMPTS, left_padded  # noqa: E402
 from ..tiny_lm import TEXT, tiny_model, write_model_dir  # noqa: E402
 
 GREEDY_VARIANTS = ["softmax", "linear", "delta", "rdn", "linear+gated_delta"]

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from fastweights.layers.spec import FeatureMapSpec
 from fastweights.models import (
     AttentionSpec,
     LMConfig,
@@ -20,7 +21,6 @@ from fastweights.models import (
     parse_attention,
 )
 from fastweights.ops import list_rules
-from fastweights.variants import FeatureMapSpec
 
 
 @pytest.mark.parametrize(

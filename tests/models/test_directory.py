@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastweights.atomic import file_sha256
+from fastweights.files.atomic import file_sha256
 from fastweights.models import LanguageModel, LMConfig, load_model, read_config, save_weights, write_config
 
 

@@ -61,7 +61,7 @@ def test_every_variant_trains_under_cuda_like_autocast(attention: str) -> None:
 @pytest.mark.parametrize("attention", ["delta", "linear", "dpfp-2+delta", "favor-8"])
 def test_layer_hands_the_op_one_dtype(attention: str) -> None:
     """Under the emulation, the op sees q, k, v and beta in autocast's dtype, and the state stays float32."""
-    from fastweights.variants import parse_attention
+    from fastweights.layers.spec import parse_attention
 
     spec = parse_attention(attention)
     layer = FastWeightAttention(

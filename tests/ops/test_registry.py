@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fastweights.layers import FastWeightAttention
+from fastweights.layers.spec import list_attentions, parse_attention
 from fastweights.ops import (
     Backend,
     Op,
@@ -26,7 +27,6 @@ from fastweights.ops import (
     registry,
 )
 from fastweights.ops.backends import fla
-from fastweights.variants import list_attentions, parse_attention
 
 from .helpers import assert_close, make_inputs
 

@@ -15,7 +15,7 @@ from typing import List, Optional
 import torch
 from transformers.cache_utils import Cache
 
-from ..generate import batch_size, select_rows
+from ..models.generate import batch_size, select_rows
 from ..models.lm import LanguageModel, LMState
 
 

@@ -6,10 +6,10 @@ so ``model.safetensors`` is the same file for both: a directory written by ``fas
 loads here, and one written by ``save_pretrained`` loads with :func:`fastweights.models.load_model`.
 
 Left-padded prompts (``attention_mask`` 0 before each row's first token) are read as
-:func:`fastweights.generate.prefill` reads them: each row from its own tokens, at its own positions,
+:func:`fastweights.models.generate.prefill` reads them: each row from its own tokens, at its own positions,
 so a row decodes exactly as it would alone; later columns must all be tokens. The state travels
 between ``generate`` steps in a :class:`~fastweights.hf.cache.FastWeightCache`, and each generated
-token is one :meth:`LanguageModel.step`, as in :func:`fastweights.generate.generate`.
+token is one :meth:`LanguageModel.step`, as in :func:`fastweights.models.generate.generate`.
 
 ``from_pretrained`` on a local folder checks its ``model.safetensors`` as
 :func:`fastweights.models.load_model` does (complete, the SHA-256 ``config.json`` records, no NaN or
@@ -30,7 +30,6 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
-from ..generate import prefill, unpad
 from ..models import LanguageModel, read_config
 from ..models.directory import (
     CONFIG_FILE,
@@ -40,6 +39,7 @@ from ..models.directory import (
     check_weights_file,
     record_weights,
 )
+from ..models.generate import prefill, unpad
 from .cache import FastWeightCache
 from .configuration import FastWeightsConfig, check_local_folder
 

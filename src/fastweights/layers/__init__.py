@@ -1,4 +1,5 @@
-"""Attention layers: the fast weight programmer, its recurrent form and the softmax baseline, one interface.
+"""Attention layers: the fast weight programmer, its recurrent form and the softmax baseline, one
+interface; and the attention spec (:mod:`~fastweights.layers.spec`) that names which to build.
 
 Every attention layer offers the same methods, so that generation, evaluation and carried-state
 training never ask which kind of layer they hold (``x``: ``[B, T, d_model]``; a state is a dict of
@@ -17,5 +18,15 @@ batch-major tensors, ``State``):
 from .fast_weight import FastWeightAttention
 from .recurrent_fast_weight import RecurrentFastWeightAttention
 from .softmax import SoftmaxAttention
+from .spec import AttentionSpec, FeatureMapSpec, describe_attentions, list_attentions, parse_attention
 
-__all__ = ["FastWeightAttention", "RecurrentFastWeightAttention", "SoftmaxAttention"]
+__all__ = [
+    "AttentionSpec",
+    "FastWeightAttention",
+    "FeatureMapSpec",
+    "RecurrentFastWeightAttention",
+    "SoftmaxAttention",
+    "describe_attentions",
+    "list_attentions",
+    "parse_attention",
+]

@@ -1,6 +1,6 @@
-"""Language models: config and presets, the decoder LM, and the model directory on disk."""
+"""Language models: config and presets, the decoder LM, the model directory on disk, and generation."""
 
-from ..variants import AttentionSpec, list_attentions, parse_attention
+from ..layers.spec import AttentionSpec, list_attentions, parse_attention
 from .config import LMConfig, Preset, TrainConfig, get_preset, get_run_preset, list_presets
 from .directory import load_model, read_config, save_weights, write_config
 from .lm import LanguageModel, LMState

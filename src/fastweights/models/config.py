@@ -24,8 +24,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ..layers.spec import AttentionSpec
 from ..ops import check_impl, get_rule
-from ..variants import AttentionSpec
 
 #: the attention variants the presets default to
 SOFTMAX, DELTA = AttentionSpec("softmax"), AttentionSpec("delta")
@@ -85,7 +85,7 @@ class LMConfig(_DictConfig):
         context: training segment length T (block size); the limit of learned positions.
         tie_embeddings: share input embedding and output projection weights.
         attention: the attention variant (see :func:`list_attentions`): an
-            :class:`~fastweights.variants.AttentionSpec`, parsed from its name when the config is
+            :class:`~fastweights.layers.spec.AttentionSpec`, parsed from its name when the config is
             built (a name given as a plain ``str`` is converted) and written back as that name.
         adaptive_cutoffs: ``None`` for a full softmax; else increasing cutoffs ``< vocab_size`` for
             adaptive input and adaptive softmax (``torch.nn.AdaptiveLogSoftmaxWithLoss``).
@@ -181,17 +181,17 @@ class TrainConfig(_DictConfig):
         compile: run the model through ``torch.compile`` for training (the first steps compile).
         carry_state: streamed training (fast-weight models only): the training split is read as
             ``batch_size`` contiguous streams, each step starting from the state the previous one
-            ended with, detached (truncated BPTT, see :mod:`fastweights.streams`); validation then
+            ended with, detached (truncated BPTT, see :mod:`fastweights.train.streams`); validation then
             uses the carried-state protocol. ``False``: independent random windows from an empty state.
         shift_streams: with ``carry_state``, each pass over the data after the first starts the
             streams at a random offset in ``[0, context)`` (drawn from ``seed`` and the pass), so the
-            segment boundaries differ between passes (see :mod:`fastweights.streams`).
+            segment boundaries differ between passes (see :mod:`fastweights.train.streams`).
         reset_documents: with ``carry_state``, a stream's state is also emptied where a document of
             the training split starts (a line `` = Title = ``, as in WikiText; see
-            :attr:`fastweights.tasks.text.Corpus.documents`), so no document reads its predecessor.
+            :attr:`fastweights.data.text.Corpus.documents`), so no document reads its predecessor.
         data_parallel: under ``torchrun`` with several processes, ``'ddp'`` (each process holds the
             whole model; gradients all-reduced) or ``'fsdp'`` (FSDP2: parameters, gradients and
-            optimizer state sharded over the processes); see :mod:`fastweights.data_parallel`.
+            optimizer state sharded over the processes); see :mod:`fastweights.train.data_parallel`.
 
     Every float must be finite; ``lr`` in (0, inf), ``min_lr`` in [0, lr], ``beta1``, ``beta2`` in
     [0, 1), ``weight_decay`` and ``grad_clip`` in [0, inf), ``warmup`` and ``max_bad_steps`` >= 0.
@@ -246,7 +246,7 @@ class TrainConfig(_DictConfig):
 @dataclass
 class Preset:
     """A named experiment: the model, how to train it, and the corpus it is made for (a name of
-    :data:`fastweights.corpora.SOURCES`, the default of ``fastweights train --data``)."""
+    :data:`fastweights.data.corpora.SOURCES`, the default of ``fastweights train --data``)."""
 
     model: LMConfig
     train: TrainConfig

@@ -3,7 +3,7 @@
     <dir>/config.json        {"format": "fastweights-lm", "version": 1, "model": LMConfig dict,
                               "tokenizer": {"kind": ..., "vocab_size": ...}, "data": {...}, "train": {...}}
     <dir>/model.safetensors  the weights (tied tensors stored once)
-    <dir>/tokenizer.json     the tokenizer (see :func:`fastweights.tasks.text.load_tokenizer`)
+    <dir>/tokenizer.json     the tokenizer (see :func:`fastweights.data.text.load_tokenizer`)
 
 Nothing is unpickled: weights are safetensors, the rest JSON.
 
@@ -35,8 +35,8 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from ..atomic import atomic_write, atomic_write_text, file_sha256
-from ..state import nonfinite, read_safetensors_header
+from ..files.atomic import atomic_write, atomic_write_text, file_sha256
+from ..files.state import nonfinite, read_safetensors_header
 from .config import LMConfig
 from .lm import LanguageModel
 

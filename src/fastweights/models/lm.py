@@ -4,7 +4,7 @@ attention factory -> feed-forward -> block -> adaptive input -> the model.
 ``LMState = {"pos": int, "layers": [layer_state, ...]}``: ``pos`` counts the tokens consumed so
 far (a forward with a state starts at position ``pos``), or is a ``[B]`` tensor of per-row counts
 when the rows read prompts of different lengths (a batch of prompts, see
-:func:`fastweights.generate.prefill`); each layer state is that attention layer's own (fast weights
+:func:`fastweights.models.generate.prefill`); each layer state is that attention layer's own (fast weights
 ``{"S", ...}`` of constant size, or the softmax KV cache ``{"k", "v", ...}``).
 """
 
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..files.state import map_tensors
 from ..layers import FastWeightAttention, RecurrentFastWeightAttention, SoftmaxAttention
-from ..state import map_tensors
 from .config import LMConfig
 
 LMState = Dict[str, Any]

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fastweights`` CLI, one module each (see :mod:`fastweights.cli`)."""

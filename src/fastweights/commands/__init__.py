@@ -1,1 +1,0 @@
-"""Sub-commands of the ``fastweights`` CLI (see :mod:`fastweights.cli`)."""

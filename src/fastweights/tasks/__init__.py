@@ -1,1 +1,0 @@
-"""Tasks and experiments built on the core (the core never imports them)."""

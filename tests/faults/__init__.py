@@ -1,1 +1,0 @@
-"""Fault injection: kills, corrupted files, full disks, concurrent writers, NaNs and bad input."""
