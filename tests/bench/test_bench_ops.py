@@ -99,7 +99,7 @@ def test_a_backend_that_cannot_run_a_cell_is_a_skipped_row(
         "chunk",
         "f64only",
         "oom",
-        "recurrent",
+        "step",
         "fla",
         "--lengths",
         "64",
@@ -114,7 +114,7 @@ def test_a_backend_that_cannot_run_a_cell_is_a_skipped_row(
     assert notes[("f64only", "float64", 64)] == ""  # its declared dtype: measured
     assert notes[("oom", "float32", 64)] == "skipped: out of memory: CUDA out of memory. Tried to allocate 1 PiB"
     assert notes[("oom", "float32", 128)] == "skipped: out of memory at L=64"  # longer lengths are not tried
-    assert notes[("recurrent", "float32", 64)].startswith("skipped: it takes one token")
+    assert notes[("step", "float32", 64)].startswith("skipped: it takes one token")
     assert notes[("fla", "float32", 64)].startswith("skipped: it ")  # not installed, or not on cpu
 
 

@@ -31,10 +31,10 @@ def test_unknown_command_is_an_error() -> None:
 
 
 @pytest.mark.parametrize("rule", ["sum", "delta"])
-def test_demo_parallel_equals_recurrent(rule: str, capsys: pytest.CaptureFixture) -> None:
+def test_demo_parallel_equals_step_by_step(rule: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--rule", rule, "--length", "70", "--d-model", "32", "--heads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "max |parallel - recurrent|" in out and "whatever the length" in out
+    assert "max |parallel - step by step|" in out and "whatever the length" in out
 
 
 def test_bench_ops_writes_rows(tmp_path: Path) -> None:

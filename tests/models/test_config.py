@@ -241,3 +241,14 @@ def test_ranges_name_the_field_the_range_and_the_value(make, message: str) -> No
 def test_saved_configs_read_with_the_fields_added_since() -> None:
     cfg = TrainConfig.from_dict({"lr": 1, "steps": 10})  # a config.json written before max_bad_steps existed
     assert cfg.max_bad_steps == 0 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+def test_configs_saved_with_the_old_one_token_form_name_load_as_step() -> None:
+    """Run directories written before the rename say decode_impl='recurrent'; they load, as 'step',
+    with no warning (the user did nothing wrong), and are written back under the new name."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = LMConfig.from_dict({"vocab_size": 11, "attention": "delta", "decode_impl": "recurrent"})
+    assert cfg.decode_impl == "step" and cfg.to_dict()["decode_impl"] == "step"

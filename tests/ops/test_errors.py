@@ -66,7 +66,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("rule,impl", [r for r in list_ops() if r[1] != "recurrent"])
+@pytest.mark.parametrize("rule,impl", [r for r in list_ops() if r[1] != "step"])
 @pytest.mark.parametrize("case,override,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(rule, impl, case, override, exc, pattern) -> None:
     args = _ok()
@@ -105,7 +105,7 @@ def test_mixed_devices_named(name: str) -> None:
 def test_recurrent_takes_one_token() -> None:
     x = _ok()
     with pytest.raises(ValueError, match="one token"):
-        get_op("delta", "recurrent")(x["q"], x["k"], x["v"], x["beta"])
+        get_op("delta", "step")(x["q"], x["k"], x["v"], x["beta"])
 
 
 def test_unknown_rule_or_impl() -> None:

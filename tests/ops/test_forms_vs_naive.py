@@ -109,10 +109,10 @@ def test_one_token_steps_match_naive(backend: Backend, device: str, normalize: b
     assert_same_results(run_with_grads(looped, inputs, normalize=normalize), expected, backend)
 
 
-@pytest.mark.parametrize("impl", ["chunk", "parallel", "recurrent"])
+@pytest.mark.parametrize("impl", ["chunk", "parallel", "step"])
 def test_sum_rule_beta_scales_values(impl: str) -> None:
     """Sum rule with a rate: writing beta_t v_t, checked against naive with pre-scaled values."""
-    T = 1 if impl == "recurrent" else 45
+    T = 1 if impl == "step" else 45
     inp = make_inputs(1, T, 2, 8, 8)
     q, k, v, beta = (inp[n].detach() for n in ("q", "k", "v", "beta"))
     o, s = get_op("sum", impl)(q, k, v, beta, output_final_state=True, chunk_size=16)

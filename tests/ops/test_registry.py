@@ -284,3 +284,11 @@ def test_fla_adapter_keeps_the_contract(monkeypatch, scratch_registry, rule: str
     assert calls == [(rule, True)]
     assert_close(o, o_ref, "o")
     assert_close(s, s_ref, "final state")
+
+
+def test_the_one_token_form_answers_to_its_old_name_with_a_warning() -> None:
+    """'recurrent' was the one-token form's impl name; it is 'step' now, so 'recurrent' only names the
+    recurrent FWPs. The old name still gives the same backend, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="impl 'recurrent' is deprecated; use 'step'"):
+        op = get_op("delta", "recurrent")
+    assert op.backend is get_op("delta", "step").backend

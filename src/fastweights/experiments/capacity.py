@@ -94,7 +94,7 @@ def parse_method(name: str) -> Method:
         spec.rule,
         spec.feature_map.name,
         tuple(sorted(spec.feature_map.kwargs.items())),
-        recurrent=spec.kind == "recurrent",
+        recurrent=spec.is_recurrent,
     )
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
@@ -141,7 +141,7 @@ class RetrievalModel(nn.Module):
                 **{name: 1 for name in spec.learned},
             }
             self.recurrent = nn.ModuleDict({name: nn.Linear(n_keys, w, bias=False) for name, w in widths.items()})  # R
-            self.step_op = get_op(spec.name, "recurrent")
+            self.step_op = get_op(spec.name, "step")
         # Sequences here are short (at most a few hundred tokens), where a rule's quadratic form, if
         # it has one, is the cheapest (sum rule, T = 21, batch 32: 1.2 ms fwd+bwd against 3.1 ms chunked).
         quadratic = "parallel" in {b.name for b in list_backends(spec.name)}

@@ -1,4 +1,4 @@
-"""Save and restore recurrent states (fast weights, KV caches, LM states) with safetensors.
+"""Save and restore decoding states (fast weights, KV caches, LM states) with safetensors.
 
 A state is any nesting of dicts (string keys) and lists whose leaves are tensors or plain
 scalars (``int``, ``float``, ``bool``, ``None``): a layer state ``{"S": [B, H, d_k, d_v]}``, a

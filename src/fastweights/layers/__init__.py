@@ -1,4 +1,4 @@
-"""Attention layers: the fast weight programmer, its recurrent form and the softmax baseline, one
+"""Attention layers: the fast weight programmer, its recurrent variant and the softmax baseline, one
 interface; and the attention spec (:mod:`~fastweights.layers.spec`) that names which to build.
 
 Every attention layer offers the same methods, so that generation, evaluation and carried-state

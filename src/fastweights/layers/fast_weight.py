@@ -70,7 +70,7 @@ class FastWeightAttention(nn.Module):
         bias: biases in the projections.
         impl: backend of :meth:`forward` (``'auto'``: chosen per call; ``'chunk'``, ``'naive'``,
             ``'fla'``, ... see :func:`fastweights.ops.list_ops`).
-        decode_impl: backend of :meth:`step` (default ``'recurrent'``).
+        decode_impl: backend of :meth:`step` (default ``'step'``, the rule's one-token form).
         chunk_size: chunk length of chunkwise backends.
         eps: added to normalisers.
     """
@@ -92,7 +92,7 @@ class FastWeightAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = False,
         impl: str = "auto",
-        decode_impl: str = "recurrent",
+        decode_impl: str = "step",
         chunk_size: int = 64,
         eps: float = 1e-6,
     ) -> None:

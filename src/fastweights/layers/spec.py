@@ -72,6 +72,11 @@ class AttentionSpec(str):
         """Whether the layer is a fast weight programmer (has an update rule and a fixed-size state)."""
         return self.rule is not None
 
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether it is a recurrent FWP (the slow net also reads the layer's previous output)."""
+        return self.kind == "recurrent"
+
 
 def list_attentions() -> List[str]:
     """The attention variant names (``<nu>``, ``<m>`` stand for positive integers)."""

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ..layers.spec import AttentionSpec
 from ..ops import check_impl, get_rule
+from ..ops.registry import current_impl
 
 #: the attention variants the presets default to
 SOFTMAX, DELTA = AttentionSpec("softmax"), AttentionSpec("delta")
@@ -117,12 +118,14 @@ class LMConfig(_DictConfig):
     bias: bool = False
     chunk_size: int = 64
     impl: str = "auto"
-    decode_impl: str = "recurrent"
+    decode_impl: str = "step"
     qk_norm: str = "auto"
     out_norm: bool = False
 
     def __post_init__(self) -> None:
         self._check_types()
+        for name in ("impl", "decode_impl"):  # configs saved before the one-token form was renamed say 'recurrent'
+            object.__setattr__(self, name, current_impl(getattr(self, name), warn=False))
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "context", "chunk_size"):
             self._require(name, getattr(self, name) >= 1, "a positive int")
         self._require("d_head", self.d_head is None or self.d_head >= 1, "a positive int or null")

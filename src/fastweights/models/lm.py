@@ -32,7 +32,7 @@ def build_attention(cfg: LMConfig) -> nn.Module:
     kwargs = dict(spec.feature_map.kwargs)
     if spec.feature_map.name == "favor":
         kwargs["input_scale"] = cfg.head_dim**-0.25  # phi(q).phi(k) estimates exp(q.k / sqrt(d_head))
-    layer = RecurrentFastWeightAttention if spec.kind == "recurrent" else FastWeightAttention
+    layer = RecurrentFastWeightAttention if spec.is_recurrent else FastWeightAttention
     return layer(
         cfg.d_model,
         cfg.n_heads,
@@ -75,10 +75,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x: Tensor, state: Optional[dict] = None, recurrent: bool = False) -> Tuple[Tensor, dict]:
-        """``x: [B, T, d_model]`` -> ``(x, state)``; ``recurrent`` uses the layer's one-token step (T = 1)."""
+    def forward(self, x: Tensor, state: Optional[dict] = None, one_token: bool = False) -> Tuple[Tensor, dict]:
+        """``x: [B, T, d_model]`` -> ``(x, state)``; ``one_token`` uses the layer's one-token step (T = 1)."""
         h = self.ln_1(x) if self.pre else x
-        if recurrent:
+        if one_token:
             a, state = self.attn.step(h[:, 0], state)  # [B, d_model]
             a = a[:, None]  # [B, 1, d_model]
         else:
@@ -189,7 +189,7 @@ class LanguageModel(nn.Module):
         self._check_idx(idx, 2, "idx")
         B, T = idx.shape
         if resets is None:
-            h, new_state = self._trunk(idx, state, recurrent=False)  # [B, T, d_model]
+            h, new_state = self._trunk(idx, state, one_token=False)  # [B, T, d_model]
         else:
             h, new_state = self._trunk_resetting(idx, state, resets)  # [B, T, d_model]
         loss = None
@@ -204,13 +204,13 @@ class LanguageModel(nn.Module):
         return logits, loss, new_state
 
     def step(self, idx_t: Tensor, state: Optional[LMState] = None) -> Tuple[Tensor, LMState]:
-        """One token per sequence with each attention layer's recurrent step.
+        """One token per sequence with each attention layer's one-token step.
 
         ``idx_t: [B]`` -> ``(logits [B, V], state)``; fast-weight layers carry an O(1) state,
         softmax layers a growing KV cache.
         """
         self._check_idx(idx_t, 1, "idx_t")
-        h, new_state = self._trunk(idx_t[:, None], state, recurrent=True)  # [B, 1, d_model]
+        h, new_state = self._trunk(idx_t[:, None], state, one_token=True)  # [B, 1, d_model]
         return self._logits(h[:, 0]), new_state
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None) -> LMState:
@@ -231,7 +231,7 @@ class LanguageModel(nn.Module):
                 f"min {int(idx.min())}, max {int(idx.max())}"
             )
 
-    def _trunk(self, idx: Tensor, state: Optional[LMState], recurrent: bool) -> Tuple[Tensor, LMState]:
+    def _trunk(self, idx: Tensor, state: Optional[LMState], one_token: bool) -> Tuple[Tensor, LMState]:
         B, T = idx.shape
         if state is not None and (
             not isinstance(state, dict) or set(state) != {"pos", "layers"} or len(state["layers"]) != len(self.blocks)
@@ -255,7 +255,7 @@ class LanguageModel(nn.Module):
             x = x + self.wpe(pos)  # [B, T, d_model]
         x = self.drop(x)
         for i, blk in enumerate(self.blocks):
-            x, layer_states[i] = blk(x, layer_states[i], recurrent=recurrent)
+            x, layer_states[i] = blk(x, layer_states[i], one_token=one_token)
         if self.ln_f is not None:
             x = self.ln_f(x)
         return x, {"pos": pos0 + T, "layers": layer_states}
@@ -281,7 +281,7 @@ class LanguageModel(nn.Module):
                 pos = torch.where(keep, torch.as_tensor(state["pos"], device=idx.device), 0)  # [B]
                 layers = map_tensors(lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, 0), state["layers"])  # noqa: B023 (used within this iteration)
                 state = {"pos": pos, "layers": layers}
-            h, state = self._trunk(idx[:, a:b], state, recurrent=False)  # [B, b - a, d_model]
+            h, state = self._trunk(idx[:, a:b], state, one_token=False)  # [B, b - a, d_model]
             hs.append(h)
         return torch.cat(hs, 1), state  # [B, T, d_model]
 

@@ -7,7 +7,7 @@ Every op is called the same way (see :mod:`fastweights.ops.registry`)::
               cu_seqlens=None, chunk_size=64, normalize=False, eps=1e-6)   # layout [B, T, H, D]
 
 Torch forms of every rule: ``naive`` (time loop, the definition), ``chunk`` (chunkwise parallel,
-for training), ``recurrent`` (one token, for decoding) and, for the sum rule, ``parallel``
+for training), ``step`` (one token, for decoding) and, for the sum rule, ``parallel``
 (quadratic). Optional backends (``fla``: flash-linear-attention on CUDA) register themselves when
 their package is installed; :func:`list_ops` lists what can run here.
 """

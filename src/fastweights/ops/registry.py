@@ -34,6 +34,7 @@ import importlib
 import importlib.util
 import logging
 import pkgutil
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -257,6 +258,21 @@ def select_backend(rule: str, q: Tensor, d_v: int) -> Backend:
     return max(ranked, key=lambda b: b.priority)
 
 
+#: impl names of earlier versions and their names now (``'recurrent'``: the one-token form, now
+#: ``'step'``, so that "recurrent" only names the recurrent FWPs); accepted with a DeprecationWarning
+RENAMED_IMPLS: Dict[str, str] = {"recurrent": "step"}
+
+
+def current_impl(impl: str, warn: bool = True) -> str:
+    """``impl`` under its current name (see :data:`RENAMED_IMPLS`), with a ``DeprecationWarning``
+    when it was renamed and ``warn``."""
+    if impl not in RENAMED_IMPLS:
+        return impl
+    if warn:
+        warnings.warn(f"impl {impl!r} is deprecated; use {RENAMED_IMPLS[impl]!r}", DeprecationWarning, stacklevel=3)
+    return RENAMED_IMPLS[impl]
+
+
 def get_op(rule: str, impl: str = "auto") -> "Op":
     """The op of update ``rule`` run by backend ``impl`` (``'auto'``: chosen per call).
 
@@ -264,6 +280,7 @@ def get_op(rule: str, impl: str = "auto") -> "Op":
     optional dependency is missing.
     """
     spec = get_rule(rule)
+    impl = current_impl(impl)
     if impl == "auto":
         return Op(spec, None)
     if (rule, impl) not in _BACKENDS:

@@ -1,7 +1,7 @@
 """Show a fast-weight layer at work: parallel forward == token-by-token decoding, constant state.
 
 Builds a FastWeightAttention layer, runs one sequence through the chunkwise parallel form and the
-same sequence token by token with the recurrent step, and prints the largest difference, the state
+same sequence token by token with the one-token step form, and prints the largest difference, the state
 size and the time of each.
 
 Examples:
@@ -76,6 +76,6 @@ def main(args: argparse.Namespace) -> int:
         f"tokens: {args.length}   parallel forward: {t_par * 1e3:.1f} ms   "
         f"token-by-token: {t_step * 1e3:.1f} ms ({t_step / args.length * 1e6:.0f} us/token)"
     )
-    print(f"max |parallel - recurrent| = {diff:.2e}")
+    print(f"max |parallel - step by step| = {diff:.2e}")
     print(f"state: {n_state} floats per sequence, whatever the length (S: {list(state['S'].shape)})")
     return 0 if diff < 1e-4 else 1

@@ -18,7 +18,7 @@ from ..registry import RuleSpec
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
-from .recurrent import recurrent_core
+from .step import step_core
 
 
 def exclusive_key_sums(k: Tensor, z0: Optional[Tensor], cu: Optional[Sequence[int]]) -> Tuple[Tensor, Tensor]:
@@ -72,8 +72,8 @@ RULE = RuleSpec(
     forms=(
         torch_form("delta", "naive", naive_core),
         torch_form("delta", "chunk", chunk_core, priority=10),
-        torch_form("delta", "recurrent", recurrent_core, one_token=True),
+        torch_form("delta", "step", step_core, one_token=True),
     ),
 )
 
-__all__ = ["RULE", "apply", "chunk_core", "exclusive_key_sums", "naive_core", "recurrent_core"]
+__all__ = ["RULE", "apply", "chunk_core", "exclusive_key_sums", "naive_core", "step_core"]

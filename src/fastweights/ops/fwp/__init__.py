@@ -6,7 +6,7 @@ Two rules, one per ``sigma`` on the fast weights:
 - ``fwp-normcap``: ``sigma(S) = S / max(1, ||S||_F / c)`` with ``c = sqrt(d_k d_v)``: the whole
   matrix stays within a Frobenius ball (about d_k unit-norm keys' worth of values of norm sqrt(d_v)).
 
-The identity would give back the sum rule. Forms: ``naive`` (the definition), ``recurrent`` (one
+The identity would give back the sum rule. Forms: ``naive`` (the definition), ``step`` (one
 token) and ``checkpoint`` (the training form: the loop recomputed from a state kept every
 ``chunk_size`` tokens; see :mod:`fastweights.ops.fwp.forms`). Packed sequences run one by one:
 padding them would not leave the state alone, since ``sigma`` moves it even without a write.
@@ -56,7 +56,7 @@ def _rule(name: str, sigma: forms.Sigma, summary: str) -> RuleSpec:
             for b in (  # padding would move S
                 torch_form(name, "naive", forms.naive(sigma)),
                 torch_form(name, "checkpoint", forms.checkpointed(sigma), priority=10),
-                torch_form(name, "recurrent", forms.recurrent(sigma), one_token=True),
+                torch_form(name, "step", forms.step(sigma), one_token=True),
             )
         ),
     )

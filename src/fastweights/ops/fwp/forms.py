@@ -38,14 +38,14 @@ def naive(sigma: Sigma):
     return naive_core
 
 
-def recurrent(sigma: Sigma):
+def step(sigma: Sigma):
     """One token (T = 1) as a core."""
 
-    def recurrent_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int):
+    def step_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int):
         S = sigma(S + k.transpose(-1, -2) @ v)  # [B, H, d_k, d_v]
         return q @ S, S  # [B, H, 1, d_v]
 
-    return recurrent_core
+    return step_core
 
 
 def checkpointed(sigma: Sigma):

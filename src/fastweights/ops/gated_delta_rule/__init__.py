@@ -19,7 +19,7 @@ from ..registry import LearnedInput, RuleSpec
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
-from .recurrent import recurrent_core
+from .step import step_core
 
 
 def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -40,8 +40,8 @@ RULE = RuleSpec(
     forms=(
         torch_form("gated_delta", "naive", naive_core),
         torch_form("gated_delta", "chunk", chunk_core, priority=10),
-        torch_form("gated_delta", "recurrent", recurrent_core, one_token=True),
+        torch_form("gated_delta", "step", step_core, one_token=True),
     ),
 )
 
-__all__ = ["RULE", "apply", "chunk_core", "naive_core", "recurrent_core"]
+__all__ = ["RULE", "apply", "chunk_core", "naive_core", "step_core"]

@@ -19,7 +19,7 @@ from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
 from .parallel import parallel_core
-from .recurrent import recurrent_core
+from .step import step_core
 
 
 def apply(run: Run, call: OpCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -42,8 +42,8 @@ RULE = RuleSpec(
         torch_form("sum", "naive", naive_core),
         torch_form("sum", "chunk", chunk_core, priority=10),
         torch_form("sum", "parallel", parallel_core),
-        torch_form("sum", "recurrent", recurrent_core, one_token=True),
+        torch_form("sum", "step", step_core, one_token=True),
     ),
 )
 
-__all__ = ["RULE", "apply", "chunk_core", "naive_core", "parallel_core", "recurrent_core"]
+__all__ = ["RULE", "apply", "chunk_core", "naive_core", "parallel_core", "step_core"]

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 
-def recurrent_core(
+def step_core(
     q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int
 ) -> Tuple[Tensor, Tensor]:
     """One token (T must be 1): ``q, k: [B, H, 1, d_k]``, ``v: [B, H, 1, d_v]``, ``beta: [B, H, 1]``."""
