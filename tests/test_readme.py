@@ -103,6 +103,7 @@ SCALED: Dict[str, List[str]] = {
     "eval": ["--max-tokens", "40", "--stream-length", "256", "--no-progress"],
     "generate": ["--max-new-tokens", "5"],
     "capacity": ["--keys", "4", "--max-steps", "5"],
+    "synth": ["--steps", "3"],
     "bench ops": ["--lengths", "64", "--repeat", "1", "--heads", "1", "--dim", "16", "--json", "ops.json"],
     "bench lm": [
         "--contexts",

@@ -11,7 +11,7 @@ from fastweights.data.text import CharTokenizer, Tokenizer, save_tokenizer
 from fastweights.models import LanguageModel, LMConfig, list_attentions, save_weights, write_config
 
 #: every attention variant of list_attentions(), with its parameter filled in
-VARIANTS: List[str] = [a.replace("<nu>", "2").replace("<m>", "8") for a in list_attentions()]
+VARIANTS: List[str] = [a.replace("<nu>", "2").replace("<m>", "8").replace("<n>", "2") for a in list_attentions()]
 
 TEXT = "".join(
     f"{w} the {v} of line {i}.\n"

@@ -61,3 +61,15 @@ def test_bench_ops_writes_rows(tmp_path: Path) -> None:
     forms = {row["form"] for row in result["rows"] if row["rule"] == "delta"}
     assert {"naive", "chunk"} <= forms
     assert result["meta"]["matmul_peak_gflops"]
+
+
+def test_rules_lists_every_rule_with_its_backends_and_the_grammar(capsys: pytest.CaptureFixture) -> None:
+    from fastweights.ops import get_rule, list_backends, list_rules
+
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    for rule in list_rules():
+        assert f"{rule}: {get_rule(rule).summary}" in out
+        assert all(f"    {b.name} " in out for b in list_backends(rule, available=False))
+    assert "input beta: [B, T, H] rate (None: 1), in [0, 2] (layers learn it)" in out
+    assert "deltaproduct-<n>" in out and "+neg" in out

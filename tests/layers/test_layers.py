@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from fastweights import FastWeightAttention, SoftmaxAttention
 from fastweights.feature_maps import get_feature_map
@@ -20,6 +21,10 @@ VARIANTS = {
     "delta-l2-fixed-beta": dict(rule="delta", feature_map="identity", qk_norm="l2", beta=0.7),
     "dpfp-2+delta": dict(rule="delta", feature_map="dpfp", feature_map_kwargs={"nu": 2}),
     "favor+sum": dict(rule="sum", feature_map="favor", feature_map_kwargs={"m": 8}),
+    "delta+neg": dict(rule="delta", qk_norm="l2", beta_max=2.0),  # a learned rate in [0, 2]
+    "gated_delta+neg": dict(rule="gated_delta", beta_max=2.0),
+    "deltaproduct-3+neg": dict(rule="delta", qk_norm="l2", beta_max=2.0, steps=3),  # 3 updates per token
+    "gated_deltaproduct-2": dict(rule="gated_delta", steps=2),
     **{rule: dict(rule=rule) for rule in list_rules() if rule not in ("sum", "delta")},  # every other rule
 }
 
@@ -232,3 +237,39 @@ def test_attention_normalisation_needs_a_non_negative_map() -> None:
             FastWeightAttention(16, 2, rule=rule, feature_map="identity", attn_norm=True)
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         FastWeightAttention(16, 2, chunk_size=0)
+
+
+def test_a_rate_up_to_two_is_twice_the_sigmoid(monkeypatch) -> None:
+    """beta_max=2: the op gets beta = 2 sigmoid(w . x + b), past 1 where the pre-activation is
+    positive (negative eigenvalues of I - beta k k^T); the default keeps sigmoid's [0, 1]."""
+    seen = {}
+    x = torch.randn(2, 5, 24, dtype=torch.float64)
+    for beta_max in (1.0, 2.0):
+        layer = make_layer("delta", beta_max=beta_max)
+        nn.init.constant_(layer.beta_proj.bias, 3.0)
+
+        def spy(q, k, v, beta, op=layer.op, key=beta_max, **kw):
+            seen[key] = beta
+            return op(q, k, v, beta, **kw)
+
+        monkeypatch.setattr(layer, "op", spy)
+        layer(x)
+        expected = beta_max * torch.sigmoid(layer.beta_proj(x))  # [B, T, H]
+        _close(seen[beta_max], expected, f"beta with beta_max={beta_max}")
+    assert seen[2.0].max() > 1.5 and seen[1.0].max() < 1.0
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (
+            dict(rule="delta", beta_max=2.5),
+            r"beta_max must be a float in \(0, 2\] \(the bound of rule 'delta'\), got 2.5",
+        ),
+        (dict(rule="delta", beta_max=0.0), r"beta_max must be a float in \(0, 2\]"),
+        (dict(rule="delta", beta=0.5, beta_max=2.0), r"beta_max applies to a learned rate; beta is 0.5"),
+    ],
+)
+def test_bad_beta_max_is_one_clear_error(kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        FastWeightAttention(24, 3, 6, **kw)

@@ -72,7 +72,7 @@ def test_unknown_attention_lists_valid_ones(name: str) -> None:
 
 def test_every_listed_attention_parses() -> None:
     for name in list_attentions():
-        parse_attention(name.replace("<nu>", "2").replace("<m>", "8"))
+        parse_attention(name.replace("<nu>", "2").replace("<m>", "8").replace("<n>", "3"))
 
 
 def test_presets() -> None:

@@ -32,6 +32,8 @@ COMMANDS = {
     "data": "fastweights.cli.commands.data",
     "eval": "fastweights.cli.commands.eval",
     "generate": "fastweights.cli.commands.generate",
+    "rules": "fastweights.cli.commands.rules",
+    "synth": "fastweights.cli.commands.synth",
     "train": "fastweights.cli.commands.train",
 }
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it

@@ -68,6 +68,7 @@ class Method:
     feature_map: Optional[str] = None
     feature_map_kwargs: Tuple[Tuple[str, int], ...] = ()
     recurrent: bool = False
+    beta_max: float = 1.0  #: the largest learned rate (2 with '+neg': negative eigenvalues)
 
     def d_dot(self, d: int) -> Optional[int]:
         """Size of the memory's key space for width ``d`` (``None`` for softmax, which has no fixed size)."""
@@ -89,12 +90,17 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; valid methods: {METHOD_HELP} (e.g. 'dpfp-2+delta')") from None
     if not spec.is_fast_weight:
         return Method(name, "softmax")
+    if spec.steps != 1:
+        raise ValueError(
+            f"method {name!r}: the capacity experiment writes one update per pair; products are not supported"
+        )
     method = Method(
         name,
         spec.rule,
         spec.feature_map.name,
         tuple(sorted(spec.feature_map.kwargs.items())),
         recurrent=spec.is_recurrent,
+        beta_max=spec.beta_max,
     )
     method.d_dot(64)  # the feature map validates its own arguments (e.g. nu < 2d)
     return method
@@ -183,7 +189,7 @@ class RetrievalModel(nn.Module):
         k = self.feature_map.forward_key(pre["k"][:, :, None])  # [B, T, 1, d_dot]
         if self.qk_norm is not None:
             k = self.qk_norm(k)
-        beta = torch.sigmoid(pre["beta"]) if "beta" in pre else None  # [B, T, 1]
+        beta = self.method.beta_max * torch.sigmoid(pre["beta"]) if "beta" in pre else None  # [B, T, 1]
         inputs = {name: self.learned[name].activation(pre[name]) for name in self.input_projs}  # [B, T, 1]
         return k, beta, inputs
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..feature_maps import FeatureMap, get_feature_map, get_qk_norm
 from ..ops import Op, get_op, get_rule
+from ..ops.products import products
 from ._checks import check_sequence, check_token, resolve_d_head
 
 State = Dict[str, Tensor]
@@ -66,6 +67,13 @@ class FastWeightAttention(nn.Module):
             delta rules: ``[0, 2]``). A learned rate is NaN only where ``x`` (or a weight) is; the
             op treats it as any non-finite input: the outputs from that token on are NaN, the
             earlier ones untouched (:mod:`fastweights.ops.nonfinite`).
+        beta_max: the largest learned rate: ``beta_t = beta_max * sigmoid(w_h . x_t + b_h)``. 1 (the
+            default) keeps the delta rule's transition ``I - beta_t k_t k_t^T`` positive
+            semi-definite for unit keys; 2 lets its eigenvalue along ``k_t`` reach -1 (a reflection),
+            which state tracking such as parity needs. At most the rule's bound on ``beta``.
+        steps: updates per token, ``n``: each token writes ``n`` keys, values and rates in turn and
+            its query reads after the last (:mod:`fastweights.ops.products`; for the delta rules,
+            DeltaProduct: a product of ``n`` generalised Householder transitions); 1 is the rule itself.
         dropout: dropout on the layer output.
         bias: biases in the projections.
         impl: backend of :meth:`forward` (``'auto'``: chosen per call; ``'chunk'``, ``'naive'``,
@@ -89,6 +97,8 @@ class FastWeightAttention(nn.Module):
         attn_norm: Optional[bool] = None,
         out_norm: bool = False,
         beta: Union[str, float] = "auto",
+        beta_max: float = 1.0,
+        steps: int = 1,
         dropout: float = 0.0,
         bias: bool = False,
         impl: str = "auto",
@@ -134,13 +144,21 @@ class FastWeightAttention(nn.Module):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
 
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        self.steps = steps
         if beta == "auto":
             beta = "learned" if spec.learned_rate else 1.0
+        lo, hi = spec.bounds.get("beta", (-math.inf, math.inf))
+        if not (isinstance(beta_max, (int, float)) and not isinstance(beta_max, bool) and 0 < beta_max <= hi):
+            raise ValueError(f"beta_max must be a float in (0, {hi:g}] (the bound of rule {rule!r}), got {beta_max!r}")
+        if beta_max != 1.0 and beta != "learned":
+            raise ValueError(f"beta_max applies to a learned rate; beta is {beta!r}")
+        self.beta_max = float(beta_max)
         if beta == "learned":
-            self.beta_proj: Optional[nn.Linear] = nn.Linear(d_model, n_heads, bias=True)
+            self.beta_proj: Optional[nn.Linear] = nn.Linear(d_model, steps * n_heads, bias=True)
             self.fixed_beta: Optional[float] = None
         elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
-            lo, hi = spec.bounds.get("beta", (-math.inf, math.inf))
             if not (math.isfinite(beta) and lo <= beta <= hi):
                 within = f" in [{lo:g}, {hi:g}] (the bounds of rule {rule!r})" if "beta" in spec.bounds else ""
                 raise ValueError(f"a fixed beta must be a finite float{within}, got {beta!r}")
@@ -151,7 +169,7 @@ class FastWeightAttention(nn.Module):
         self.learned = spec.learned  # the rule's other per-token inputs: activation(w_h . x + b_h)
         self.input_projs = nn.ModuleDict({name: nn.Linear(d_model, n_heads, bias=True) for name in spec.learned})
         self.init_learned_inputs()
-        self.qkv = nn.Linear(d_model, 3 * n_heads * d_head, bias=bias)
+        self.qkv = nn.Linear(d_model, (1 + 2 * steps) * n_heads * d_head, bias=bias)  # q, then steps k's and v's
         self.out_norm: Optional[nn.RMSNorm] = nn.RMSNorm(d_head, eps=eps) if out_norm else None
         self.out_proj = nn.Linear(n_heads * d_head, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -227,33 +245,40 @@ class FastWeightAttention(nn.Module):
         """Feature maps, rate and the op on the slow net's outputs ``pre``; returns the fast net's output
         ``[B, T, H * D]`` (heads concatenated, before ``out_proj``) and the new fast weights."""
         B, T = pre["qkv"].shape[:2]
-        H, D = self.n_heads, self.d_head
-        q, k, v = pre["qkv"].view(B, T, 3, H, D).unbind(2)  # each [B, T, H, D]
+        H, D, n = self.n_heads, self.d_head, self.steps
+        qkv = pre["qkv"].view(B, T, 1 + 2 * n, H, D)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1 : 1 + n], qkv[:, :, 1 + n :]  # [B, T, H, D], [B, T, n, H, D] x 2
         q = self.feature_map.forward_query(q)  # [B, T, H, d_k]
-        k = self.feature_map.forward_key(k)  # [B, T, H, d_k]
+        k = self.feature_map.forward_key(k.reshape(B, T * n, H, D))  # [B, T n, H, d_k]
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, self.eps), self.qk_norm(k, self.eps)
         if "beta" in pre:
-            beta: Optional[Tensor] = torch.sigmoid(pre["beta"])  # [B, T, H]
+            beta: Optional[Tensor] = torch.sigmoid(pre["beta"])  # [B, T, n H]
+            if self.beta_max != 1.0:
+                beta = self.beta_max * beta
         elif self.fixed_beta != 1.0:
-            beta = torch.full((B, T, H), self.fixed_beta, device=v.device)
+            beta = torch.full((B, T, n * H), self.fixed_beta, device=v.device)
         else:
             beta = None
         dtype = compute_dtype(v.device, v.dtype)
         inputs = {name: self.learned[name].activation(pre[name]).to(dtype) for name in self.input_projs}
-        o, S = op(
-            q.to(dtype),
-            k.to(dtype),
-            v.to(dtype),
-            beta.to(dtype) if beta is not None else None,
+        kwargs = dict(
             initial_state=state["S"] if state is not None else None,
             output_final_state=True,
             cu_seqlens=cu_seqlens,
             chunk_size=self.chunk_size,
             normalize=self.attn_norm,
             eps=self.eps,
-            **inputs,
-        )  # [B, T, H, D]
+        )
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        beta = beta.to(dtype) if beta is not None else None
+        if n == 1:
+            o, S = op(q, k, v[:, :, 0], beta, **kwargs, **inputs)  # [B, T, H, D]
+        else:
+            neutral = {name: self.learned[name].neutral for name in inputs}
+            k = k.view(B, T, n, H, -1)  # [B, T, n, H, d_k]
+            beta = beta.view(B, T, n, H) if beta is not None else None
+            o, S = products(op, q, k, v, beta, inputs=inputs, neutral=neutral, **kwargs)  # [B, T, H, D]
         if self.out_norm is not None:
             o = self.out_norm(o)  # [B, T, H, D]
         return o.reshape(B, T, H * D), S
@@ -262,7 +287,8 @@ class FastWeightAttention(nn.Module):
         return (
             f"rule={self.rule!r}, heads={self.n_heads}, d_head={self.d_head}, d_key={self.d_key}, "
             f"qk_norm={self.qk_norm_name!r}, attn_norm={self.attn_norm}, out_norm={self.out_norm is not None}, "
-            f"beta={'learned' if self.beta_proj is not None else self.fixed_beta}, impl={self.impl!r}, "
+            f"beta={'learned' if self.beta_proj is not None else self.fixed_beta}, beta_max={self.beta_max:g}, "
+            f"steps={self.steps}, impl={self.impl!r}, "
             f"decode_impl={self.decode_impl!r}"
         )
 

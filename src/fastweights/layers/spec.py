@@ -4,16 +4,24 @@
 ``identity``, ``dpfp-<nu>``, ``favor-<m>`` and ``<rule>`` an update rule of
 :func:`fastweights.ops.list_rules` (the sum rule when omitted); plain ``'delta'`` is ``'linear+delta'``.
 A final ``+rec`` makes it a recurrent FWP (the slow net also reads the layer's previous output);
-``'rdn'``, the Recurrent Delta Net, is ``'linear+delta+rec'``.
+``'rdn'``, the Recurrent Delta Net, is ``'linear+delta+rec'``. A final ``+neg`` (before ``+rec``)
+lets a learned rate run in ``[0, 2]`` instead of ``[0, 1]`` (``beta_t = 2 sigmoid(.)``): the delta
+rule's transition ``I - beta_t k_t k_t^T`` then has eigenvalues in ``[-1, 1]``, negative ones
+included, which is what lets a linear RNN track state such as parity (Grazzi et al., ICLR 2025).
+``<rule>product-<n>`` in place of ``<rule>`` takes ``n`` updates of that rule per token
+(DeltaProduct, Siems et al. 2025: ``'deltaproduct-2'`` = ``'linear+deltaproduct-2'``; also
+``'gated_deltaproduct-<n>'``): for the delta rules a product of ``n`` generalised Householder
+transitions per token.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ..ops import list_rules
+from ..ops import get_rule, list_rules
 
 #: feature-map part of an attention name -> (registered feature map, regex of its parameter or None)
 _MAPS: Dict[str, Tuple[str, Optional[str]]] = {
@@ -25,6 +33,8 @@ _MAPS: Dict[str, Tuple[str, Optional[str]]] = {
 }
 DEFAULT_RULE = "sum"  #: the rule of a name without ``+<rule>`` (linear attention, as in the paper)
 RECURRENT = "+rec"  #: the suffix of a recurrent FWP
+NEGATIVE = "+neg"  #: the suffix that lets a learned rate reach 2 (negative eigenvalues)
+PRODUCT = "product"  #: ``<rule>product-<n>``: n updates of the rule per token
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,9 @@ class AttentionSpec(str):
     - ``kind``: ``'softmax'``, ``'fwp'`` or ``'recurrent'`` (a recurrent FWP, whose slow net also
       reads the layer's previous output);
     - ``rule``: for the FWPs, the update rule (a name of :func:`fastweights.ops.list_rules`);
-    - ``feature_map``: for the FWPs, a :class:`FeatureMapSpec`.
+    - ``feature_map``: for the FWPs, a :class:`FeatureMapSpec`;
+    - ``beta_max``: the largest learned rate, ``beta_t = beta_max sigmoid(.)``: 1, or 2 with ``+neg``;
+    - ``steps``: updates of the rule per token (``n`` of ``<rule>product-<n>``; else 1).
 
     ``AttentionSpec("dpfp-2+delta")`` parses (a ``ValueError`` listing the grammar for an unknown
     name); an ``AttentionSpec`` given to it is returned as it is.
@@ -54,6 +66,8 @@ class AttentionSpec(str):
     kind: str
     rule: Optional[str]
     feature_map: Optional[FeatureMapSpec]
+    beta_max: float
+    steps: int
 
     def __new__(cls, name: str) -> "AttentionSpec":
         if isinstance(name, AttentionSpec):
@@ -61,7 +75,7 @@ class AttentionSpec(str):
         if not isinstance(name, str):
             raise TypeError(f"attention must be a str, got {type(name).__name__}")
         spec = super().__new__(cls, name)
-        spec.kind, spec.rule, spec.feature_map = _parse(name)
+        spec.kind, spec.rule, spec.feature_map, spec.beta_max, spec.steps = _parse(name)
         return spec
 
     def __getnewargs__(self) -> Tuple[str]:  # copy and pickle rebuild it from its name
@@ -79,10 +93,14 @@ class AttentionSpec(str):
 
 
 def list_attentions() -> List[str]:
-    """The attention variant names (``<nu>``, ``<m>`` stand for positive integers)."""
+    """The attention variant names (``<nu>``, ``<m>``, ``<n>`` stand for positive integers)."""
     maps = ["linear", "relu", "identity", "dpfp-<nu>", "favor-<m>"]
     others = [r for r in list_rules() if r != DEFAULT_RULE]
-    return ["softmax", "delta", "rdn"] + maps + [f"{m}+{r}" for r in others for m in maps]
+    return (
+        ["softmax", "delta", "delta+neg", "deltaproduct-<n>+neg", "rdn"]
+        + maps
+        + [f"{m}+{r}" for r in others for m in maps]
+    )
 
 
 def describe_attentions() -> str:
@@ -90,9 +108,11 @@ def describe_attentions() -> str:
     maps = ", ".join(["linear (ELU + 1)", "relu", "identity", "dpfp-<nu>", "favor-<m>"])
     rules = ", ".join(f"{r} (default)" if r == DEFAULT_RULE else r for r in list_rules())
     return (
-        f"'softmax', or '<map>[+<rule>][{RECURRENT}]' with <map> one of {maps} and <rule> one of {rules} "
-        f"('{RECURRENT}': a recurrent FWP, whose slow net also reads its previous output); "
-        f"'delta' = 'linear+delta', 'rdn' (Recurrent Delta Net) = 'linear+delta{RECURRENT}'"
+        f"'softmax', or '<map>[+<rule>][{NEGATIVE}][{RECURRENT}]' with <map> one of {maps} and <rule> one of "
+        f"{rules} ('{NEGATIVE}': a learned rate in [0, 2], negative eigenvalues; '{RECURRENT}': a recurrent FWP, "
+        f"whose slow net also reads its previous output); "
+        f"'delta' = 'linear+delta', 'rdn' (Recurrent Delta Net) = 'linear+delta{RECURRENT}'; "
+        f"'<rule>{PRODUCT}-<n>' in place of <rule>: n updates per token (DeltaProduct: deltaproduct-<n>)"
     )
 
 
@@ -105,15 +125,23 @@ def parse_attention(name: str) -> AttentionSpec:
     return AttentionSpec(name)
 
 
-def _parse(name: str) -> Tuple[str, Optional[str], Optional[FeatureMapSpec]]:
-    """``(kind, rule, feature map)`` of an attention variant name (:class:`AttentionSpec`)."""
+def _parse(name: str) -> Tuple[str, Optional[str], Optional[FeatureMapSpec], float, int]:
+    """``(kind, rule, feature map, beta_max, steps)`` of an attention variant name (:class:`AttentionSpec`)."""
     if name == "softmax":
-        return "softmax", None, None
+        return "softmax", None, None, 1.0, 1
     kind, full = "fwp", name
     if name == "rdn":
         kind, name = "recurrent", "delta"
     elif name.endswith(RECURRENT):
         kind, name = "recurrent", name[: -len(RECURRENT)]
+    beta_max = 1.0
+    if name.endswith(NEGATIVE):
+        beta_max, name = 2.0, name[: -len(NEGATIVE)]
+    steps = 1
+    product = re.search(rf"(?:^|\+)([a-z_]+){PRODUCT}-([1-9]\d*)$", name)
+    if product is not None and product.group(1) in list_rules():
+        steps, prefix = int(product.group(2)), name[: product.start()]
+        name = f"{prefix or 'linear'}+{product.group(1)}"
     base, rule = name, DEFAULT_RULE
     for r in list_rules():
         if name.endswith("+" + r):
@@ -123,5 +151,13 @@ def _parse(name: str) -> Tuple[str, Optional[str], Optional[FeatureMapSpec]]:
     m = re.fullmatch(r"([a-z_]+)(?:-([1-9]\d*))?", base)
     if m is None or m.group(1) not in _MAPS or (_MAPS[m.group(1)][1] is None) != (m.group(2) is None):
         raise ValueError(f"unknown attention variant {full!r}; expected {describe_attentions()}")
+    if beta_max != 1.0:
+        spec = get_rule(rule)
+        lo, hi = spec.bounds.get("beta", (-math.inf, math.inf))
+        if not spec.learned_rate or hi < beta_max:
+            raise ValueError(
+                f"attention {full!r}: '{NEGATIVE}' needs a rule that learns a rate allowed up to {beta_max:g}; "
+                f"rule {rule!r} " + ("learns no rate" if not spec.learned_rate else f"bounds it to [{lo:g}, {hi:g}]")
+            )
     feature_map, param = _MAPS[m.group(1)]
-    return kind, rule, FeatureMapSpec(feature_map, {param: int(m.group(2))} if param else {})
+    return kind, rule, FeatureMapSpec(feature_map, {param: int(m.group(2))} if param else {}), beta_max, steps

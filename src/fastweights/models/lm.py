@@ -47,6 +47,8 @@ def build_attention(cfg: LMConfig) -> nn.Module:
         decode_impl=cfg.decode_impl,
         qk_norm=None if cfg.qk_norm == "none" else cfg.qk_norm,
         out_norm=cfg.out_norm,
+        **({"beta_max": spec.beta_max} if spec.beta_max != 1.0 else {}),
+        **({"steps": spec.steps} if spec.steps != 1 else {}),
     )
 
 

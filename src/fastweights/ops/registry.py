@@ -134,10 +134,13 @@ Apply = Callable[[Run, OpCall], Tuple[Tensor, Optional[Tensor]]]
 @dataclass(frozen=True)
 class LearnedInput:
     """How layers make one of a rule's extra per-token inputs: ``activation(w_h . x_t + b_h)`` per
-    head, with the bias initialised to ``bias``."""
+    head, with the bias initialised to ``bias``; ``neutral`` is its value that leaves the state
+    unchanged (the gated rule's ``g = 0``: no decay), which products of updates use at a token's
+    later updates (:mod:`fastweights.ops.products`)."""
 
     activation: Callable[[Tensor], Tensor]
     bias: float = 0.0
+    neutral: float = 0.0
 
 
 @dataclass(frozen=True)

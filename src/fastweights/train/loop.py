@@ -48,6 +48,10 @@ Failures:
 - Resume verifies the newest checkpoint (hashes, finite, loads into this model and optimizer) and
   falls back to the one before with a warning, moving the bad one aside.
 
+Ctrl-C: on one process, the first stops training before the next step (the step in progress, its
+validation and checkpoint complete, so no write is cut in the middle) and raises
+:class:`~fastweights.cli.errors.Interrupted` naming the last checkpoint; a second stops at once.
+
 Multi-process: launch the same command with ``torchrun``; the process group uses NCCL on GPUs and
 gloo on CPUs; ``TrainConfig.data_parallel`` chooses ``DistributedDataParallel`` (``'ddp'``) or FSDP2
 sharding (``'fsdp'``), see :mod:`fastweights.train.data_parallel`.
@@ -57,6 +61,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -84,6 +90,32 @@ from .run_dir import prepare_run_dir, restore, write_checkpoint
 from .validation import carried_validation_loss, validation_loss
 
 log = logging.getLogger(__name__)
+
+
+class _SigintBetweenSteps:
+    """Ctrl-C between steps: while it is held (from construction to :meth:`release`), the first
+    SIGINT only sets ``requested``, which the loop checks before each step, so that no write (a
+    checkpoint, a metrics row, TensorBoard's queue) is cut in the middle; a second SIGINT raises
+    ``KeyboardInterrupt`` at once. Outside the main thread, or where SIGINT is not Python's default
+    handler, nothing is held."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def release(self) -> None:
+        """Give SIGINT back to the handler it had."""
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 def train(
@@ -240,8 +272,11 @@ class _Run:
         last: Dict[str, float] = {}
         postfix: Dict[str, str] = {}  # what the bar shows after the step number; a status while validating or saving
         self.model.train()
+        stop = _SigintBetweenSteps() if info.world == 1 else None  # one process: Ctrl-C waits for the step's end
         try:
             while self.step < cfg.steps:
+                if stop is not None and stop.requested:
+                    raise KeyboardInterrupt
                 t_step = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._optimizer_step(runner)
@@ -276,6 +311,8 @@ class _Run:
             )
             raise Interrupted(f"training stopped at step {self.step} of {cfg.steps}; {saved}") from None
         finally:
+            if stop is not None:
+                stop.release()
             bar.close()
             metrics.close()
         return last
