@@ -46,8 +46,10 @@ def make_inputs(
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half
     out = dict(q=q, k=k, v=v, beta=beta, initial_state=s0)
     if rule is not None:
-        for name, learned in get_rule(rule).learned.items():
-            out[name] = learned.activation(torch.randn(B, T, H, generator=g, dtype=torch.float64))
+        spec = get_rule(rule)
+        for name, learned in spec.learned.items():
+            shape = (B, T, H, dk) if name in spec.per_channel else (B, T, H)  # per head, or per key channel
+            out[name] = learned.activation(torch.randn(*shape, generator=g, dtype=torch.float64))
     return {
         n: (
             t.to(device=device, dtype=state_dtype if n == "initial_state" else dtype).requires_grad_()

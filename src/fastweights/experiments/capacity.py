@@ -134,7 +134,11 @@ class RetrievalModel(nn.Module):
         self.qk_norm = get_qk_norm(key_norm if spec.key_norm else None)
         self.beta_proj = nn.Linear(d + n_keys, 1) if spec.learned_rate else None
         self.learned = spec.learned  # the rule's other per-token inputs (the gated delta rule's decay)
-        self.input_projs = nn.ModuleDict({name: nn.Linear(d + n_keys, 1) for name in spec.learned})
+        self.per_channel = spec.per_channel  # inputs learned per key channel: d_dot of them
+        d_dot = self.feature_map.out_dim()
+        self.input_projs = nn.ModuleDict(
+            {name: nn.Linear(d + n_keys, d_dot if name in spec.per_channel else 1) for name in spec.learned}
+        )
         for name, proj in self.input_projs.items():
             nn.init.constant_(proj.bias, spec.learned[name].bias)
         self.normalize = spec.attn_norm
@@ -144,7 +148,7 @@ class RetrievalModel(nn.Module):
                 "k": d,
                 "read": d,
                 **({"beta": 1} if spec.learned_rate else {}),
-                **{name: 1 for name in spec.learned},
+                **{name: self.input_projs[name].out_features for name in spec.learned},
             }
             self.recurrent = nn.ModuleDict({name: nn.Linear(n_keys, w, bias=False) for name, w in widths.items()})  # R
             self.step_op = get_op(spec.name, "step")
@@ -190,7 +194,12 @@ class RetrievalModel(nn.Module):
         if self.qk_norm is not None:
             k = self.qk_norm(k)
         beta = self.method.beta_max * torch.sigmoid(pre["beta"]) if "beta" in pre else None  # [B, T, 1]
-        inputs = {name: self.learned[name].activation(pre[name]) for name in self.input_projs}  # [B, T, 1]
+        inputs = {  # [B, T, 1], or [B, T, 1, d_dot] per key channel
+            name: self.learned[name].activation(pre[name])[:, :, None]
+            if name in self.per_channel
+            else self.learned[name].activation(pre[name])
+            for name in self.input_projs
+        }
         return k, beta, inputs
 
     def _write_recurrent(self, pre: Dict[str, Tensor], read: Tensor, v: Tensor) -> Tensor:

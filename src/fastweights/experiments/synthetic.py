@@ -358,18 +358,20 @@ def run_task(
 
 # ---------------------------------------------------------------------------- reports
 def format_table(results: Sequence[RuleResult]) -> List[str]:
-    """Markdown rows: accuracy by test size, one row per rule (median over seeds, and the range
-    when there are several)."""
+    """Markdown rows: the final training loss and the accuracy by test size, one row per rule
+    (median over seeds, and the min-max range when there are several); a size past the training
+    sizes says how many times the longest training size it is."""
     if not results:
         return []
     sizes = sorted({s for r in results for s in r.accuracy})
     first = results[0]
-    head = (
-        f"| attention | trained up to {first.size_name} {first.train_length} | "
-        + " | ".join(f"{first.size_name} {s}" for s in sizes)
-        + " |"
-    )
-    rows = [head, "|---|---:|" + "---:|" * len(sizes)]
+
+    def head(size: int) -> str:
+        ratio = size / first.train_length
+        return f"{first.size_name} {size}" + (f" ({ratio:g}x)" if ratio > 1 else "")
+
+    rows = ["| attention | training loss | " + " | ".join(head(s) for s in sizes) + " |"]
+    rows.append("|---|---:|" + "---:|" * len(sizes))
     for r in results:
         cells = []
         for s in sizes:
@@ -378,7 +380,7 @@ def format_table(results: Sequence[RuleResult]) -> List[str]:
             if len(accs) > 1:
                 cell += f" ({min(accs):.2f}-{max(accs):.2f})"
             cells.append(cell)
-        rows.append(f"| {r.rule} | loss {r.final_loss:.3f} | " + " | ".join(cells) + " |")
+        rows.append(f"| {r.rule} | {r.final_loss:.3f} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -404,6 +406,9 @@ def plot_results(results: Sequence[RuleResult], path, title: str) -> None:
         ax.axvline(results[0].train_length, ls=":", color="grey", lw=1, label="longest training size")
         ax.set_xlabel(f"test {results[0].size_name}")
     ax.set_xscale("log", base=2)
+    sizes = sorted({s for r in results for s in r.accuracy})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)

@@ -167,7 +167,13 @@ class FastWeightAttention(nn.Module):
             raise ValueError(f"beta must be 'learned', 'auto' or a float, got {beta!r}")
 
         self.learned = spec.learned  # the rule's other per-token inputs: activation(w_h . x + b_h)
-        self.input_projs = nn.ModuleDict({name: nn.Linear(d_model, n_heads, bias=True) for name in spec.learned})
+        self.per_channel = spec.per_channel  # those learned per head and key channel
+        self.input_projs = nn.ModuleDict(
+            {
+                name: nn.Linear(d_model, n_heads * (self.d_key if name in spec.per_channel else 1), bias=True)
+                for name in spec.learned
+            }
+        )
         self.init_learned_inputs()
         self.qkv = nn.Linear(d_model, (1 + 2 * steps) * n_heads * d_head, bias=bias)  # q, then steps k's and v's
         self.out_norm: Optional[nn.RMSNorm] = nn.RMSNorm(d_head, eps=eps) if out_norm else None
@@ -261,7 +267,10 @@ class FastWeightAttention(nn.Module):
         else:
             beta = None
         dtype = compute_dtype(v.device, v.dtype)
-        inputs = {name: self.learned[name].activation(pre[name]).to(dtype) for name in self.input_projs}
+        inputs = {}  # each [B, T, H], or [B, T, H, d_k] per key channel
+        for name in self.input_projs:
+            x = self.learned[name].activation(pre[name]).to(dtype)  # [B, T, H (d_k)]
+            inputs[name] = x.view(B, T, H, -1) if name in self.per_channel else x
         kwargs = dict(
             initial_state=state["S"] if state is not None else None,
             output_final_state=True,

@@ -29,7 +29,8 @@ class OpCall:
         cu_seqlens: ``[N + 1]`` cumulative lengths of sequences packed along T (then ``B = 1``), or None.
         chunk_size: chunk length of the chunkwise forms.
         normalize, eps: the rule's attention normalisation (``apply`` does it; backends ignore both).
-        inputs: the rule's other per-token inputs, each ``[B, T, H]`` (the gated delta rule's ``g``).
+        inputs: the rule's other per-token inputs, each ``[B, T, H]`` (the gated delta rule's ``g``),
+            or ``[B, T, H, d_k]`` for those it takes per key channel (:attr:`RuleSpec.per_channel`).
     """
 
     q: Tensor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -21,10 +21,12 @@ def check_inputs(
     initial_state: Optional[Tensor],
     cu_seqlens: Optional[Tensor],
     state_dv: Optional[int] = None,
+    per_channel: Sequence[str] = (),
 ) -> None:
     """Validate the op arguments; raise ``TypeError``/``ValueError`` naming the bad one.
 
-    ``per_token`` holds the rule's per-token, per-head inputs (``beta``, ...), each ``[B, T, H]`` or None.
+    ``per_token`` holds the rule's per-token inputs (``beta``, ...), each ``[B, T, H]`` or None, or
+    ``[B, T, H, d_k]`` for those named in ``per_channel``.
     ``state_dv`` is the last dimension the initial state must have (``d_v`` unless the op
     adds columns, as the normalised sum rule does).
     """
@@ -56,7 +58,12 @@ def check_inputs(
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        if x.shape != (B, T, H):
+        if name in per_channel and x.shape != (B, T, H, d_k):
+            raise ValueError(
+                f"{name} (one value per key channel) must have shape [B, T, H, d_k] = [{B}, {T}, {H}, {d_k}], "
+                f"got {_shape(x)}"
+            )
+        if name not in per_channel and x.shape != (B, T, H):
             raise ValueError(f"{name} must have shape [B, T, H] = [{B}, {T}, {H}], got {_shape(x)}")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}; they must match")

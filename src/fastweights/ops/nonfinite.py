@@ -49,13 +49,14 @@ class NonFinite:
         self, q: Tensor, k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]]
     ) -> Tuple[Tensor, Tensor, Tensor, Dict[str, Optional[Tensor]]]:
         """The inputs with bad reads and every write from the first bad one on replaced by zeros
-        (``q, k: [B, T, H, d_k]``, ``v: [B, T, H, d_v]``, ``per_token``: each ``[B, T, H]`` or None)."""
+        (``q, k: [B, T, H, d_k]``, ``v: [B, T, H, d_v]``, ``per_token``: each ``[B, T, H]`` or None, or
+        ``[B, T, H, d_k]`` per key channel)."""
         write = self.write[..., None]  # [B, T, H, 1]
         return (
             q.masked_fill(self.read[..., None], 0.0),
             k.masked_fill(write, 0.0),
             v.masked_fill(write, 0.0),
-            {n: x.masked_fill(self.write, 0.0) if x is not None else None for n, x in per_token.items()},
+            {n: _fill(x, self.write) for n, x in per_token.items()},
         )
 
     def poison(self, o: Tensor, final_state: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
@@ -102,6 +103,13 @@ def find_nonfinite(
         )  # [N, H]
         write = (t[:, None] >= first[seq])[None]  # [1, T, H]
     return NonFinite(read, write, first < T)
+
+
+def _fill(x: Optional[Tensor], write: Tensor) -> Optional[Tensor]:
+    """``x`` (``[B, T, H]`` or, per key channel, ``[B, T, H, d_k]``) with zeros where ``write`` ``[B, T, H]``."""
+    if x is None:
+        return None
+    return x.masked_fill(write if x.dim() == 3 else write[..., None], 0.0)
 
 
 def _writes(k: Tensor, v: Tensor, per_token: Dict[str, Optional[Tensor]]) -> List[Tensor]:

@@ -151,7 +151,10 @@ class RuleSpec:
         name: the rule's name (``'sum'``, ``'delta'``).
         summary: its update and read-out, one line.
         inputs: its per-token inputs besides q, k, v, with their meaning (``{"beta": "[B, T, H] rate"}``);
-            those other than ``beta`` are keyword arguments of the op.
+            those other than ``beta`` are keyword arguments of the op. Each is one value per head,
+            ``[B, T, H]``, unless named in ``per_channel``.
+        per_channel: the inputs given per key channel, ``[B, T, H, d_k]`` (a decay per key
+            direction), which layers learn per head and key channel.
         learned: how layers learn its inputs other than ``beta`` from the layer input.
         bounds: the closed interval ``(lo, hi)`` each bounded per-token input must lie in (e.g. a
             rate that keeps the state transition stable); a finite value outside is a
@@ -171,6 +174,7 @@ class RuleSpec:
     apply: Apply
     forms: Tuple[Backend, ...]
     inputs: Dict[str, str] = field(default_factory=lambda: {"beta": "[B, T, H] rate (None: 1)"})
+    per_channel: Tuple[str, ...] = ()
     learned: Dict[str, LearnedInput] = field(default_factory=dict)
     bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     state: str = "[N, H, d_k, d_v] (d_v + 1 with normalize=True: the last column is z)"
@@ -383,6 +387,7 @@ class Op:
             {"beta": beta, **inputs},
             initial_state,
             cu_seqlens,
+            per_channel=spec.per_channel,
             state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None,
         )
         check_chunk_size(chunk_size)

@@ -55,7 +55,7 @@ def _rule(name: str, sigma: forms.Sigma, summary: str) -> RuleSpec:
             replace(b, run=per_sequence(b.run), native_varlen=True)
             for b in (  # padding would move S
                 torch_form(name, "naive", forms.naive(sigma)),
-                torch_form(name, "checkpoint", forms.checkpointed(sigma), priority=10),
+                torch_form(name, "checkpoint", forms.checkpointed_form(sigma), priority=10),
                 torch_form(name, "step", forms.step(sigma), one_token=True),
             )
         ),

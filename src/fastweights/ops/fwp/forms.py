@@ -15,7 +15,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+
+from ..common.checkpointed import checkpointed
 
 Sigma = Callable[[Tensor], Tensor]
 
@@ -48,21 +49,6 @@ def step(sigma: Sigma):
     return step_core
 
 
-def checkpointed(sigma: Sigma):
+def checkpointed_form(sigma: Sigma):
     """The time loop in segments of ``chunk_size`` tokens, each recomputed in the backward."""
-
-    def segment(q: Tensor, k: Tensor, v: Tensor, S: Tensor) -> Tuple[Tensor, Tensor]:
-        return loop(sigma, q, k, v, S)
-
-    def checkpoint_core(q: Tensor, k: Tensor, v: Tensor, beta: Optional[Tensor], S: Tensor, chunk_size: int):
-        outs = []
-        for t0 in range(0, q.shape[2], chunk_size):
-            seg = slice(t0, t0 + chunk_size)
-            if torch.is_grad_enabled():
-                o, S = checkpoint(segment, q[:, :, seg], k[:, :, seg], v[:, :, seg], S, use_reentrant=False)
-            else:
-                o, S = segment(q[:, :, seg], k[:, :, seg], v[:, :, seg], S)
-            outs.append(o)
-        return torch.cat(outs, dim=2), S  # [B, H, T, d_v]
-
-    return checkpoint_core
+    return checkpointed(naive(sigma))
