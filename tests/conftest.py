@@ -39,3 +39,18 @@ def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("".join(" ".join(rng.choice(words, 6)) + ".\n" for _ in range(300)))
     return path
+
+
+@pytest.fixture
+def scratch_registries():
+    """Rules, backends, feature maps and synthetic tasks registered in a test are gone afterwards."""
+    from fastweights import feature_maps
+    from fastweights.experiments import synthetic
+    from fastweights.ops import registry
+
+    registry._discover()
+    saved = [(d, dict(d)) for d in (registry._RULES, registry._BACKENDS, feature_maps._REGISTRY, synthetic._TASKS)]
+    yield
+    for registered, before in saved:
+        registered.clear()
+        registered.update(before)

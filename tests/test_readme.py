@@ -431,7 +431,11 @@ def test_the_tables_are_current() -> None:
 
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
 def test_python_example(
-    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_run: Callable[[str], Path]
+    block: Block,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trained_run: Callable[[str], Path],
+    scratch_registries: None,  # what an example registers (a rule, a feature map, a task) is undone
 ) -> None:
     for module in sorted(set(IMPORT.findall(block.code))):
         pytest.importorskip(module)  # an optional extra (transformers) may be absent

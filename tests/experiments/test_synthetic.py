@@ -54,7 +54,7 @@ def test_mqar_asks_each_stored_key_once_and_its_target_is_its_value() -> None:
         task.sample(1, MQAR_KEYS + 1, _gen(), True)
 
 
-def test_a_task_is_one_registration_away() -> None:
+def test_a_task_is_one_registration_away(scratch_registries) -> None:
     def last_token(batch_size, size, generator, train):
         ids = torch.randint(3, (batch_size, size), generator=generator)
         targets = torch.full_like(ids, IGNORE)
@@ -62,17 +62,14 @@ def test_a_task_is_one_registration_away() -> None:
         return ids, targets
 
     register_task(Task("echo", "repeat the last token", 3, "length", 1 / 3, last_token, rules=("linear",)))
-    try:
-        preset = SynthPreset((2, 4), (4, 8), steps=2, batch_size=4, d_model=8, n_heads=1, d_ff=8, eval_batches=1)
-        (result,) = run_task("echo", preset=preset, progress=False)
-        assert result.rule == "linear" and set(result.accuracy) == {4, 8} and result.chance == 1 / 3
-    finally:
-        from fastweights.experiments import synthetic
-
-        synthetic._TASKS.pop("echo")
-    assert "echo" not in list_tasks()
-    with pytest.raises(ValueError, match=r"unknown task 'echo'; expected one of \['modular', 'mqar', 'parity'\]"):
-        get_task("echo")
+    assert "echo" in list_tasks()
+    preset = SynthPreset((2, 4), (4, 8), steps=2, batch_size=4, d_model=8, n_heads=1, d_ff=8, eval_batches=1)
+    (result,) = run_task("echo", preset=preset, progress=False)
+    assert result.rule == "linear" and set(result.accuracy) == {4, 8} and result.chance == 1 / 3
+    with pytest.raises(
+        ValueError, match=r"unknown task 'nope'; expected one of \['echo', 'modular', 'mqar', 'parity'\]"
+    ):
+        get_task("nope")
 
 
 def test_parity_needs_negative_eigenvalues() -> None:
