@@ -281,3 +281,17 @@ def test_the_one_token_form_answers_to_its_old_name_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match="impl 'recurrent' is deprecated; use 'step'"):
         op = get_op("delta", "recurrent")
     assert op.backend is get_op("delta", "step").backend
+
+
+@pytest.mark.parametrize("rule", list_rules())
+def test_auto_decodes_one_token_with_the_form_the_rule_declares(rule: str) -> None:
+    """A single token goes to the rule's one_token form (its step); longer inputs never do."""
+    x = make_inputs(2, 1, 2, 4, 4, rule=rule)
+    extra = {n: x[n] for n in get_rule(rule).learned}
+    op = get_op(rule)
+    op(x["q"], x["k"], x["v"], x["beta"], **extra)
+    steps = [b.name for b in list_backends(rule) if b.one_token]
+    assert steps and op.last_impl == steps[0]
+    y = make_inputs(2, 3, 2, 4, 4, rule=rule)
+    op(y["q"], y["k"], y["v"], y["beta"], **{n: y[n] for n in get_rule(rule).learned})
+    assert op.last_impl not in steps

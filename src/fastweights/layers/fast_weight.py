@@ -78,7 +78,8 @@ class FastWeightAttention(nn.Module):
         bias: biases in the projections.
         impl: backend of :meth:`forward` (``'auto'``: chosen per call; ``'chunk'``, ``'naive'``,
             ``'fla'``, ... see :func:`fastweights.ops.list_ops`).
-        decode_impl: backend of :meth:`step` (default ``'step'``, the rule's one-token form).
+        decode_impl: backend of :meth:`step` (default ``'auto'``: the form the rule declares for one
+            token, ``one_token=True``, its ``step``).
         chunk_size: chunk length of chunkwise backends.
         eps: added to normalisers.
     """
@@ -102,7 +103,7 @@ class FastWeightAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = False,
         impl: str = "auto",
-        decode_impl: str = "step",
+        decode_impl: str = "auto",
         chunk_size: int = 64,
         eps: float = 1e-6,
     ) -> None:

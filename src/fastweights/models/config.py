@@ -95,7 +95,7 @@ class LMConfig(_DictConfig):
         chunk_size: chunk length of the fast-weight layers' chunkwise parallel form.
         impl: op backend of the fast-weight layers in training and evaluation (``'auto'``: the
             fastest for each call, see :func:`fastweights.ops.list_ops`).
-        decode_impl: op backend of one-token decoding steps.
+        decode_impl: op backend of one-token decoding steps (``'auto'``: the rule's one-token form).
         qk_norm: normalisation of the fast-weight layers' phi(q), phi(k): ``'sum'``, ``'l2'``,
             ``'none'`` or ``'auto'`` (the rule's default, see :class:`~fastweights.layers.FastWeightAttention`).
         out_norm: RMS-normalise each fast-weight head's output (the layer's ``out_norm``).
@@ -118,7 +118,7 @@ class LMConfig(_DictConfig):
     bias: bool = False
     chunk_size: int = 64
     impl: str = "auto"
-    decode_impl: str = "step"
+    decode_impl: str = "auto"
     qk_norm: str = "auto"
     out_norm: bool = False
 

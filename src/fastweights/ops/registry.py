@@ -256,7 +256,13 @@ def list_ops(device: Optional[str] = None) -> List[Tuple[str, str]]:
 
 
 def select_backend(rule: str, q: Tensor, d_v: int) -> Backend:
-    """The backend ``impl="auto"`` uses for queries ``q`` ``[B, T, H, d_k]`` and ``d_v`` value columns."""
+    """The backend ``impl="auto"`` uses for queries ``q`` ``[B, T, H, d_k]`` and ``d_v`` value columns:
+    for one token (``T = 1``) the rule's form that declares ``one_token`` (its decoding step) where it
+    has one that runs the inputs; otherwise the available backend of highest ``priority``."""
+    if q.shape[1] == 1:
+        steps = [b for b in list_backends(rule) if b.one_token and not b.emulated and b.unsupported(q, d_v) is None]
+        if steps:
+            return steps[0]
     ranked = [
         b for b in list_backends(rule) if b.priority is not None and not b.emulated and b.unsupported(q, d_v) is None
     ]
