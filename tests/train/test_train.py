@@ -3,6 +3,7 @@ gradient accumulation and 2-process DDP == 1 process, and the CLI."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -418,6 +419,22 @@ def test_resume_may_extend_steps_and_the_run_ends_with_a_loss_plot(text_file: Pa
     assert read_config(out)["train"]["steps"] == 9
     with pytest.raises(ValueError, match=r"differs from the saved run .*'steps': \(9, 7\)"):
         train(model_cfg, TrainConfig(**{**train_cfg.to_dict(), "steps": 7}), corpus, out, resume=True, progress=False)
+
+
+def test_a_run_saved_with_the_old_decoding_form_name_resumes(text_file: Path, tmp_path: Path) -> None:
+    """Runs written before 'recurrent' became 'step' (and 'auto' the default) resume with today's
+    defaults: the decoding backend changes no training, so it may differ."""
+    corpus = load_corpus(text_file, cache_dir=tmp_path / "cache")
+    model_cfg, train_cfg = tiny_cfgs(corpus.tokenizer.vocab_size, steps=3, eval_every=3, ckpt_every=3)
+    out = tmp_path / "run"
+    train(model_cfg, train_cfg, corpus, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    saved["model"]["decode_impl"] = "recurrent"  # as an earlier version wrote it
+    (out / "config.json").write_text(json.dumps(saved))
+    result = train(
+        model_cfg, TrainConfig(**{**train_cfg.to_dict(), "steps": 4}), corpus, out, resume=True, progress=False
+    )
+    assert result["step"] == 4 and model_cfg.decode_impl == "auto"
 
 
 def test_tensorboard_gets_the_metrics_when_installed(text_file: Path, tmp_path: Path) -> None:

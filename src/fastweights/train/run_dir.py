@@ -31,6 +31,7 @@ from .metrics import LOSS_PLOT, METRICS_FILE
 
 RUN_FILES = (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, METRICS_FILE, LOSS_PLOT)  # the run directory's top level
 RESUMABLE_CHANGES = ("steps", "compile")  # training settings a --resume may change (steps: only more)
+DECODING_SETTINGS = ("decode_impl",)  # model settings that change no training, which a --resume may change too
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +52,11 @@ def prepare_run_dir(out: Path, model_cfg: LMConfig, train_cfg: TrainConfig, corp
             except (TypeError, ValueError) as e:
                 raise ValueError(f"--resume: the {name} config saved in {out} is not valid: {e}") from None
             old, new = saved_cfg.to_dict(), cfg.to_dict()
+            may_change = RESUMABLE_CHANGES if cls is TrainConfig else DECODING_SETTINGS
             diff = {
                 k: (old[k], v)
                 for k, v in new.items()
-                if old[k] != v and not (cls is TrainConfig and k in RESUMABLE_CHANGES and (k != "steps" or v > old[k]))
+                if old[k] != v and not (k in may_change and (k != "steps" or v > old[k]))
             }
             if diff:
                 raise ValueError(
