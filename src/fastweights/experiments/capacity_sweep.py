@@ -157,9 +157,19 @@ def paper_setting2() -> SweepConfig:
 def family() -> SweepConfig:
     """The FWP family side by side at the quick preset's scale (d = 16): overwriting (setting 2,
     S = 8, 16) and forgetting (setting 3, S = 32, 64: twice as many keys as the linear map's
-    d_dot = 16 pass by, only the last S / 4 pairs are asked) for the sum, delta, gated delta and
-    general FWP (tanh, norm cap) rules and the Recurrent Delta Net."""
-    methods = ("linear", "linear+delta", "linear+gated_delta", "linear+fwp-tanh", "linear+fwp-normcap", "rdn")
+    d_dot = 16 pass by, only the last S / 4 pairs are asked) for the sum, delta (rate in [0, 1] and in
+    [0, 2]), gated delta, channel-gated delta and general FWP (tanh, norm cap) rules and the Recurrent
+    Delta Net."""
+    methods = (
+        "linear",
+        "linear+delta",
+        "linear+delta+neg",
+        "linear+gated_delta",
+        "linear+channel_gated_delta",
+        "linear+fwp-tanh",
+        "linear+fwp-normcap",
+        "rdn",
+    )
     return SweepConfig(
         grids=(Grid(2, methods, (8, 16)), Grid(3, methods, (32, 64))),
         train=CapacityTraining(max_steps=1500, window=50, patience=12),
