@@ -6,10 +6,10 @@ None: no decay), a keyword input: ``get_op("channel_gated_delta")(q, k, v, beta,
 learn ``g_t = logsigmoid(W x_t + b)``, one value per head and key channel, with ``b`` starting at 5
 (alpha ~ 0.993).
 
-Forms: ``naive`` (the definition, :mod:`.naive`), ``step`` (one token) and ``checkpoint`` (the
-training form: the time loop recomputed in the backward from the state at every ``chunk_size``-th
-token, :mod:`fastweights.ops.common.checkpointed`). No chunkwise parallel form yet: with a decay
-per channel the within-chunk products need a sub-chunked WY form to stay in float range.
+Forms: ``naive`` (the definition, :mod:`.naive`), ``step`` (one token), ``chunk`` (the training
+form: chunkwise parallel, the WY form with every decay a difference of cumulative log decays,
+each chunk recomputed in the backward, :mod:`.chunk`) and ``checkpoint`` (the time loop
+recomputed from the state at every ``chunk_size``-th token, :mod:`fastweights.ops.common.checkpointed`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..call import OpCall, Run
 from ..common.checkpointed import checkpointed
 from ..registry import LearnedInput, RuleSpec
 from ..torch_form import torch_form
+from .chunk import chunk_core
 from .naive import naive_core
 
 
@@ -48,9 +49,10 @@ RULE = RuleSpec(
     bounds={"beta": (0.0, 2.0), "g": (-math.inf, 0.0)},
     forms=(
         torch_form("channel_gated_delta", "naive", naive_core),
-        torch_form("channel_gated_delta", "checkpoint", checkpointed(naive_core), priority=10),
+        torch_form("channel_gated_delta", "chunk", chunk_core, priority=10),
+        torch_form("channel_gated_delta", "checkpoint", checkpointed(naive_core)),
         torch_form("channel_gated_delta", "step", naive_core, one_token=True),
     ),
 )
 
-__all__ = ["RULE", "apply", "naive_core"]
+__all__ = ["RULE", "apply", "chunk_core", "naive_core"]
