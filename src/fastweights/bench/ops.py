@@ -1,4 +1,4 @@
-"""Op benchmark: every backend of the sum and delta rules, forward and forward+backward, on CPU or CUDA.
+"""Op benchmark: every backend of every rule, forward and forward+backward, on CPU or CUDA.
 
 For each rule, key width d_k, dtype, backend and length L, on random inputs in the public
 ``[B, T, H, D]`` layout (keys L2-normalised, rates in (0, 1) for the delta rule, d_v = ``--dim``)::
@@ -254,8 +254,12 @@ def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     v = randn(shape_v)
     learned_rate = cell.rule in list_rules() and get_rule(cell.rule).learned_rate
     beta = torch.rand(shape_k[:3], generator=g, device=cell.device) if learned_rate else None
-    learned = get_rule(cell.rule).learned if cell.rule in list_rules() else {}
-    extra = {name: x.activation(randn(shape_k[:3]) + x.bias) for name, x in learned.items()}  # [B, T, H]
+    spec = get_rule(cell.rule) if cell.rule in list_rules() else None
+    learned = spec.learned if spec is not None else {}
+    extra = {  # [B, T, H], or [B, T, H, d_k] per key channel
+        name: x.activation(randn(shape_k if name in spec.per_channel else shape_k[:3]) + x.bias)
+        for name, x in learned.items()
+    }
     do = randn(shape_v)
     out = dict(q=q, k=k, v=v, beta=beta, **extra)
     out = {n: (t.to(dtype).requires_grad_() if t is not None else None) for n, t in out.items()}
