@@ -16,7 +16,7 @@ import torch
 
 from fastweights.bench import ops
 from fastweights.cli import build_parser, main
-from fastweights.ops import list_backends, register_backend, registry
+from fastweights.ops import get_op, get_rule, list_backends, list_rules, register_backend, registry
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
@@ -209,3 +209,17 @@ def test_tiny_cuda_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert all("fwd_ms" in r for r in softmax)
     assert any("softmax_over_fastest" in e for e in result["ratios"])
     assert "cuda: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rule", list_rules())
+def test_every_rule_gets_its_inputs_in_their_shapes_and_runs(rule: str) -> None:
+    """The inputs of a cell follow the rule's contract (per head, or per key channel), so every
+    rule's default backend runs them."""
+    cell = ops.Cell(rule, "naive", 1, 5, 2, 4, 3, "float64", "cpu")
+    x = ops.make_inputs(cell)
+    spec = get_rule(rule)
+    for name in spec.learned:
+        assert x[name].shape == ((1, 5, 2, 4) if name in spec.per_channel else (1, 5, 2))
+    extra = {name: x[name] for name in spec.learned}
+    o, _ = get_op(rule)(x["q"], x["k"], x["v"], x["beta"], **extra)
+    assert o.shape == (1, 5, 2, 3)

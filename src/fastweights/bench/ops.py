@@ -240,8 +240,8 @@ def cuda_peak_mb(fn: Callable[[], object]) -> float:
 def make_inputs(cell: Cell, seed: int = 0) -> Dict[str, Optional[Tensor]]:
     """Random inputs of ``cell`` on its device (leaf tensors that require grad) and an output gradient:
     q, k ``[B, T, H, d_k]``, v, do ``[B, T, H, d_v]``, beta ``[B, T, H]`` (for rules that learn a rate, else None)
-    and the rule's other learned per-token inputs ``[B, T, H]`` as a layer makes them (e.g. the gated
-    delta rule's log decay ``g = logsigmoid(randn + 5)``)."""
+    and the rule's other learned per-token inputs ``[B, T, H]`` (``[B, T, H, d_k]`` per key channel)
+    as a layer makes them (e.g. the gated delta rule's log decay ``g = logsigmoid(randn + 5)``)."""
     g = torch.Generator(cell.device).manual_seed(seed)
     dtype = getattr(torch, cell.dtype)
     shape_k, shape_v = (cell.B, cell.T, cell.H, cell.d_k), (cell.B, cell.T, cell.H, cell.d_v)
