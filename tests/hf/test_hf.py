@@ -29,7 +29,15 @@ from fastweights.models.generate import generate  # noqa: E402
 from ..models.test_generate import PROMPTS, left_padded  # noqa: E402
 from ..tiny_lm import TEXT, tiny_model, write_model_dir  # noqa: E402
 
-GREEDY_VARIANTS = ["softmax", "linear", "delta", "rdn", "linear+gated_delta"]
+GREEDY_VARIANTS = [
+    "softmax",
+    "linear",
+    "delta",
+    "rdn",
+    "linear+gated_delta",
+    "deltaproduct-2+neg",
+    "linear+channel_gated_delta",
+]
 
 
 def hf_model(attention: str) -> FastWeightsForCausalLM:
