@@ -194,12 +194,10 @@ class RetrievalModel(nn.Module):
         if self.qk_norm is not None:
             k = self.qk_norm(k)
         beta = self.method.beta_max * torch.sigmoid(pre["beta"]) if "beta" in pre else None  # [B, T, 1]
-        inputs = {  # [B, T, 1], or [B, T, 1, d_dot] per key channel
-            name: self.learned[name].activation(pre[name])[:, :, None]
-            if name in self.per_channel
-            else self.learned[name].activation(pre[name])
-            for name in self.input_projs
-        }
+        inputs = {}
+        for name in self.input_projs:
+            x = self.learned[name].activation(pre[name])  # [B, T, 1], or [B, T, d_dot] per key channel
+            inputs[name] = x[:, :, None] if name in self.per_channel else x  # per channel: [B, T, 1, d_dot]
         return k, beta, inputs
 
     def _write_recurrent(self, pre: Dict[str, Tensor], read: Tensor, v: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ batch is drawn on the CPU from a seeded generator, so a seed gives the same data
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -342,11 +343,11 @@ def run_task(
             rule=rule,
             train_length=preset.train_length,
             size_name=task.size_name,
-            accuracy={size: float(torch.tensor(accs).median()) for size, accs in per_seed.items()},
+            accuracy={size: statistics.median(accs) for size, accs in per_seed.items()},
             accuracy_per_seed=per_seed,
             seeds=list(range(seeds)),
             steps=preset.steps,
-            final_loss=float(torch.tensor(losses).median()),
+            final_loss=statistics.median(losses),
             seconds=time.perf_counter() - t0,
             chance=task.chance,
         )
