@@ -40,7 +40,8 @@ def make_inputs(
     k = F.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=g, dtype=torch.float64)
     beta = torch.rand(B, T, H, generator=g, dtype=torch.float64) * 0.9 + 0.05
-    s0 = torch.randn(B, H, dk, dv, generator=g, dtype=torch.float64) * 0.5 if with_state else None
+    dims = (dk, dv) if rule is None else get_rule(rule).state(dk, dv)  # the state per sequence and head
+    s0 = torch.randn(B, H, *dims, generator=g, dtype=torch.float64) * 0.5 if with_state else None
     if s0 is not None and normalize:
         s0 = torch.cat([s0, torch.rand(B, H, dk, 1, generator=g, dtype=torch.float64) + 0.5], -1)  # [S | z]
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half

@@ -94,6 +94,12 @@ def parse_method(name: str) -> Method:
         raise ValueError(
             f"method {name!r}: the capacity experiment writes one update per pair; products are not supported"
         )
+    state = get_rule(spec.rule).state
+    if not state.is_matrix:
+        raise ValueError(
+            f"method {name!r}: the capacity experiment reads the fast weights as S_T^T q, one [d_k, d_v] "
+            f"matrix per head; rule {spec.rule!r} keeps a state of shape {state}"
+        )
     method = Method(
         name,
         spec.rule,

@@ -39,7 +39,8 @@ class FastWeightAttention(nn.Module):
     The same parameters serve :meth:`forward` (a whole sequence, backend ``impl``) and :meth:`step`
     (one token, backend ``decode_impl``), so a model trained in parallel decodes token by token with
     no conversion. The state is ``{"S": [B, H, d_k, d_v]}`` in float32 (``d_v + 1`` with
-    ``attn_norm``: the last column is ``z``).
+    ``attn_norm``: the last column is ``z``), or the shape the rule declares
+    (:class:`~fastweights.ops.StateShape`).
 
     Under autocast, the projections, feature map and normalisations may come out in different
     dtypes (CUDA autocast runs sums and exponentials in float32); the layer hands the op q, k, v and
@@ -112,6 +113,7 @@ class FastWeightAttention(nn.Module):
         d_head = resolve_d_head(d_model, n_heads, d_head)
         self.op, self.step_op = get_op(rule, impl), get_op(rule, decode_impl)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
+        self.state_shape = spec.state  # the state per sequence and head, [N, H, *state]
         self.rule, self.impl, self.decode_impl, self.chunk_size, self.eps = rule, impl, decode_impl, chunk_size, eps
 
         if isinstance(feature_map, FeatureMap):
@@ -210,7 +212,7 @@ class FastWeightAttention(nn.Module):
         """An empty (all-zero) state for ``batch_size`` sequences."""
         device = device if device is not None else self.qkv.weight.device
         d_v = self.d_head + (1 if self.attn_norm else 0)
-        return {"S": torch.zeros(batch_size, self.n_heads, self.d_key, d_v, device=device)}
+        return {"S": torch.zeros(batch_size, self.n_heads, *self.state_shape(self.d_key, d_v), device=device)}
 
     def state_batch_size(self, state: State) -> int:
         """The number of sequences (rows) of a state."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .registry import StateShape
 
 
 def _shape(t: Tensor) -> str:
@@ -22,13 +25,14 @@ def check_inputs(
     cu_seqlens: Optional[Tensor],
     state_dv: Optional[int] = None,
     per_channel: Sequence[str] = (),
+    state: Optional["StateShape"] = None,
 ) -> None:
     """Validate the op arguments; raise ``TypeError``/``ValueError`` naming the bad one.
 
     ``per_token`` holds the rule's per-token inputs (``beta``, ...), each ``[B, T, H]`` or None, or
     ``[B, T, H, d_k]`` for those named in ``per_channel``.
-    ``state_dv`` is the last dimension the initial state must have (``d_v`` unless the op
-    adds columns, as the normalised sum rule does).
+    ``state`` is the rule's state shape (``None``: one ``[d_k, d_v]`` matrix), for ``d_v`` =
+    ``state_dv`` (``v``'s unless the op adds columns, as the normalised sum rule does).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
@@ -74,10 +78,11 @@ def check_inputs(
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be floating point, got dtype {initial_state.dtype}")
         dv = v.shape[-1] if state_dv is None else state_dv
-        if initial_state.shape != (n_seq, H, d_k, dv):
+        dims, text = ((d_k, dv), "d_k, d_v") if state is None else (state(d_k, dv), state.text)
+        if initial_state.shape != (n_seq, H, *dims):
+            expected = ", ".join(str(n) for n in (n_seq, H, *dims))
             raise ValueError(
-                f"initial_state must have shape [N, H, d_k, d_v] = [{n_seq}, {H}, {d_k}, {dv}], "
-                f"got {_shape(initial_state)}"
+                f"initial_state must have shape [N, H, {text}] = [{expected}], got {_shape(initial_state)}"
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}; they must match")

@@ -61,10 +61,11 @@ class NonFinite:
 
     def poison(self, o: Tensor, final_state: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """NaN in the outputs ``o: [B, T, H, d_v]`` of bad reads and poisoned writes, and in the
-        final state ``[N, H, d_k, d_v]`` (if any) of each poisoned sequence and head."""
+        final state ``[N, H, *state]`` (if any) of each poisoned sequence and head."""
         o = o.masked_fill((self.read | self.write)[..., None], float("nan"))  # [B, T, H, d_v]
         if final_state is not None:
-            final_state = final_state.masked_fill(self.state[:, :, None, None], float("nan"))  # [N, H, d_k, d_v]
+            mask = self.state.view(*self.state.shape, *(1,) * (final_state.dim() - 2))  # [N, H, 1, ...]
+            final_state = final_state.masked_fill(mask, float("nan"))  # [N, H, *state]
         return o, final_state
 
 

@@ -143,6 +143,39 @@ class LearnedInput:
     neutral: float = 0.0
 
 
+def _matrix(d_k: int, d_v: int) -> Tuple[int, ...]:
+    return (d_k, d_v)
+
+
+@dataclass(frozen=True)
+class StateShape:
+    """The shape of a rule's state: ``[N, H, *dims]``, one state per sequence and head.
+
+    ``size(d_k, d_v)`` gives ``dims`` for keys of ``d_k`` and values of ``d_v`` columns (the
+    normalisation column included, when the op adds it); ``text`` names them for errors and
+    ``fastweights rules``. The default is one ``[d_k, d_v]`` matrix, read as ``o_t = S_t^T q_t``.
+    The op checks ``initial_state`` against it, layers make their empty state from it
+    (:meth:`~fastweights.layers.FastWeightAttention.init_state`), and the final state has it.
+
+    Example, two matrices side by side (a fast and a slow memory):
+    ``StateShape("d_k, 2 d_v", lambda d_k, d_v: (d_k, 2 * d_v))``.
+    """
+
+    text: str = "d_k, d_v"
+    size: Callable[[int, int], Tuple[int, ...]] = _matrix
+
+    def __call__(self, d_k: int, d_v: int) -> Tuple[int, ...]:
+        return tuple(self.size(d_k, d_v))
+
+    @property
+    def is_matrix(self) -> bool:
+        """Whether the state is one ``[d_k, d_v]`` matrix (what reading it as ``S^T q`` needs)."""
+        return self.size is _matrix
+
+    def __str__(self) -> str:
+        return f"[N, H, {self.text}]"
+
+
 @dataclass(frozen=True)
 class RuleSpec:
     """What an update rule computes, and the defaults layers take from it.
@@ -159,7 +192,8 @@ class RuleSpec:
         bounds: the closed interval ``(lo, hi)`` each bounded per-token input must lie in (e.g. a
             rate that keeps the state transition stable); a finite value outside is a
             ``ValueError``. Inputs not named here take any real value.
-        state: the shape of its state, in words.
+        state: the shape of its state (:class:`StateShape`; default one ``[d_k, d_v]`` matrix
+            per sequence and head).
         normalize: whether it offers attention normalisation (``normalize=True``, one more state
             column holding ``z``).
         key_norm: its keys must be normalised (layers default to sum- or L2-normalised keys).
@@ -177,7 +211,7 @@ class RuleSpec:
     per_channel: Tuple[str, ...] = ()
     learned: Dict[str, LearnedInput] = field(default_factory=dict)
     bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)
-    state: str = "[N, H, d_k, d_v] (d_v + 1 with normalize=True: the last column is z)"
+    state: StateShape = StateShape()
     normalize: bool = True
     key_norm: bool = False
     learned_rate: bool = False
@@ -324,7 +358,8 @@ _DOC = """
             ``ValueError``.
         scale: multiplies ``q`` before use (default 1.0: phi is applied by the caller).
         initial_state: fast weights to start from, ``[N, H, d_k, d_v]`` (``d_v + 1`` when
-            ``normalize=True``: the last column is ``z``) where ``N`` is ``B``, or the number of
+            ``normalize=True``: the last column is ``z``; or ``[N, H, *dims]`` as the rule's
+            :attr:`RuleSpec.state` declares) where ``N`` is ``B``, or the number of
             sequences when ``cu_seqlens`` is given. Default: zeros.
         output_final_state: also return the state after the last token.
         cu_seqlens: cumulative sequence lengths ``[N + 1]`` (int) of sequences packed along T
@@ -335,8 +370,8 @@ _DOC = """
         eps: added to the normalisers.
 
     Returns:
-        ``(o, final_state)``: ``o`` is ``[B, T, H, d_v]`` in the input dtype; ``final_state`` is
-        ``[N, H, d_k, d_v (+1)]`` in float32 (float64 for float64 inputs), or ``None`` unless
+        ``(o, final_state)``: ``o`` is ``[B, T, H, d_v]`` in the input dtype; ``final_state`` has
+        the shape of ``initial_state`` and is in float32 (float64 for float64 inputs), or ``None`` unless
         ``output_final_state``.
 
     A NaN or Inf at position ``t`` changes no output before ``t`` (:mod:`fastweights.ops.nonfinite`):
@@ -394,6 +429,7 @@ class Op:
             initial_state,
             cu_seqlens,
             per_channel=spec.per_channel,
+            state=spec.state,
             state_dv=v.shape[-1] + extra if isinstance(v, Tensor) and v.dim() == 4 else None,
         )
         check_chunk_size(chunk_size)

@@ -7,9 +7,9 @@ sequences::
         q, k : [B, H, T, d_k]   (q already scaled)
         v    : [B, H, T, d_v]
         beta : [B, H, T] or None
-        S0   : [B, H, d_k, d_v]
+        S0   : [B, H, d_k, d_v] (or the rule's declared state shape, :class:`~fastweights.ops.StateShape`)
         **inputs : the rule's other per-token inputs, each [B, H, T] (keyword arguments)
-        o    : [B, H, T, d_v],  S_T : [B, H, d_k, d_v]
+        o    : [B, H, T, d_v],  S_T : the shape of S0
 
 The dispatcher has already checked the arguments, cast them to float32 (float64 stays) and padded
 packed sequences; the adapter transposes, scales ``q``, makes the zero state and keeps autocast
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .call import OpCall
-from .registry import Backend
+from .registry import Backend, get_rule
 
 Core = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Tensor, int], Tuple[Tensor, Tensor]]
 
@@ -40,7 +40,7 @@ def torch_form(rule: str, name: str, core: Core, **declaration) -> Backend:
         bc = call.beta.transpose(1, 2) if call.beta is not None else None  # [B, H, T]
         B, H, _, d_k = kc.shape
         if call.initial_state is None:
-            s0 = kc.new_zeros(B, H, d_k, vc.shape[-1])
+            s0 = kc.new_zeros(B, H, *get_rule(rule).state(d_k, vc.shape[-1]))  # empty: [B, H, *state]
         else:
             s0 = call.initial_state.to(call.q.dtype)
         extra = {n: x.transpose(1, 2) for n, x in call.inputs.items()}  # each [B, H, T]

@@ -48,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"  input {input_name}: {meaning}{within}{learned}")
-        print(f"  state: {spec.state}")
+        column = " (d_v + 1 with normalize=True: the last column is z)" if spec.normalize else ""
+        print(f"  state: {spec.state}{column}")
         print("  backends:")
         for b in list_backends(name, available=False):
             print(_backend_line(b))
