@@ -1,4 +1,4 @@
-"""Benchmarks: `fastweights bench ops` times every form of the sum and delta rules; `bench lm` LM training.
+"""Benchmarks: `fastweights bench ops` times every form of every rule; `bench lm` LM training.
 
 `ops`: forward and forward+backward of every op backend on CPU or CUDA (`--device`), peak memory
 and GFLOP/s against a matmul peak measured in the same run; `--peers` adds installed peers
