@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastweights.ops import Backend, get_rule, list_backends
+from fastweights.ops import Backend, get_op, get_rule, list_backends
 
 STANDARD = ("q", "k", "v", "beta", "initial_state")  #: the inputs every rule takes
 
@@ -40,8 +40,9 @@ def make_inputs(
     k = F.normalize(k, dim=-1)
     v = torch.randn(B, T, H, dv, generator=g, dtype=torch.float64)
     beta = torch.rand(B, T, H, generator=g, dtype=torch.float64) * 0.9 + 0.05
-    dims = (dk, dv) if rule is None else get_rule(rule).state(dk, dv)  # the state per sequence and head
-    s0 = torch.randn(B, H, *dims, generator=g, dtype=torch.float64) * 0.5 if with_state else None
+    s0 = torch.randn(B, H, dk, dv, generator=g, dtype=torch.float64) * 0.5 if with_state else None
+    if with_state and rule is not None and not get_rule(rule).state.is_matrix:
+        s0 = reached_state(rule, B, H, dk, dv, seed)
     if s0 is not None and normalize:
         s0 = torch.cat([s0, torch.rand(B, H, dk, 1, generator=g, dtype=torch.float64) + 0.5], -1)  # [S | z]
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the state is never half
@@ -59,6 +60,16 @@ def make_inputs(
         )
         for n, t in out.items()
     }
+
+
+def reached_state(rule: str, B: int, H: int, dk: int, dv: int, seed: int) -> Tensor:
+    """The state ``[B, H, *state]`` that ``rule``'s naive form reaches from zeros in 4 random tokens: for a
+    state that is not one matrix, a valid one whatever its structure (the Mesa rule's ``H`` is
+    positive semi-definite), where random entries would not be."""
+    x = make_inputs(B, 4, H, dk, dv, with_state=False, rule=rule, seed=seed + 1)
+    extra = {n: t.detach() for n, t in x.items() if n not in STANDARD}
+    _, s = get_op(rule, "naive")(*(x[n].detach() for n in ("q", "k", "v", "beta")), output_final_state=True, **extra)
+    return s.detach()
 
 
 def run_with_grads(op, inputs: Dict[str, Optional[Tensor]], seed: int = 1, **kw):

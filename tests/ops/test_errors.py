@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from fastweights.ops import get_op, list_ops, list_rules
+from fastweights.ops import get_op, get_rule, list_ops, list_rules
 
 B, T, H, D = 2, 5, 3, 4
 
@@ -59,7 +59,10 @@ CASES = [
         "state shape",
         dict(initial_state=torch.zeros(B, H, D, D + 2)),
         ValueError,
-        r"initial_state must have shape \[N, H, d_k, d_v\] = \[2, 3, 4, 4\], got \[2, 3, 4, 6\]",
+        lambda state: (  # the shape the rule declares: [N, H, d_k, d_v] for one matrix
+            rf"initial_state must have shape \[N, H, {re.escape(state.text)}\] = "
+            rf"\[2, 3, {', '.join(map(str, state(D, D)))}\], got \[2, 3, 4, 6\]"
+        ),
     ),
     ("cu_seqlens with B > 1", dict(cu_seqlens=torch.tensor([0, 2, 5])), ValueError, r"B must be 1"),
     ("chunk size", dict(chunk_size=0), ValueError, r"chunk_size must be a positive int"),
@@ -72,6 +75,8 @@ def test_bad_input(rule, impl, case, override, exc, pattern) -> None:
     args = _ok()
     args.update({n: override[n] for n in ("q", "k", "v", "beta") if n in override})
     kw = {n: override[n] for n in ("initial_state", "cu_seqlens", "chunk_size") if n in override}
+    if callable(pattern):
+        pattern = pattern(get_rule(rule).state)
     with pytest.raises(exc, match=pattern):
         get_op(rule, impl)(args["q"], args["k"], args["v"], args["beta"], **kw)
 
