@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fastweights.experiments.capacity import parse_method
+from fastweights.experiments.capacity import RetrievalModel
+from fastweights.experiments.retrieval import RetrievalBatch
 from fastweights.layers import FastWeightAttention
 from fastweights.models import LanguageModel, LMConfig
 from fastweights.ops import RuleSpec, StateShape, get_op, get_rule, register_rule
@@ -18,16 +20,19 @@ GAMMA = 0.5
 
 
 def two_memories(q, k, v, beta, S, chunk_size):
-    """``F_t = GAMMA F_{t-1} + k_t v_t^T``, ``M_t = M_{t-1} + k_t v_t^T``, ``o_t = (F_t + M_t)^T q_t``;
-    the state ``S = [F | M]``: ``[B, H, d_k, 2 d_v]``. q, k: ``[B, H, T, d_k]``; v: ``[B, H, T, d_v]``."""
+    """``F_t = (1 - GAMMA beta_t) F_{t-1} + beta_t k_t v_t^T``, ``M_t = M_{t-1} + beta_t k_t v_t^T``,
+    ``o_t = (F_t + M_t)^T q_t`` (a rate of 0 leaves both alone); the state ``S = [F | M]``:
+    ``[B, H, d_k, 2 d_v]``. q, k: ``[B, H, T, d_k]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]`` (None: 1)."""
     d_v = v.shape[-1]
-    F, M = S[..., :d_v], S[..., d_v:]  # [B, H, d_k, d_v] each
+    fast, slow = S[..., :d_v], S[..., d_v:]  # [B, H, d_k, d_v] each
+    beta = q.new_ones(q.shape[:3]) if beta is None else beta
     outs = []
-    for q_t, k_t, v_t in zip(q.unbind(2), k.unbind(2), v.unbind(2)):  # each [B, H, d]
-        write = k_t[..., :, None] * v_t[..., None, :]  # [B, H, d_k, d_v]
-        F, M = GAMMA * F + write, M + write
-        outs.append(torch.einsum("bhk,bhkv->bhv", q_t, F + M))  # [B, H, d_v]
-    return torch.stack(outs, dim=2), torch.cat([F, M], -1)  # [B, H, T, d_v], [B, H, d_k, 2 d_v]
+    for q_t, k_t, v_t, b_t in zip(q.unbind(2), k.unbind(2), v.unbind(2), beta.unbind(2)):  # each [B, H, (d)]
+        b_t = b_t[..., None, None]  # [B, H, 1, 1]
+        write = b_t * k_t[..., :, None] * v_t[..., None, :]  # [B, H, d_k, d_v]
+        fast, slow = (1 - GAMMA * b_t) * fast + write, slow + write
+        outs.append(torch.einsum("bhk,bhkv->bhv", q_t, fast + slow))  # [B, H, d_v]
+    return torch.stack(outs, dim=2), torch.cat([fast, slow], -1)  # [B, H, T, d_v], [B, H, d_k, 2 d_v]
 
 
 @pytest.fixture
@@ -35,9 +40,9 @@ def rule(scratch_registries) -> str:
     register_rule(
         RuleSpec(
             name="two_memories",
-            summary=f"F_t = {GAMMA} F_(t-1) + k_t v_t^T, M_t = M_(t-1) + k_t v_t^T, o_t = (F_t + M_t)^T q_t",
+            summary=f"F_t = (1 - {GAMMA} beta_t) F_(t-1) + beta_t k_t v_t^T, M_t = M_(t-1) + beta_t k_t v_t^T, "
+            "o_t = (F_t + M_t)^T q_t",
             apply=lambda run, call: run(call),
-            inputs={},
             normalize=False,
             state=StateShape("d_k, 2 d_v", lambda d_k, d_v: (d_k, 2 * d_v)),
             forms=(
@@ -109,6 +114,17 @@ def test_test_inputs_follow_the_declaration(rule: str) -> None:
     assert get_rule("delta").state.is_matrix and get_rule("delta").state(5, 7) == (5, 7)
 
 
-def test_capacity_refuses_a_state_it_cannot_read(rule: str) -> None:
-    with pytest.raises(ValueError, match=r"reads the fast weights as S_T\^T q.*\[N, H, d_k, 2 d_v\]"):
-        parse_method(f"linear+{rule}")
+def test_capacity_reads_the_declared_state_through_the_op(rule: str) -> None:
+    """The capacity model reads a state that is not one matrix with the rule's own op (queries as
+    tokens that write nothing): here ``(F + M)^T q`` from the state its writes left."""
+    torch.manual_seed(0)
+    model = RetrievalModel(f"identity+{rule}", n_keys=6, d=8).double()
+    keys, values = torch.randint(0, 6, (2, 2, 5)).unbind(0)  # [B = 2, T = 5] each
+    batch = RetrievalBatch(keys, values, keys[:, :3], values[:, :3])
+    y = model(batch)  # [B, Q, S]
+    v = F.one_hot(values, 6).double()  # [B, T, S]
+    k, _, _ = model._write_inputs({"k": model.key_proj(torch.cat([model.embed(keys), v], -1))})  # [B, T, 1, d]
+    _, S = get_op(rule)(torch.zeros_like(k), k, v[:, :, None], output_final_state=True)  # [B, 1, d, 2 S]
+    q = model.feature_map.forward_query(model.query_proj(model.embed(batch.queries)))  # [B, Q, d]
+    expected = torch.einsum("bqk,bks->bqs", q, S[:, 0, :, :6] + S[:, 0, :, 6:])  # (F + M)^T q
+    torch.testing.assert_close(y, expected)

@@ -94,12 +94,6 @@ def parse_method(name: str) -> Method:
         raise ValueError(
             f"method {name!r}: the capacity experiment writes one update per pair; products are not supported"
         )
-    state = get_rule(spec.rule).state
-    if not state.is_matrix:
-        raise ValueError(
-            f"method {name!r}: the capacity experiment reads the fast weights as S_T^T q, one [d_k, d_v] "
-            f"matrix per head; rule {spec.rule!r} keeps a state of shape {state}"
-        )
     method = Method(
         name,
         spec.rule,
@@ -148,6 +142,7 @@ class RetrievalModel(nn.Module):
         for name, proj in self.input_projs.items():
             nn.init.constant_(proj.bias, spec.learned[name].bias)
         self.normalize = spec.attn_norm
+        self.read_op = None if spec.state.is_matrix else get_op(spec.name, "auto")  # reads a state of another shape
         if self.method.recurrent:
             self.read_proj = nn.Linear(d + n_keys, d, bias=False)  # W_r: the query of the reads while writing
             widths = {
@@ -188,10 +183,27 @@ class RetrievalModel(nn.Module):
         q = self.feature_map.forward_query(q[:, :, None])  # [B, Q, 1, d_dot]
         if self.qk_norm is not None:
             q = self.qk_norm(q)
+        if self.read_op is not None:
+            return self._read(q, S)
         y = q[:, :, 0] @ S[:, 0]  # [B, Q, S (+1)]: S_T^T q
         if self.normalize:
             y = y[..., :-1] / (y[..., -1:] + 1e-6)  # the op's normalisation: (S_T^T q) / (z_T . q + eps)
         return y
+
+    def _read(self, q: Tensor, S: Tensor) -> Tensor:
+        """The rule's own read-out of a state that is not one matrix: each query ``q: [B, Q, 1, d_dot]``
+        is one more token of the op from ``S_T`` that writes nothing (zero key, value and rate, the
+        other inputs at their neutral values). Returns ``y: [B, Q, S]``."""
+        B, Q = q.shape[:2]
+        zeros = q.new_zeros(B, Q, 1)  # [B, Q, 1]
+        inputs = {
+            name: torch.full((B, Q, 1, q.shape[-1]) if name in self.per_channel else (B, Q, 1), learned.neutral).to(q)
+            for name, learned in self.learned.items()
+        }
+        y, _ = self.read_op(
+            q, torch.zeros_like(q), q.new_zeros(B, Q, 1, self.n_keys), zeros, initial_state=S, **inputs
+        )  # [B, Q, 1, S]
+        return y[:, :, 0]
 
     def _write_inputs(self, pre: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor], Dict[str, Tensor]]:
         """Pre-activations ``[B, T, width]`` -> the op's keys ``[B, T, 1, d_dot]``, rate ``[B, T, 1]`` (or
