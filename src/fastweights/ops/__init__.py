@@ -19,7 +19,6 @@ from .registry import (
     LearnedInput,
     Op,
     RuleSpec,
-    StateShape,
     check_impl,
     get_op,
     get_rule,
@@ -30,6 +29,7 @@ from .registry import (
     register_rule,
     select_backend,
 )
+from .state_shape import StateShape
 
 __all__ = [
     "Backend",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .registry import StateShape
+from .state_shape import MATRIX, StateShape
 
 
 def _shape(t: Tensor) -> str:
@@ -25,13 +24,13 @@ def check_inputs(
     cu_seqlens: Optional[Tensor],
     state_dv: Optional[int] = None,
     per_channel: Sequence[str] = (),
-    state: Optional["StateShape"] = None,
+    state: StateShape = MATRIX,
 ) -> None:
     """Validate the op arguments; raise ``TypeError``/``ValueError`` naming the bad one.
 
     ``per_token`` holds the rule's per-token inputs (``beta``, ...), each ``[B, T, H]`` or None, or
     ``[B, T, H, d_k]`` for those named in ``per_channel``.
-    ``state`` is the rule's state shape (``None``: one ``[d_k, d_v]`` matrix), for ``d_v`` =
+    ``state`` is the rule's state shape (default one ``[d_k, d_v]`` matrix), for ``d_v`` =
     ``state_dv`` (``v``'s unless the op adds columns, as the normalised sum rule does).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -78,11 +77,11 @@ def check_inputs(
         if not initial_state.is_floating_point():
             raise TypeError(f"initial_state must be floating point, got dtype {initial_state.dtype}")
         dv = v.shape[-1] if state_dv is None else state_dv
-        dims, text = ((d_k, dv), "d_k, d_v") if state is None else (state(d_k, dv), state.text)
+        dims = state(d_k, dv)
         if initial_state.shape != (n_seq, H, *dims):
             expected = ", ".join(str(n) for n in (n_seq, H, *dims))
             raise ValueError(
-                f"initial_state must have shape [N, H, {text}] = [{expected}], got {_shape(initial_state)}"
+                f"initial_state must have shape [N, H, {state.text}] = [{expected}], got {_shape(initial_state)}"
             )
         if initial_state.device != q.device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}; they must match")

@@ -44,6 +44,7 @@ from torch import Tensor
 from .call import OpCall, Run
 from .checks import bounds_error, check_chunk_size, check_inputs, outside_bounds
 from .nonfinite import all_finite, find_nonfinite
+from .state_shape import MATRIX, StateShape
 from .varlen import pack, unpack
 
 log = logging.getLogger(__name__)
@@ -143,39 +144,6 @@ class LearnedInput:
     neutral: float = 0.0
 
 
-def _matrix(d_k: int, d_v: int) -> Tuple[int, ...]:
-    return (d_k, d_v)
-
-
-@dataclass(frozen=True)
-class StateShape:
-    """The shape of a rule's state: ``[N, H, *dims]``, one state per sequence and head.
-
-    ``size(d_k, d_v)`` gives ``dims`` for keys of ``d_k`` and values of ``d_v`` columns (the
-    normalisation column included, when the op adds it); ``text`` names them for errors and
-    ``fastweights rules``. The default is one ``[d_k, d_v]`` matrix, read as ``o_t = S_t^T q_t``.
-    The op checks ``initial_state`` against it, layers make their empty state from it
-    (:meth:`~fastweights.layers.FastWeightAttention.init_state`), and the final state has it.
-
-    Example, two matrices side by side (a fast and a slow memory):
-    ``StateShape("d_k, 2 d_v", lambda d_k, d_v: (d_k, 2 * d_v))``.
-    """
-
-    text: str = "d_k, d_v"
-    size: Callable[[int, int], Tuple[int, ...]] = _matrix
-
-    def __call__(self, d_k: int, d_v: int) -> Tuple[int, ...]:
-        return tuple(self.size(d_k, d_v))
-
-    @property
-    def is_matrix(self) -> bool:
-        """Whether the state is one ``[d_k, d_v]`` matrix (what reading it as ``S^T q`` needs)."""
-        return self.size is _matrix
-
-    def __str__(self) -> str:
-        return f"[N, H, {self.text}]"
-
-
 @dataclass(frozen=True)
 class RuleSpec:
     """What an update rule computes, and the defaults layers take from it.
@@ -211,7 +179,7 @@ class RuleSpec:
     per_channel: Tuple[str, ...] = ()
     learned: Dict[str, LearnedInput] = field(default_factory=dict)
     bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)
-    state: StateShape = StateShape()
+    state: StateShape = MATRIX
     normalize: bool = True
     key_norm: bool = False
     learned_rate: bool = False

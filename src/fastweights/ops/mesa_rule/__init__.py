@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..call import OpCall, Run
-from ..registry import LearnedInput, RuleSpec, StateShape
+from ..registry import LearnedInput, RuleSpec
+from ..state_shape import StateShape
 from ..torch_form import torch_form
 from .chunk import chunk_core
 from .naive import naive_core
